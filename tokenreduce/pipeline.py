@@ -1,0 +1,91 @@
+"""``Pipeline``: several reducers applied one after another, in stage order.
+
+A later step sees only the tokens earlier steps kept (they arrive as ``valid``), with the merged
+features of earlier merging steps, and ratio budgets keep referring to the original token count
+(``budget_base``), so ``[st_simdiff_select, attention_prune(ratio=0.3)]`` ends at 30 % of the video.
+Roles carry through: a token kept at the end has the flags every step gave it. Extra tokens
+(VisionZip's contextual tokens) are not on the grid, so later steps do not see them; they are
+kept and appended in step order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from tokenreduce.config import Config, component_list_field
+from tokenreduce.interfaces import Reducer, Stage
+from tokenreduce.registry import register_strategy
+from tokenreduce.tokens import Reduction, Role, VisualTokens
+
+
+def combine(previous: Reduction, latest: Reduction) -> Reduction:
+    """The reduction of running ``latest`` on the survivors of ``previous``."""
+    roles = previous.roles | latest.roles
+    extras = [e for e in (previous.extra, latest.extra) if e is not None]
+    return Reduction(
+        latest.keep_mask,
+        roles & ~int(Role.KEPT),
+        grid=previous.grid,
+        valid=previous.valid,
+        features=latest.features if latest.features is not None else previous.features,
+        extra=torch.cat(extras, dim=1) if extras else None,
+        info={**previous.info, **latest.info},
+    )
+
+
+def restrict(tokens: VisualTokens, reduction: Reduction, base: torch.Tensor) -> VisualTokens:
+    """``tokens`` as the next step sees them: only the kept ones valid, merged features applied."""
+    t, h, w = tokens.grid
+    features = tokens.features
+    if reduction.features is not None:
+        features = reduction.features.reshape(tokens.batch_size, t, h, w, -1).to(features.dtype)
+    return tokens.replace(valid=reduction.keep_mask.reshape(tokens.batch_size, t, h, w),
+                          features=features, budget_base=base)
+
+
+def stage_order(steps: Sequence[Reducer]) -> list[Reducer]:
+    """Steps sorted by (stage, layer), stable: encoder, pre-LLM, then in-LLM by layer."""
+    return sorted(steps, key=lambda s: (int(s.stage), s.layer if s.layer is not None else -1))
+
+
+@register_strategy("pipeline")
+class Pipeline(Reducer):
+    """Compose reducers: steps run in stage order, each on the tokens the previous ones kept."""
+
+    @dataclasses.dataclass
+    class Config(Config):
+        steps: list[Config] = component_list_field("strategy")
+
+    def __init__(self, steps: Sequence[Any] | Config | None = None, /, **overrides: Any) -> None:
+        if steps is None or isinstance(steps, Config):
+            super().__init__(steps, **overrides)
+        else:
+            super().__init__(None, steps=list(steps), **overrides)
+        self._steps = stage_order([cfg.build() for cfg in self.config.steps])
+
+    @property
+    def stage(self) -> Stage:  # type: ignore[override]
+        return self._steps[0].stage if self._steps else Stage.PRE_LLM
+
+    @property
+    def requires(self) -> frozenset:  # type: ignore[override]
+        return frozenset().union(*(s.requires for s in self._steps))
+
+    def steps(self) -> list[Reducer]:
+        return [leaf for step in self._steps for leaf in step.steps()]
+
+    def reduce(self, tokens: VisualTokens) -> Reduction:
+        base = tokens.budget_counts()
+        result = Reduction(tokens.flat_valid(), grid=tokens.grid, valid=tokens.flat_valid())
+        current = tokens
+        for step in self.steps():
+            result = combine(result, step(current))
+            current = restrict(tokens, result, base)
+        return result
+
+    def __repr__(self) -> str:
+        return "Pipeline([" + ", ".join(repr(s) for s in self._steps) + "])"
