@@ -1,0 +1,43 @@
+"""``attention_prune``: keep the visual tokens the LLM attends to most, pruning before layer K."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import torch
+
+from tokenreduce.errors import ConfigError
+from tokenreduce.interfaces import BudgetConfig, BudgetedReducer, Signal, Stage
+from tokenreduce.registry import register_strategy
+from tokenreduce.selection import top_k_mask
+from tokenreduce.tokens import Reduction, Role, VisualTokens
+
+
+@register_strategy("attention_prune")
+class AttentionPrune(BudgetedReducer):
+    """Keep the tokens with the highest last-query attention; runs in the LLM before layer K.
+
+    Inside a model the importance is the last query's head-averaged attention of layer K-1 over
+    the visual tokens (the adapter's attention probe); with tensors alone it is
+    ``VisualTokens.importance``. Ties keep the lower flat index.
+    """
+
+    stage: ClassVar[Stage] = Stage.IN_LLM
+    requires: ClassVar[frozenset[Signal]] = frozenset({Signal.IMPORTANCE})
+
+    @dataclasses.dataclass
+    class Config(BudgetConfig):
+        layer: int = 2
+
+        def validate(self) -> None:
+            super().validate()
+            if self.layer < 1:
+                raise ConfigError(f"{self.name}.layer must be >= 1 (pruning before layer K uses layer "
+                                  f"K-1's attention), got {self.layer}")
+
+    def reduce(self, tokens: VisualTokens) -> Reduction:
+        valid = tokens.flat_valid()
+        keep = top_k_mask(tokens.flat_importance(), self.keep_counts(tokens), valid)
+        roles = torch.full_like(keep, int(Role.IMPORTANT), dtype=torch.int32)
+        return Reduction(keep, roles, grid=tokens.grid, valid=valid)
