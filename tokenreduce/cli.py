@@ -1,4 +1,8 @@
-"""The ``tokenreduce`` command line: ``--version`` and ``list`` (more commands register here)."""
+"""The ``tokenreduce`` command line: ``--version``, ``list``, ``demo``, ``visualize`` and ``bench``.
+
+Commands register with ``@command(name, help)``; heavy libraries (PyAV, matplotlib, transformers)
+are imported only when a command that needs them runs.
+"""
 
 from __future__ import annotations
 
@@ -41,6 +45,66 @@ def command(name: str, help_text: str) -> Callable[[Configure], Configure]:
         return configure
 
     return decorator
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def keep_ratio(text: str) -> float:
+    """argparse type: a keep ratio in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"the ratio must be in (0, 1], got {value}")
+    return value
+
+
+def _add_showcase_options(parser: argparse.ArgumentParser, *, default_out: str) -> None:
+    parser.add_argument("--strategy", action="append", metavar="NAME|CONFIG",
+                        help="a registered strategy name or a .json/.yaml config; repeat for several rows "
+                             "(default: every registered strategy)")
+    parser.add_argument("--ratio", type=keep_ratio, default=0.3, help="fraction of tokens to keep (default 0.3)")
+    parser.add_argument("--frames", type=positive_int, default=16, help="frames to sample (default 16)")
+    parser.add_argument("--out", default=default_out, help=f"PNG to write (default {default_out})")
+    parser.add_argument("--html", action="store_true", help="also write an HTML page next to the PNG")
+    parser.add_argument("--model", metavar="PATH",
+                        help="a local vision-language checkpoint whose vision tower makes the features "
+                             "(default: the weight-free stand-in encoder)")
+    parser.add_argument("--patches", type=positive_int, default=16,
+                        help="patches per row of the stand-in encoder (default 16)")
+    parser.add_argument("--columns", type=positive_int, default=8, help="frames shown in the picture (default 8)")
+
+
+def _showcase(video: str | None, args: argparse.Namespace) -> int:
+    from tokenreduce.showcase import Showcase, show
+
+    return show(Showcase(video=video, strategies=args.strategy, ratio=args.ratio, frames=args.frames,
+                         out=args.out, html=args.html, model=args.model, patches=args.patches,
+                         columns=args.columns))
+
+
+@command("demo", "decode a real video, reduce its tokens with every strategy, print a table, draw a picture")
+def _configure_demo(parser: argparse.ArgumentParser) -> Runner:
+    parser.add_argument("--video", metavar="PATH", help="your own video (default: the bundled Big Buck Bunny clip)")
+    _add_showcase_options(parser, default_out="tokenreduce-demo.png")
+    return lambda args: _showcase(args.video, args)
+
+
+@command("visualize", "draw the tokens one or more strategies keep on a video (PNG, optional HTML)")
+def _configure_visualize(parser: argparse.ArgumentParser) -> Runner:
+    parser.add_argument("video", metavar="VIDEO", help="the video file")
+    _add_showcase_options(parser, default_out="tokenreduce-visualize.png")
+    return lambda args: _showcase(args.video, args)
 
 
 def build_parser() -> argparse.ArgumentParser:
