@@ -107,6 +107,76 @@ def _configure_visualize(parser: argparse.ArgumentParser) -> Runner:
     return lambda args: _showcase(args.video, args)
 
 
+def _list_of(item: Callable[[str], object], what: str) -> Callable[[str], list]:
+    """argparse type: a comma-separated list of ``item`` values."""
+
+    def parse(text: str) -> list:
+        parts = [p.strip() for p in text.split(",") if p.strip()]
+        if not parts:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {what}, got {text!r}")
+        return [item(p) for p in parts]
+
+    return parse
+
+
+def even_frames(text: str) -> int:
+    """argparse type: a positive even frame count (the benchmark model takes frames in pairs)."""
+    value = positive_int(text)
+    if value % 2:
+        raise argparse.ArgumentTypeError(f"frame counts must be even (frames enter the model in pairs), got {value}")
+    return value
+
+
+def resolution_px(text: str) -> int:
+    """argparse type: a frame side in pixels, a multiple of 28 (the model's merged patch)."""
+    value = positive_int(text)
+    if value % 28:
+        raise argparse.ArgumentTypeError(f"the resolution must be a multiple of 28 pixels, got {value}")
+    return value
+
+
+@command("bench", "measure selection overhead and end-to-end prefill time / memory, full vs reduced")
+def _configure_bench(parser: argparse.ArgumentParser) -> Runner:
+    parser.add_argument("--part", choices=("selection", "end-to-end", "all"), default="all",
+                        help="which benchmark to run (default all)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default cpu)")
+    parser.add_argument("--strategy", action="append", metavar="NAME",
+                        help="strategy to measure; repeat for several (default: every registered one for "
+                             "selection; st_simdiff, fastv, visionzip, framefusion, uniform when registered "
+                             "for end-to-end)")
+    parser.add_argument("--ratios", type=_list_of(keep_ratio, "ratios in (0, 1]"), default=[0.3, 0.5],
+                        help="keep ratios of the reduced runs (default 0.3,0.5)")
+    parser.add_argument("--selection-frames", type=positive_int, default=64,
+                        help="frames of the selection benchmark (default 64)")
+    parser.add_argument("--selection-grid", type=positive_int, default=13,
+                        help="tokens per frame side in the selection benchmark (default 13: 169 per frame)")
+    parser.add_argument("--dim", type=positive_int, default=3584, help="feature size for selection (default 3584)")
+    parser.add_argument("--size", choices=("tiny", "small", "base"), default="base",
+                        help="end-to-end model: tiny (tests), small (~59M), base (~137M parameters; default)")
+    parser.add_argument("--frames", type=_list_of(even_frames, "even frame counts"), default=[8, 16, 32],
+                        help="frame counts of the end-to-end benchmark (default 8,16,32)")
+    parser.add_argument("--resolution", type=resolution_px, default=336,
+                        help="frame side in pixels, a multiple of 28 (default 336: 144 tokens per 2 frames)")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timed runs per measurement (default 3)")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--plot", metavar="PATH", default="tokenreduce-bench.png",
+                        help="plot of time and memory vs frames (default tokenreduce-bench.png)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    def run(args: argparse.Namespace) -> int:
+        from tokenreduce.bench import BenchOptions
+        from tokenreduce.bench import run as run_bench
+
+        parts = ("selection", "end-to-end") if args.part == "all" else (args.part,)
+        return run_bench(BenchOptions(
+            parts=parts, device=args.device, strategies=args.strategy, ratios=tuple(args.ratios),
+            selection_frames=args.selection_frames, selection_grid=args.selection_grid, dim=args.dim,
+            size=args.size, frame_counts=tuple(args.frames), resolution=args.resolution, repeats=args.repeats,
+            json_path=args.json, plot_path=args.plot, progress=not args.no_progress))
+
+    return run
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tokenreduce",

@@ -65,7 +65,7 @@ def overlay(frames: np.ndarray, roles: np.ndarray) -> np.ndarray:
 def render(frames: np.ndarray, runs: Sequence[StrategyRun], out: str | Path, *, columns: int = 8,
            timestamps: Sequence[float] | None = None, title: str | None = None) -> Path:
     """Write the picture of ``runs`` over ``frames`` (uint8 ``[T, H, W, 3]``, one per token row) to ``out`` (PNG)."""
-    Figure, Rectangle = _matplotlib()
+    Figure, Rectangle = load_matplotlib()
     if not runs:
         raise ValueError("runs is empty: there is nothing to draw")
     t, rows, cols = runs[0].reduction.grid
@@ -118,7 +118,7 @@ def write_html(png: str | Path, runs: Sequence[StrategyRun], out: str | Path, *,
     return out
 
 
-def _matplotlib():
+def load_matplotlib():
     """``(Figure, Rectangle)``; the object API draws without touching pyplot's global backend."""
     try:
         from matplotlib.figure import Figure
