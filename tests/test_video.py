@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from video_factory import frame_brightness, write_video
 
 from tokenreduce.video import VideoError, demo_video_path, load_video, sample_indices
-from video_factory import frame_brightness, write_video
 
 
 def test_sample_indices_hand_cases():

@@ -35,7 +35,7 @@ def test_overlay_colours_each_token_by_its_role():
     roles = np.array([[[Role.KEPT | Role.REPRESENTATIVE, Role.KEPT | Role.EVENT,
                         Role.KEPT | Role.REPRESENTATIVE | Role.EVENT, Role.ABSORBED]]], dtype=np.int32)
     drawn = overlay(frames, roles)
-    cell = lambda i: drawn[0, :, i * CELL_PIXELS:(i + 1) * CELL_PIXELS]  # noqa: E731
+    cell = lambda i: drawn[0, :, i * CELL_PIXELS:(i + 1) * CELL_PIXELS]
     rep = 0.6 * (1 - TINT) + np.array(REPRESENTATIVE_COLOUR) * TINT
     event = 0.6 * (1 - TINT) + np.array(EVENT_COLOUR) * TINT
     np.testing.assert_allclose(cell(0), np.broadcast_to(rep, cell(0).shape))

@@ -58,7 +58,7 @@ def overlay(frames: np.ndarray, roles: np.ndarray) -> np.ndarray:
     tint[event] = EVENT_COLOUR
     amount[event] = TINT
     upsample = np.ones((1, CELL_PIXELS, CELL_PIXELS, 1))
-    scale = lambda a: np.kron(a, upsample)  # noqa: E731  token grid -> display pixels
+    scale = lambda a: np.kron(a, upsample)  # token grid -> display pixels
     return np.clip(frames * scale(brightness) * (1 - scale(amount)) + scale(tint) * scale(amount), 0.0, 1.0)
 
 

@@ -32,18 +32,21 @@ def _full_of(runs: Sequence[PrefillRun]) -> dict[int, PrefillRun]:
     return {r.frames: r for r in runs if r.strategy == "full"}
 
 
+def _times(value: float, reference: float | None) -> str:
+    return f"{value / reference:.2f}" if reference else "-"
+
+
 def end_to_end_table(runs: Sequence[PrefillRun]) -> str:
     """Every run with its times, memory, and the ratios to the full model at the same frame count."""
     full = _full_of(runs)
     rows = []
     for r in runs:
         base = full.get(r.frames)
-        ratio = lambda a, b: f"{a / b:.2f}" if base and b else "-"  # noqa: E731
         rows.append((str(r.frames), r.strategy, "-" if r.strategy == "full" else f"{r.ratio:g}",
                      f"{r.kept_tokens}/{r.visual_tokens}", f"{1000 * r.ttft_s:.0f}", f"{1000 * r.vision_s:.0f}",
                      f"{1000 * r.prefill_s:.0f}", f"{r.peak_bytes / 2**20:.1f}",
-                     ratio(r.prefill_s, base.prefill_s if base else 0), ratio(r.ttft_s, base.ttft_s if base else 0),
-                     ratio(r.peak_bytes, base.peak_bytes if base else 0)))
+                     _times(r.prefill_s, base and base.prefill_s), _times(r.ttft_s, base and base.ttft_s),
+                     _times(r.peak_bytes, base and base.peak_bytes)))
     return _table(("frames", "strategy", "r", "visual kept", "TTFT ms", "vision ms", "prefill ms", "peak MiB",
                    "prefill x", "TTFT x", "memory x"), rows)
 
