@@ -34,15 +34,23 @@ def qwen_video(grid, seed=0):
     return torch.randn(t * h * w, 3 * 2 * 2 * 2, generator=generator), torch.tensor([[t, h, w]])
 
 
-def qwen_inputs(grids, prompt_lens=(2, 3), seed=0):
-    """A left-padded batch, one video per sample: ``[text] <vs> video <ve> [text]``."""
+def qwen_inputs(grids, prompt_lens=(2, 3), seed=0, per_frame=False):
+    """A left-padded batch, one video per sample: ``[text] <vs> video <ve> [text]``.
+
+    ``per_frame``: Qwen3-VL layout, each temporal patch as ``<timestamp> <vs> frame <ve>``.
+    """
     rows, pixels, thw = [], [], []
     for i, grid in enumerate(grids):
         pv, g = qwen_video(grid, seed + i)
         n = grid[0] * grid[1] * grid[2] // 4
         text_a = list(range(5, 5 + prompt_lens[0] + i))
         text_b = list(range(40, 40 + prompt_lens[1]))
-        rows.append(text_a + [V_START] + [VIDEO] * n + [V_END] + text_b)
+        if per_frame:
+            frame = n // grid[0]
+            video = sum(([60 + f, V_START] + [VIDEO] * frame + [V_END] for f in range(grid[0])), [])
+        else:
+            video = [V_START] + [VIDEO] * n + [V_END]
+        rows.append(text_a + video + text_b)
         pixels.append(pv)
         thw.append(g)
     length = max(map(len, rows))
@@ -65,3 +73,34 @@ def sample_of(inputs, b, family="qwen"):
     return dict(input_ids=inputs["input_ids"][b:b + 1, keep], attention_mask=inputs["attention_mask"][b:b + 1, keep],
                 pixel_values_videos=inputs["pixel_values_videos"][start:start + sizes[b]],
                 video_grid_thw=thw[b:b + 1], mm_token_type_ids=inputs["mm_token_type_ids"][b:b + 1, keep])
+
+
+def qwen2_5_vl(attn="sdpa", num_layers=3):
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    cfg = Qwen2_5_VLConfig(
+        text_config=_text(num_layers, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                       "mrope_section": [2, 1, 1]}),
+        vision_config=dict(depth=2, hidden_size=16, intermediate_size=32, num_heads=2, patch_size=2,
+                           spatial_merge_size=2, temporal_patch_size=2, in_channels=3, out_hidden_size=32,
+                           window_size=8, fullatt_block_indexes=[1]),
+        image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=V_START, vision_end_token_id=V_END)
+    cfg._attn_implementation = attn
+    torch.manual_seed(0)
+    return Qwen2_5_VLForConditionalGeneration(cfg).eval()
+
+
+def qwen3_vl(attn="sdpa", num_layers=3):
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    cfg = Qwen3VLConfig(
+        text_config=dict(_text(num_layers), head_dim=8,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                          "mrope_section": [2, 1, 1], "mrope_interleaved": True}),
+        vision_config=dict(depth=2, hidden_size=16, intermediate_size=32, num_heads=2, patch_size=2,
+                           spatial_merge_size=2, temporal_patch_size=2, in_channels=3, out_hidden_size=32,
+                           num_position_embeddings=64, deepstack_visual_indexes=[0, 1]),
+        image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=V_START, vision_end_token_id=V_END)
+    cfg._attn_implementation = attn
+    torch.manual_seed(0)
+    return Qwen3VLForConditionalGeneration(cfg).eval()

@@ -1,4 +1,5 @@
-"""tr.apply on a tiny Qwen2-VL: exactness, real pruning, generation, probe, batches."""
+"""tr.apply on every supported model family (tiny random weights): exactness, real pruning,
+generation against an uncached oracle, the attention probe, batches with padding."""
 
 from __future__ import annotations
 
@@ -12,7 +13,55 @@ from tests.adapters.oracle import capture_lm_inputs, layer_lengths, manual_greed
 
 pytest.importorskip("transformers")
 
-GRID = (2, 4, 6)  # 12 LLM tokens
+GRID = (2, 4, 6)  # 12 LLM tokens for the Qwen families
+
+
+class Family:
+    """How to build a tiny model of one family and its video inputs."""
+
+    def __init__(self, build, inputs, sample_of, grid, small_grid, tokens):
+        self.build, self.inputs, self.sample_of = build, inputs, sample_of
+        self.grid, self.small_grid, self.tokens = grid, small_grid, tokens
+
+
+def _qwen(build, per_frame=False):
+    return Family(build, lambda grids, seed=0: tm.qwen_inputs(grids, seed=seed, per_frame=per_frame),
+                  tm.sample_of, GRID, (2, 4, 4), lambda g: g[0] * g[1] * g[2] // 4)
+
+
+FAMILIES = {
+    "qwen2_vl": _qwen(tm.qwen2_vl),
+    "qwen2_5_vl": _qwen(tm.qwen2_5_vl),
+    "qwen3_vl": _qwen(tm.qwen3_vl, per_frame=True),
+}
+
+
+@pytest.fixture(params=sorted(FAMILIES))
+def family(request):
+    return FAMILIES[request.param]
+
+
+def _deepstack_oracle(captured):
+    """Adds Qwen3-VL deepstack features after the first layers, for the uncached oracle."""
+    embeds = captured.get("deepstack_visual_embeds")
+    if embeds is None:
+        return None
+    visual = captured["visual_pos_masks"][0]
+
+    def add(index, h, rows):
+        if index >= len(embeds):
+            return h
+        full = torch.cat([visual, torch.zeros(h.shape[1] + (0 if rows is None else int((~rows).sum()))
+                                              - visual.numel(), dtype=torch.bool)])
+        mask, emb = full, embeds[index]
+        if rows is not None:
+            mask = full[rows]
+            emb = emb[rows[:visual.numel()][visual]]
+        h = h.clone()
+        h[0, mask] += emb
+        return h
+
+    return add
 
 
 def _hook_state(model):
@@ -25,9 +74,9 @@ def _strategies():
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_keep_all_is_exact_and_model_restored(attn):
-    model = tm.qwen2_vl(attn)
-    inputs = tm.qwen_inputs([GRID])
+def test_keep_all_is_exact_and_model_restored(family, attn):
+    model = family.build(attn)
+    inputs = family.inputs([family.grid])
     before = {k: v.clone() for k, v in model.state_dict().items()}
     hooks = _hook_state(model)
     with torch.no_grad():
@@ -47,11 +96,11 @@ def test_keep_all_is_exact_and_model_restored(attn):
 
 @pytest.mark.parametrize("name,kw", _strategies()[1:])
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_decoder_sees_reduced_length_and_generate_matches_uncached(name, kw, attn):
-    model = tm.qwen2_vl(attn)
-    inputs = tm.qwen_inputs([GRID])
-    n_video = 12
-    keep_count = 4  # ceil(0.3 * 12)
+def test_decoder_sees_reduced_length_and_generate_matches_uncached(family, name, kw, attn):
+    model = family.build(attn)
+    inputs = family.inputs([family.grid])
+    n_video = family.tokens(family.grid)
+    keep_count = -(-3 * n_video // 10)  # ceil(0.3 * n)
     lm = model.model.language_model
     captured = capture_lm_inputs(model, lm, inputs)
     seq = inputs["input_ids"].shape[1]
@@ -71,22 +120,22 @@ def test_decoder_sees_reduced_length_and_generate_matches_uncached(name, kw, att
     assert rec.prefill() == expected
     # decode steps feed one token per layer
     assert all(n == 1 for _, n in rec.calls[len(lm.layers):])
-    video_pos = (inputs["input_ids"][0] == tm.VIDEO).nonzero().flatten()
+    video_pos = (inputs["input_ids"][0] == tm.VIDEO).nonzero().flatten()[:n_video]
     keep = torch.ones(seq, dtype=torch.bool)
     dropped = torch.ones(n_video, dtype=torch.bool)
     dropped[kept[0]] = False
     keep[video_pos[dropped]] = False
     with torch.no_grad():
         ref, ref_logits = manual_greedy(lm, model.lm_head, captured["inputs_embeds"], captured["position_ids"],
-                                        keep, prune_layer, 4)
+                                        keep, prune_layer, 4, layer_extra=_deepstack_oracle(captured))
     assert gen[0, seq:].tolist() == ref
     torch.testing.assert_close(gen_logits, ref_logits, rtol=1e-4, atol=1e-5)
 
 
-def test_second_generate_re_reduces_and_decode_never_prunes():
-    model = tm.qwen2_vl()
-    inputs = tm.qwen_inputs([GRID])
-    other = tm.qwen_inputs([(2, 4, 4)], seed=5)
+def test_second_generate_re_reduces_and_decode_never_prunes(family):
+    model = family.build()
+    inputs = family.inputs([family.grid])
+    other = family.inputs([family.small_grid], seed=5)
     with torch.no_grad(), tr.apply(model, tr.build("attention_prune", ratio=0.3, layer=1)) as session:
         model.generate(**inputs, max_new_tokens=2, do_sample=False)
         first = session.kept_indices()
@@ -94,17 +143,18 @@ def test_second_generate_re_reduces_and_decode_never_prunes():
         second = session.kept_indices()
         again = model.generate(**inputs, max_new_tokens=2, do_sample=False)
         third = session.kept_indices()
-    assert first[0].numel() == 4 and second[0].numel() == 3
+    n1, n2 = family.tokens(family.grid), family.tokens(family.small_grid)
+    assert first[0].numel() == -(-3 * n1 // 10) and second[0].numel() == -(-3 * n2 // 10)
     assert torch.equal(first[0], third[0])
     with torch.no_grad(), tr.apply(model, tr.build("attention_prune", ratio=0.3, layer=1)):
         assert torch.equal(model.generate(**inputs, max_new_tokens=2, do_sample=False), again)
 
 
 @pytest.mark.parametrize("queries", [1, 3])
-def test_probe_equals_eager_attention(queries):
-    eager = tm.qwen2_vl("eager")
-    sdpa = tm.qwen2_vl("sdpa")
-    inputs = tm.qwen_inputs([GRID, (2, 4, 4)])  # left padding in the batch
+def test_probe_equals_eager_attention(family, queries):
+    eager = family.build("eager")
+    sdpa = family.build("sdpa")
+    inputs = family.inputs([family.grid, family.small_grid])  # left padding in the batch
     layer = 1
     for model in (eager, sdpa):
         seen = {}
@@ -126,10 +176,10 @@ def test_probe_equals_eager_attention(queries):
 
 @pytest.mark.parametrize("name,kw", _strategies())
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_batch_equals_single_runs(name, kw, attn):
-    model = tm.qwen2_vl(attn)
-    grids = [GRID, (2, 4, 4)]
-    batch = tm.qwen_inputs(grids)
+def test_batch_equals_single_runs(family, name, kw, attn):
+    model = family.build(attn)
+    grids = [family.grid, family.small_grid]
+    batch = family.inputs(grids)
     reducer = tr.build(name, **kw)
     with torch.no_grad(), tr.apply(model, reducer) as session:
         gen = model.generate(**batch, max_new_tokens=3, do_sample=False)
@@ -137,7 +187,7 @@ def test_batch_equals_single_runs(name, kw, attn):
         logits = model(**batch).logits[:, -1]
         singles = []
         for b in range(2):
-            single = tm.sample_of(batch, b)
+            single = family.sample_of(batch, b)
             g = model.generate(**single, max_new_tokens=3, do_sample=False)
             singles.append((g[0, single["input_ids"].shape[1]:], session.kept_indices()[0],
                             model(**single).logits[0, -1]))
