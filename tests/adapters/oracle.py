@@ -60,6 +60,8 @@ def manual_greedy(language_model, lm_head, embeds, positions, keep, prune_layer,
     the largest prompt position + 1.
     """
     embed_tokens = language_model.get_input_embeddings()
+    if positions is None:  # 1-D models: the plain forward numbers 0..S-1
+        positions = torch.arange(embeds.shape[1])[None]
     next_pos = int(positions.max()) + 1
     generated, step_logits = [], []
     for _ in range(steps):

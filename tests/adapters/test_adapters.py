@@ -19,20 +19,28 @@ GRID = (2, 4, 6)  # 12 LLM tokens for the Qwen families
 class Family:
     """How to build a tiny model of one family and its video inputs."""
 
-    def __init__(self, build, inputs, sample_of, grid, small_grid, tokens):
+    def __init__(self, build, inputs, sample_of, grid, small_grid, tokens, batch_grids):
         self.build, self.inputs, self.sample_of = build, inputs, sample_of
-        self.grid, self.small_grid, self.tokens = grid, small_grid, tokens
+        self.grid, self.small_grid, self.tokens, self.batch_grids = grid, small_grid, tokens, batch_grids
 
 
 def _qwen(build, per_frame=False):
     return Family(build, lambda grids, seed=0: tm.qwen_inputs(grids, seed=seed, per_frame=per_frame),
-                  tm.sample_of, GRID, (2, 4, 4), lambda g: g[0] * g[1] * g[2] // 4)
+                  tm.sample_of, GRID, (2, 4, 4), lambda g: g[0] * g[1] * g[2] // 4, [GRID, (2, 4, 4)])
+
+
+def _llava(build, extra):
+    # a grid is a frame count: 8x8 frames, 4x4 patches, pooled to 2x2
+    return Family(build, lambda frames, seed=0: tm.llava_inputs(frames, 2, extra, seed=seed),
+                  tm.llava_sample_of, 3, 2, lambda f: 4 * f, [3, 3])
 
 
 FAMILIES = {
     "qwen2_vl": _qwen(tm.qwen2_vl),
     "qwen2_5_vl": _qwen(tm.qwen2_5_vl),
     "qwen3_vl": _qwen(tm.qwen3_vl, per_frame=True),
+    "llava_onevision": _llava(tm.llava_onevision, 1),
+    "llava_next_video": _llava(tm.llava_next_video, 0),
 }
 
 
@@ -78,10 +86,11 @@ def test_keep_all_is_exact_and_model_restored(family, attn):
     model = family.build(attn)
     inputs = family.inputs([family.grid])
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    hooks = _hook_state(model)
     with torch.no_grad():
         ref = model(**inputs).logits
         ref_gen = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    hooks = _hook_state(model)  # after a first forward: transformers adds its own capture hooks lazily
+    with torch.no_grad():
         with tr.apply(model, tr.build("keep_all")):
             out = model(**inputs).logits
             gen = model.generate(**inputs, max_new_tokens=3, do_sample=False)
@@ -154,7 +163,7 @@ def test_second_generate_re_reduces_and_decode_never_prunes(family):
 def test_probe_equals_eager_attention(family, queries):
     eager = family.build("eager")
     sdpa = family.build("sdpa")
-    inputs = family.inputs([family.grid, family.small_grid])  # left padding in the batch
+    inputs = family.inputs(family.batch_grids)  # left padding in the batch
     layer = 1
     for model in (eager, sdpa):
         seen = {}
@@ -178,8 +187,7 @@ def test_probe_equals_eager_attention(family, queries):
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_batch_equals_single_runs(family, name, kw, attn):
     model = family.build(attn)
-    grids = [family.grid, family.small_grid]
-    batch = family.inputs(grids)
+    batch = family.inputs(family.batch_grids)
     reducer = tr.build(name, **kw)
     with torch.no_grad(), tr.apply(model, reducer) as session:
         gen = model.generate(**batch, max_new_tokens=3, do_sample=False)

@@ -104,3 +104,57 @@ def qwen3_vl(attn="sdpa", num_layers=3):
     cfg._attn_implementation = attn
     torch.manual_seed(0)
     return Qwen3VLForConditionalGeneration(cfg).eval()
+
+
+def _vision_clip():
+    return dict(model_type="siglip_vision_model", hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                num_attention_heads=2, image_size=8, patch_size=2, num_channels=3)
+
+
+def llava_onevision(attn="sdpa", num_layers=3):
+    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
+
+    cfg = LlavaOnevisionConfig(
+        text_config=dict(_text(num_layers), model_type="qwen2"), vision_config=_vision_clip(),
+        image_token_index=IMAGE, video_token_index=VIDEO, vision_feature_select_strategy="full",
+        vision_feature_layer=-1)
+    cfg._attn_implementation = attn
+    torch.manual_seed(0)
+    return LlavaOnevisionForConditionalGeneration(cfg).eval()
+
+
+def llava_next_video(attn="sdpa", num_layers=3):
+    from transformers import LlavaNextVideoConfig, LlavaNextVideoForConditionalGeneration
+
+    cfg = LlavaNextVideoConfig(
+        text_config=dict(_text(num_layers), model_type="llama"), vision_config=_vision_clip(),
+        image_token_index=IMAGE, video_token_index=VIDEO, vision_feature_select_strategy="full",
+        vision_feature_layer=-1, spatial_pool_stride=2)
+    cfg._attn_implementation = attn
+    torch.manual_seed(0)
+    return LlavaNextVideoForConditionalGeneration(cfg).eval()
+
+
+def llava_inputs(frames_list, side, extra, seed=0):
+    """A left-padded batch, one video per sample with ``frames`` frames of 8x8 pixels."""
+    rows, pixels = [], []
+    for i, frames in enumerate(frames_list):
+        generator = torch.Generator().manual_seed(seed + i)
+        pixels.append(torch.randn(1, frames, 3, 8, 8, generator=generator))
+        rows.append(list(range(5, 7 + i)) + [VIDEO] * (frames * side * side + extra) + list(range(40, 43)))
+    length = max(map(len, rows))
+    frames_max = max(frames_list)
+    ids = torch.full((len(rows), length), PAD)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for b, row in enumerate(rows):
+        ids[b, length - len(row):] = torch.tensor(row)
+        mask[b, length - len(row):] = 1
+    if len(set(frames_list)) > 1:
+        raise ValueError("videos of one LLaVA batch share a frame count (one pixel_values_videos tensor)")
+    return dict(input_ids=ids, attention_mask=mask, pixel_values_videos=torch.cat(pixels))
+
+
+def llava_sample_of(inputs, b):
+    keep = inputs["attention_mask"][b].bool()
+    return dict(input_ids=inputs["input_ids"][b:b + 1, keep], attention_mask=inputs["attention_mask"][b:b + 1, keep],
+                pixel_values_videos=inputs["pixel_values_videos"][b:b + 1])

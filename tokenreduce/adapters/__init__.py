@@ -3,7 +3,7 @@
 Importing this package registers the built-in adapters (one module per model family).
 """
 
-from tokenreduce.adapters import qwen3_vl, qwen_vl  # noqa: F401  (registers the adapters)
+from tokenreduce.adapters import llava, qwen3_vl, qwen_vl  # noqa: F401  (registers the adapters)
 from tokenreduce.adapters.base import ModelAdapter
 from tokenreduce.adapters.layout import SequenceLayout, VideoSpan, VisualLayout
 from tokenreduce.adapters.probe import AttentionInputs, last_query_attention
