@@ -25,14 +25,26 @@ from tokenreduce.tokens import Reduction, Role, VisualTokens
 def combine(previous: Reduction, latest: Reduction) -> Reduction:
     """The reduction of running ``latest`` on the survivors of ``previous``."""
     roles = previous.roles | latest.roles
-    extras = [e for e in (previous.extra, latest.extra) if e is not None]
+    parts = [r for r in (previous, latest) if r.extra is not None]
+    extra, extra_valid = None, None
+    if parts:
+        extra = torch.cat([r.extra for r in parts], dim=1)
+        if any(r.extra_valid is not None for r in parts):
+            flags = torch.cat([r.extra_valid if r.extra_valid is not None
+                               else torch.ones(r.extra.shape[:2], dtype=torch.bool, device=r.extra.device)
+                               for r in parts], dim=1)
+            # real extra tokens first, padding last, each group in order
+            order = torch.sort((~flags).to(torch.int8), dim=1, stable=True).indices
+            extra = extra.gather(1, order.unsqueeze(-1).expand_as(extra))
+            extra_valid = flags.gather(1, order)
     return Reduction(
         latest.keep_mask,
         roles & ~int(Role.KEPT),
         grid=previous.grid,
         valid=previous.valid,
         features=latest.features if latest.features is not None else previous.features,
-        extra=torch.cat(extras, dim=1) if extras else None,
+        extra=extra,
+        extra_valid=extra_valid,
         info={**previous.info, **latest.info},
     )
 
