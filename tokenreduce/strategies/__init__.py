@@ -1,3 +1,10 @@
 """Built-in strategies; importing this package registers them all."""
 
-from tokenreduce.strategies import attention_prune, keep_all, random_select, uniform  # noqa: F401
+from tokenreduce.strategies import (  # noqa: F401
+    attention_prune,
+    fastv,
+    framefusion,
+    keep_all,
+    random_select,
+    uniform,
+)
