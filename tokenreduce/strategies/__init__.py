@@ -4,6 +4,7 @@ from tokenreduce.strategies import (  # noqa: F401
     attention_prune,
     fastv,
     framefusion,
+    visionzip,
     keep_all,
     random_select,
     uniform,
