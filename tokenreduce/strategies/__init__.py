@@ -7,6 +7,7 @@ from tokenreduce.strategies import (  # noqa: F401
     framefusion,
     visionzip,
     keep_all,
+    prumerge_plus,
     random_select,
     uniform,
 )
