@@ -1,8 +1,8 @@
 """Token budgets: a ratio, an absolute count, or the FLOP-style cost of FrameFusion/ST-SimDiff.
 
 A budget turns "how many tokens may this sample keep" into an exact integer. Ratios are
-taken as the decimal number they are written as, so ``ceil(0.3 * 10)`` is 3, not the 4 that
-binary floating point would give (``0.3 * 10 == 3.0000000000000004``).
+taken as the decimal number they are written as, so ``ceil(0.28 * 100)`` is 28, not the 29
+that binary floating point would give (``0.28 * 100 == 28.000000000000004``).
 """
 
 from __future__ import annotations
