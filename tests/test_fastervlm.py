@@ -8,15 +8,20 @@ import torch
 import tokenreduce as tr
 
 
-def oracle(importance, valid, frames, count_of):
-    """Per frame: sort valid patches by (-score, index), keep ``count_of(v)``; flat indices."""
+def oracle(importance, valid, frames, total):
+    """Split ``total`` over frames by cumulative flooring of their valid counts, then per frame
+    sort the valid patches by (-score, index) and keep that many; flat indices."""
     n = len(importance)
     p = n // frames
+    sizes = [sum(valid[f * p:(f + 1) * p]) for f in range(frames)]
+    cumulative = [sum(sizes[:f + 1]) for f in range(frames)]
+    upto = [total * c // cumulative[-1] for c in cumulative]
+    shares = [upto[0]] + [upto[f] - upto[f - 1] for f in range(1, frames)]
     kept = []
     for f in range(frames):
         patches = [i for i in range(f * p, (f + 1) * p) if valid[i]]
         ranked = sorted(patches, key=lambda i: (-importance[i], i))
-        kept += ranked[:count_of(len(patches))]
+        kept += ranked[:shares[f]]
     return sorted(kept)
 
 
@@ -26,7 +31,7 @@ def test_official_counts_per_576_patch_image(ratio, expected):
     red = tr.build("fastervlm", ratio=ratio)(tokens)
     assert red.kept_counts().tolist() == [2 * expected]
     assert [int(red.keep_mask[0, f * 576:(f + 1) * 576].sum()) for f in range(2)] == [expected, expected]
-    count = tr.build("fastervlm", count=expected)(tokens)
+    count = tr.build("fastervlm", count=2 * expected)(tokens)
     assert torch.equal(count.keep_mask, red.keep_mask)
 
 
@@ -38,8 +43,8 @@ def test_stage_and_signals():
 
 def test_hand_case_ties_and_order():
     importance = torch.tensor([[0.2, 0.7, 0.7, 0.1], [0.5, 0.0, 0.5, 0.9]]).reshape(1, 2, 2, 2)
-    red = tr.build("fastervlm", count=1)(tr.VisualTokens(torch.randn(1, 2, 2, 2, 3), importance=importance))
-    assert red.keep_indices(0).tolist() == [1, 7]  # frame 0: tie 0.7/0.7 -> lower index
+    red = tr.build("fastervlm", count=2)(tr.VisualTokens(torch.randn(1, 2, 2, 2, 3), importance=importance))
+    assert red.keep_indices(0).tolist() == [1, 7]  # one per frame; frame 0: tie 0.7/0.7 -> lower index
     red = tr.build("fastervlm", count=2, per_frame=False)(
         tr.VisualTokens(torch.randn(1, 2, 2, 2, 3), importance=importance))
     assert red.keep_indices(0).tolist() == [1, 7]  # global: 0.9 and the first 0.7
@@ -56,8 +61,9 @@ def test_matches_oracle_with_padding(ratio):
     reducer = tr.build("fastervlm", ratio=ratio)
     red = reducer(tokens)
     for s in range(b):
-        expected = oracle(importance[s].flatten().tolist(), valid[s].flatten().tolist(), t,
-                          lambda v: min(v, max(1, -(-int(ratio * 10) * v // 10))) if v else 0)
+        n = int(valid[s].sum())
+        total = max(1, -(-round(ratio * 10) * n // 10))  # ceil(ratio * n) for ratio in tenths
+        expected = oracle(importance[s].flatten().tolist(), valid[s].flatten().tolist(), t, total)
         assert red.keep_indices(s).tolist() == expected
     assert torch.equal(red.kept_counts(), reducer.planned_counts(tokens))
     whole = tr.build("fastervlm", ratio=ratio, per_frame=False)(tokens)

@@ -87,7 +87,7 @@ PRESET_DOMINANT = {64: 54, 128: 108, 192: 162}
 def test_counts_are_per_frame_and_without_cls():
     red = tr.build("visionzip", dominant=54, contextual=10, cls_token=False)(make_tokens(2, 3, 13, 13))
     assert red.kept_counts().tolist() == [162, 162] and red.extra_counts().tolist() == [30, 30]
-    assert red.info["extra_frame"][0].tolist() == [0] * 10 + [1] * 10 + [2] * 10
+    assert red.extra.shape == (2, 30, 5) and bool(red.extra_valid.all())  # slot e: frame e // 10
     assert not red.info["cls_token"]
 
 
@@ -135,13 +135,16 @@ def test_padding_batches_and_small_frames():
         assert torch.equal(alone.keep_mask[0], red.keep_mask[s])
         torch.testing.assert_close(alone.kept_features(tokens.sample(s).flat_features(), 0),
                                    red.kept_features(tokens.flat_features(), s))
+        torch.testing.assert_close(alone.extra[0], red.extra[s])
 
 
 def test_default_clips_on_a_single_token_grid():
     red = tr.build("visionzip")(make_tokens(1, 1, 1, 1))
-    assert red.kept_counts().tolist() == [1] and red.extra is None
-    red = tr.build("visionzip", dominant=1, contextual=10)(make_tokens(1, 1, 2, 2))
-    assert red.kept_counts().tolist() == [0] and red.extra_counts().tolist() == [4]  # every patch a target
+    assert red.kept_counts().tolist() == [1] and red.extra_counts().tolist() == [0]
+    assert red.extra.shape == (1, 30, 5) and not red.extra_valid.any() and not red.extra.any()
+    red = tr.build("visionzip", dominant=1, contextual=10)(make_tokens(1, 2, 2, 2))
+    assert red.kept_counts().tolist() == [0] and red.extra_counts().tolist() == [8]  # every patch a target
+    assert red.extra_valid[0].tolist() == ([True] * 4 + [False] * 6) * 2
 
 
 def test_config_errors_and_round_trip():

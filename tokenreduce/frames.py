@@ -2,8 +2,8 @@
 
 Flat index ``n = t*H*W + h*W + w`` is frame-major, so a ``[B, N, ...]`` tensor is ``[B*T, H*W, ...]``
 one row per frame without copying. VisionZip, FasterVLM and PruMerge+ select and merge within a
-frame; these helpers give them the frame rows, a per-frame top-k, and the packing of new tokens
-made per frame into ``Reduction.extra``.
+frame; these helpers give them the frame rows, a per-frame top-k, and the layout of new tokens
+made per frame in ``Reduction.extra``.
 """
 
 from __future__ import annotations
@@ -33,24 +33,14 @@ def frame_top_k(scores: torch.Tensor, counts: torch.Tensor, valid: torch.Tensor,
     return sample_rows(rows, scores.shape[0])
 
 
-def pack_frame_slots(
-    slots: torch.Tensor, slot_valid: torch.Tensor
-) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """Pack new tokens made per frame into ``Reduction.extra``.
+def frame_slots_as_extra(slots: torch.Tensor, slot_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """New tokens made per frame as ``Reduction.extra``: ``C`` slots per frame, frame-major.
 
-    ``slots`` ``[B, T, C, D]`` with ``slot_valid`` bool ``[B, T, C]``. Returns ``(extra, extra_valid,
-    extra_frame)``: ``[B, E, D]``, bool ``[B, E]`` and long ``[B, E]`` (the frame of each token, -1
-    for padding), the real tokens first in (frame, slot) order, ``E`` the largest real count of the
-    batch; ``(None, None, None)`` when no sample has any.
+    ``slots`` ``[B, T, C, D]`` with ``slot_valid`` bool ``[B, T, C]`` -> ``(extra [B, T*C, D],
+    extra_valid [B, T*C])``; slot ``e`` belongs to frame ``e // C``. The layout depends on the grid
+    only, so a sample gives the same extra tensor alone and in a batch; unused slots are zeros and
+    ``extra_valid`` is ``False`` there.
     """
     b, t, c, d = slots.shape
-    flags = slot_valid.reshape(b, t * c)
-    size = int(flags.sum(dim=1).max()) if flags.numel() else 0
-    if size == 0:
-        return None, None, None
-    order = torch.sort((~flags).to(torch.int8), dim=1, stable=True).indices[:, :size]
-    extra = slots.reshape(b, t * c, d).gather(1, order.unsqueeze(-1).expand(b, size, d))
-    extra_valid = flags.gather(1, order)
-    frame = torch.arange(t, device=slots.device).repeat_interleave(c).expand(b, -1).gather(1, order)
-    extra = torch.where(extra_valid.unsqueeze(-1), extra, torch.zeros_like(extra))
-    return extra, extra_valid, torch.where(extra_valid, frame, -1)
+    extra = torch.where(slot_valid.unsqueeze(-1), slots, torch.zeros_like(slots))
+    return extra.reshape(b, t * c, d), slot_valid.reshape(b, t * c)

@@ -3,9 +3,11 @@
 Official semantics (Theia-4869/FasterVLM): the CLS token's attention to the patches at the vision
 encoder's second-to-last layer, averaged over heads (``importance``, supplied by the adapter), a
 top-k per image, kept tokens in their original order. Here every frame is an image: with
-``per_frame`` (default) each frame keeps its own top-k, ``ceil(ratio * v)`` of its ``v`` valid
-patches or ``count`` per frame (the official ``visual_token_num`` is per image); without it one
-top-k runs over the whole sample with the usual sample budget. Ties keep the lower flat index.
+``per_frame`` (default) the sample's budget (``ceil(ratio * n)`` of its ``n`` valid patches, or
+``count``) is split over the frames in proportion to their valid patches (exactly, by cumulative
+flooring: equal frames get equal shares up to one token) and each frame keeps its own top-k; for
+one image this is the official ``visual_token_num`` top-k. Without ``per_frame`` one top-k runs
+over the whole sample. Ties keep the lower flat index.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 from tokenreduce.frames import frame_rows, frame_top_k
 from tokenreduce.interfaces import BudgetConfig, BudgetedReducer, Signal, Stage
 from tokenreduce.registry import register_strategy
-from tokenreduce.selection import top_k_mask
+from tokenreduce.selection import proportional_counts, top_k_mask
 from tokenreduce.tokens import Reduction, Role, VisualTokens
 
 
@@ -26,8 +28,8 @@ from tokenreduce.tokens import Reduction, Role, VisualTokens
 class FasterVLM(BudgetedReducer):
     """FasterVLM: top-k patches by CLS attention, per frame (encoder stage).
 
-    Parameters: ``ratio`` (keep ratio, ceil, default 0.5) or ``count`` (tokens per frame, or per
-    sample without ``per_frame``), ``per_frame`` (default True).
+    Parameters: ``ratio`` (keep ratio of the sample, ceil, default 0.5) or ``count`` (per sample),
+    ``per_frame`` (default True).
     """
 
     stage: ClassVar[Stage] = Stage.ENCODER
@@ -38,16 +40,10 @@ class FasterVLM(BudgetedReducer):
         per_frame: bool = True
 
     def frame_counts(self, tokens: VisualTokens) -> torch.Tensor:
-        """Long ``[B, T]``: tokens each frame keeps (``per_frame`` budgets)."""
+        """Long ``[B, T]``: the sample budget split over frames in proportion to their valid patches."""
         t = tokens.grid[0]
-        available = frame_rows(tokens.flat_valid(), t).sum(dim=1)
-        counts = self.config.budget().keep_counts(available, available)
-        return counts.reshape(tokens.batch_size, t)
-
-    def keep_counts(self, tokens: VisualTokens) -> torch.Tensor:
-        if self.config.per_frame:
-            return self.frame_counts(tokens).sum(dim=1)
-        return super().keep_counts(tokens)
+        per_frame = frame_rows(tokens.flat_valid(), t).sum(dim=1).reshape(tokens.batch_size, t)
+        return proportional_counts(per_frame, self.keep_counts(tokens))
 
     def reduce(self, tokens: VisualTokens) -> Reduction:
         valid = tokens.flat_valid()

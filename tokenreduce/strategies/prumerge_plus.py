@@ -13,7 +13,8 @@ here per frame, with ``v`` valid patches and ``a`` = the CLS attention per patch
    similar other valid patches of the frame, kept or not, by cosine similarity of the key states
    (``signals["keys"]``). The weights are the raw attentions (not normalised), as upstream.
 5. One extra token per frame: ``sum_j a_j * x_j`` over the patches not kept
-   (``summary_token``), appended after the kept tokens.
+   (``summary_token``), appended after the kept tokens: ``Reduction.extra`` ``[B, T, D]``, slot t
+   for frame t, ``extra_valid`` False for a frame that dropped nothing.
 
 Where upstream crashes or is undefined, tokenreduce documents a rule: no outlier (upstream divides
 by zero) -> no top patches and a sampling stride of ``max(1, v // 3)``; a stride of 0 (ratio above
@@ -35,7 +36,7 @@ import torch.nn.functional as F
 
 from tokenreduce.config import Config
 from tokenreduce.errors import ConfigError
-from tokenreduce.frames import frame_rows, pack_frame_slots, sample_rows
+from tokenreduce.frames import frame_rows, frame_slots_as_extra, sample_rows
 from tokenreduce.interfaces import Reducer, Signal, Stage
 from tokenreduce.registry import register_strategy
 from tokenreduce.selection import top_k_mask
@@ -146,8 +147,8 @@ class PruMergePlus(Reducer):
             dropped = valid & ~kept
             weights = attention.to(features.dtype) * dropped
             summary = (weights.unsqueeze(-1) * features).sum(dim=1)
-            extra, extra_valid, _ = pack_frame_slots(summary.reshape(batch, t, 1, -1),
-                                                     dropped.any(dim=1).reshape(batch, t, 1))
+            extra, extra_valid = frame_slots_as_extra(summary.reshape(batch, t, 1, -1),
+                                                      dropped.any(dim=1).reshape(batch, t, 1))
             roles = roles | torch.where(dropped, int(Role.ABSORBED), 0)
         return Reduction(sample_rows(kept, batch), sample_rows(roles, batch).to(torch.int32), grid=tokens.grid,
                          valid=tokens.flat_valid(), features=sample_rows(merged, batch), extra=extra,

@@ -17,10 +17,11 @@ image to the encoder (counts are per frame):
   assigned) -- the official formula, not the average of the group.
 
 Output: the dominant patches are kept in place (``keep_mask``, original order); the contextual
-tokens are new tokens in ``Reduction.extra`` ``[B, E, D]``, frame by frame and target by target,
-with ``info["extra_frame"]`` naming each one's frame (an adapter that wants upstream's per-image
-order ``[CLS, dominant, contextual]`` interleaves with it). The CLS token is not on the grid: an
-adapter keeps it in front of each frame's tokens when ``info["cls_token"]``.
+tokens are new tokens in ``Reduction.extra`` ``[B, T * contextual, D]``: slot ``e`` is target
+``e % contextual`` of frame ``e // contextual``, and ``extra_valid`` marks the slots a small frame
+does not fill (an adapter that wants upstream's per-image order ``[CLS, dominant, contextual]``
+interleaves by frame). The CLS token is not on the grid: an adapter keeps it in front of each
+frame's tokens when ``info["cls_token"]``.
 
 Small frames clip: a frame with ``v`` valid patches keeps ``min(dominant - 1, v)`` (or
 ``min(dominant, v)`` without CLS) and makes ``min(contextual, M)`` contextual tokens -- what the
@@ -38,7 +39,7 @@ import torch.nn.functional as F
 
 from tokenreduce.config import Config
 from tokenreduce.errors import ConfigError
-from tokenreduce.frames import frame_rows, frame_top_k, pack_frame_slots, sample_rows
+from tokenreduce.frames import frame_rows, frame_slots_as_extra, frame_top_k
 from tokenreduce.interfaces import Reducer, Signal, Stage
 from tokenreduce.registry import register_strategy
 from tokenreduce.tokens import Reduction, Role, VisualTokens
@@ -138,14 +139,13 @@ class VisionZip(Reducer):
         valid = tokens.flat_valid()
         dominant = frame_top_k(tokens.flat_importance(), self.dominant_counts(tokens), valid, t)
         roles = torch.where(dominant, int(Role.IMPORTANT), 0).to(torch.int32)
-        extra = extra_valid = extra_frame = None
+        extra = extra_valid = None
         if self.config.contextual > 0:
             rows, valid_slots = contextual_tokens(
                 frame_rows(tokens.flat_features(), t), frame_rows(tokens.flat_signal("keys"), t),
                 frame_rows(valid & ~dominant, t), self.config.contextual)
-            slots = rows.reshape(batch, t, self.config.contextual, -1)
-            extra, extra_valid, extra_frame = pack_frame_slots(slots, valid_slots.reshape(batch, t, -1))
+            extra, extra_valid = frame_slots_as_extra(rows.reshape(batch, t, self.config.contextual, -1),
+                                                      valid_slots.reshape(batch, t, -1))
             roles |= torch.where(valid & ~dominant, int(Role.ABSORBED), 0).to(torch.int32)
-        info = {"cls_token": self.config.cls_token, "extra_frame": extra_frame}
         return Reduction(dominant, roles, grid=tokens.grid, valid=valid, extra=extra,
-                         extra_valid=extra_valid, info=info)
+                         extra_valid=extra_valid, info={"cls_token": self.config.cls_token})
