@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import math
 import random
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -308,3 +310,13 @@ def test_random_features_many_seeds_agree_with_oracle_without_layers():
                 break
             oracle.point(scores)
         assert red.keep_indices(0).tolist() == [tok[0] for tok in oracle.tokens]
+
+
+def test_documented_driving_loop_runs():
+    """The adapter loop shown in docs/strategies.md runs as written and ends the schedule."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "strategies.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "framefusion" in b)
+    namespace: dict = {}
+    exec(compile(block, "strategies.md", "exec"), namespace)
+    assert namespace["state"].done
+    assert int(namespace["valid"].sum()) < 36
