@@ -294,29 +294,38 @@ def test_importance_needed_only_when_pruning():
         reducer.step(state, 1, tokens)
 
 
-def test_random_features_many_seeds_agree_with_oracle_without_layers():
-    """``reduce`` (fixed features and importance) equals the oracle run without layer maps."""
-    rng = random.Random(0)
-    for seed in range(8):
+@pytest.mark.parametrize("padded", [False, True])
+def test_random_features_many_seeds_agree_with_oracle_without_layers(padded):
+    """``reduce`` (fixed features and importance) equals the oracle run without layer maps;
+    padding is simply absent from the oracle's token list."""
+    rng = random.Random(int(padded))
+    for seed in range(12):
         t, h, w, dim = rng.randint(1, 5), rng.randint(1, 3), rng.randint(1, 3), rng.randint(1, 4)
+        g = torch.Generator().manual_seed(seed)
         x = video(seed, t=t, h=h, w=w, dim=dim, noise=rng.choice([0.1, 0.5, 1.0]))
-        importance = torch.rand(1, t, h, w, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        importance = torch.rand(1, t, h, w, generator=g, dtype=torch.float64)
+        valid = torch.rand(1, t, h, w, generator=g) > (0.3 if padded else -1)
+        valid.view(-1)[0] = True
         layers = rng.randint(2, 8)
-        red = tr.build("framefusion", num_layers=layers)(tr.VisualTokens(x, importance=importance))
-        oracle = OracleFrameFusion(enumerate(x.reshape(-1, dim).tolist()), h * w, 0.3, 0.6, 0.1, layers)
+        red = tr.build("framefusion", num_layers=layers)(tr.VisualTokens(x, valid, importance))
+        present = [(i, v) for i, v in enumerate(x.reshape(-1, dim).tolist()) if valid.flatten()[i]]
+        oracle = OracleFrameFusion(present, h * w, 0.3, 0.6, 0.1, layers)
         scores = dict(enumerate(importance.flatten().tolist()))
         for _ in range(layers):
             if oracle.pruning_done:
                 break
             oracle.point(scores)
         assert red.keep_indices(0).tolist() == [tok[0] for tok in oracle.tokens]
+        kept = red.keep_indices(0)
+        expected = torch.tensor([tok[1] for tok in oracle.tokens], dtype=torch.float64)
+        torch.testing.assert_close(red.features[0, kept], expected)
 
 
 def test_documented_driving_loop_runs():
     """The adapter loop shown in docs/strategies.md runs as written and ends the schedule."""
     text = (Path(__file__).resolve().parent.parent / "docs" / "strategies.md").read_text()
-    block = next(b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "framefusion" in b)
+    block = next(b for b in re.findall(r"```python\n(.*?)```", text, re.DOTALL) if "framefusion" in b)
     namespace: dict = {}
-    exec(compile(block, "strategies.md", "exec"), namespace)
+    exec(compile(block, "strategies.md", "exec"), namespace)  # noqa: S102
     assert namespace["state"].done
     assert int(namespace["valid"].sum()) < 36

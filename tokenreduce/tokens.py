@@ -303,10 +303,10 @@ class Reduction:
                              f"got {_shape_text(features.shape)}")
         if extra is not None and (extra.ndim != 3 or extra.shape[0] != keep_mask.shape[0]):
             raise ValueError(f"extra must be [B, E, D], got {_shape_text(extra.shape)}")
-        if extra_valid is not None:
-            if extra is None or extra_valid.dtype != torch.bool or extra_valid.shape != extra.shape[:2]:
-                raise ValueError("extra_valid must be a bool tensor [B, E] matching extra, got "
-                                 f"{extra_valid.dtype} {_shape_text(extra_valid.shape)}")
+        if extra_valid is not None and (extra is None or extra_valid.dtype != torch.bool
+                                        or extra_valid.shape != extra.shape[:2]):
+            raise ValueError("extra_valid must be a bool tensor [B, E] matching extra, got "
+                             f"{extra_valid.dtype} {_shape_text(extra_valid.shape)}")
         self.keep_mask = keep_mask
         self.roles = roles
         self.grid = (int(t), int(h), int(w))

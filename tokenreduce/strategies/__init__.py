@@ -5,9 +5,9 @@ from tokenreduce.strategies import (  # noqa: F401
     fastervlm,
     fastv,
     framefusion,
-    visionzip,
     keep_all,
     prumerge_plus,
     random_select,
     uniform,
+    visionzip,
 )

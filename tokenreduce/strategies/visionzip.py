@@ -57,7 +57,7 @@ def contextual_tokens(
     non-dominant patches). Returns ``(tokens [F, C, D], token_valid [F, C])`` with ``C =
     contextual``; a frame with ``M < C`` remaining patches has ``M`` valid tokens.
     """
-    frames, patches, dim = features.shape
+    frames, patches, _ = features.shape
     rank = remaining.long().cumsum(dim=1) - 1
     left = remaining.sum(dim=1, keepdim=True)
     step = torch.clamp(left // contextual, min=1)
