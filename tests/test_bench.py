@@ -20,7 +20,8 @@ TINY = ["--size", "tiny", "--frames", "2,4", "--resolution", "56", "--selection-
 
 def test_bench_runs_end_to_end_and_writes_json_and_plot(tmp_path, capsys):
     out_json, out_plot = tmp_path / "bench.json", tmp_path / "bench.png"
-    code = main(["bench", *TINY, "--strategy", "uniform", "--ratios", "0.3,0.5", "--json", str(out_json),
+    code = main(["bench", *TINY, "--strategy", "uniform", "--strategy", "st_simdiff", "--ratios", "0.3,0.5",
+                 "--json", str(out_json),
                  "--plot", str(out_plot)])
     assert code == 0
     printed = capsys.readouterr().out
@@ -28,10 +29,12 @@ def test_bench_runs_end_to_end_and_writes_json_and_plot(tmp_path, capsys):
     assert "target at r=0.3" in printed and "growth of prefill time" in printed
     result = json.loads(out_json.read_text())
     assert result["machine"]["torch"] == torch.__version__
-    assert [r["strategy"] for r in result["selection"]["runs"]] == ["uniform"]
+    selection = result["selection"]["runs"]
+    assert [r["strategy"] for r in selection if r["community"] is None] == ["uniform", "st_simdiff"]
+    assert {r["community"] for r in selection if r["strategy"] == "st_simdiff"} >= {None, "connected_components"}
     runs = result["end_to_end"]["runs"]
-    assert {(r["frames"], r["strategy"], r["ratio"]) for r in runs} == {
-        (f, s, r) for f in (2, 4) for s, r in (("full", 1.0), ("uniform", 0.3), ("uniform", 0.5))}
+    configs = (("full", 1.0), ("uniform", 0.3), ("uniform", 0.5), ("st_simdiff", 0.3), ("st_simdiff", 0.5))
+    assert {(r["frames"], r["strategy"], r["ratio"]) for r in runs} == {(f, s, r) for f in (2, 4) for s, r in configs}
     for run in runs:
         # the reduction really reached the model: its KV cache holds exactly the budgeted tokens
         assert run["kept_tokens"] == math.ceil(run["ratio"] * run["visual_tokens"])

@@ -43,6 +43,15 @@ def test_build_at_ratio_sets_the_budget(tmp_path):
     assert build_at_ratio("keep_all", 0.3).config.to_dict() == {"name": "keep_all"}
 
 
+def test_per_frame_counts_follow_the_ratio():
+    # VisionZip-style configs: ceil(0.3 * 144) = 44 tokens per frame, 1/6.4 of them contextual
+    reducer = build_at_ratio("visionzip", 0.3, tokens_per_frame=144)
+    config = reducer.config
+    assert (config.dominant, config.contextual, config.cls_token) == (37, 7, False)
+    runs, _ = run_strategies(["visionzip"], encoded_video(t=2, h=12, w=12), 0.3)
+    assert runs[0].kept == 2 * 44  # dominant tokens kept in place plus contextual tokens
+
+
 def test_only_declared_signals_are_given_and_proxies_are_named():
     encoded = encoded_video()
     tokens, proxies = tokens_for(tr.build("attention_prune"), encoded)

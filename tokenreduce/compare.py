@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import tokenreduce as tr
+from tokenreduce.budget import scaled_count
 from tokenreduce.encoders import EncodedVideo
 from tokenreduce.interfaces import Reducer, Signal
 from tokenreduce.tokens import Reduction, VisualTokens
@@ -50,21 +51,31 @@ def default_strategies() -> list[str]:
     return [name for name in tr.STRATEGIES.names() if name not in NOT_COMPARED]
 
 
-def build_at_ratio(spec: str | Path | dict[str, Any], ratio: float) -> Reducer:
+CONTEXTUAL_SHARE = 10 / 64  # VisionZip's presets (54+10, 108+20, 162+30) give 1/6.4 to contextual tokens
+
+
+def build_at_ratio(spec: str | Path | dict[str, Any], ratio: float, tokens_per_frame: int | None = None) -> Reducer:
     """Build ``spec`` (name, config dict or .json/.yaml path) with its budget set to ``ratio``.
 
     The budget field is ``ratio`` when the config has one, else ``cost`` (the FLOP-style budget of
-    FrameFusion / ST-SimDiff's reference variant); a config with neither is built as given.
+    FrameFusion / ST-SimDiff's reference variant). Per-frame counts ``dominant`` + ``contextual``
+    (VisionZip) become ``ceil(ratio * tokens_per_frame)`` tokens per frame split in the presets'
+    proportion, with no CLS token (the grid has none). A config with none of these (an adaptive
+    count such as PruMerge+'s) is built as given.
     """
     reducer = tr.build(spec)
     fields = reducer.config.field_names()
-    for budget_field in ("ratio", "cost"):
-        if budget_field in fields:
-            changes: dict[str, Any] = {budget_field: ratio}
-            if budget_field == "ratio" and "count" in fields:
-                changes["count"] = None
-            return tr.build(reducer.config.replace(**changes))
-    return reducer
+    changes: dict[str, Any] = {}
+    if "ratio" in fields:
+        changes = {"ratio": ratio, **({"count": None} if "count" in fields else {})}
+    elif "cost" in fields:
+        changes = {"cost": ratio}
+    elif {"dominant", "contextual"} <= set(fields) and tokens_per_frame is not None:
+        keep = scaled_count(tokens_per_frame, ratio)
+        contextual = min(round(keep * CONTEXTUAL_SHARE), keep - 1)
+        changes = {"dominant": keep - contextual, "contextual": contextual}
+        changes.update({k: v for k, v in (("preset", None), ("cls_token", False)) if k in fields})
+    return tr.build(reducer.config.replace(**changes)) if changes else reducer
 
 
 def label_of(spec: str | Path | dict[str, Any], reducer: Reducer) -> str:
@@ -100,7 +111,8 @@ def tokens_for(reducer: Reducer, encoded: EncodedVideo) -> tuple[VisualTokens, t
 
 def run_strategy(spec: str | Path | dict[str, Any], encoded: EncodedVideo, ratio: float) -> StrategyRun:
     """Build ``spec`` at ``ratio``, run it on ``encoded`` (once to warm up, once timed)."""
-    reducer = build_at_ratio(spec, ratio)
+    _, h, w = encoded.grid
+    reducer = build_at_ratio(spec, ratio, tokens_per_frame=h * w)
     tokens, proxies = tokens_for(reducer, encoded)
     reducer(tokens)
     start = time.perf_counter()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -86,7 +87,7 @@ def render(frames: np.ndarray, runs: Sequence[StrategyRun], out: str | Path, *, 
         drawn = overlay(shown, roles)
         for column in range(len(picked)):
             axes[r, column].imshow(drawn[column])
-        axes[r, 0].set_ylabel(f"{run.label}\n{100 * run.kept / run.total:.0f}% kept", fontsize=8)
+        axes[r, 0].set_ylabel(f"{_wrap(run.label)}\n{100 * run.kept / run.total:.0f}% kept", fontsize=8)
     for axis in axes.flat:
         axis.set_xticks([])
         axis.set_yticks([])
@@ -102,6 +103,17 @@ def render(frames: np.ndarray, runs: Sequence[StrategyRun], out: str | Path, *, 
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=110)
     return out
+
+
+def _wrap(label: str, width: int = 14) -> str:
+    """Break a long strategy name over lines at underscores and spaces so row labels stay narrow."""
+    lines, current = [], ""
+    for part in re.split(r"(?<=[_ ])", label):
+        if current and len(current) + len(part) > width:
+            lines.append(current)
+            current = ""
+        current += part
+    return "\n".join([*lines, current])
 
 
 def write_html(png: str | Path, runs: Sequence[StrategyRun], out: str | Path, *, notes: Sequence[str] = ()) -> Path:

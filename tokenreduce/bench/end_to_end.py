@@ -29,7 +29,7 @@ import torch
 import tokenreduce as tr
 from tokenreduce.bench.model import TEXT_TOKENS, VideoPrompt, build_model, video_prompt
 from tokenreduce.compare import build_at_ratio
-from tokenreduce.interfaces import Reducer, Stage
+from tokenreduce.interfaces import Reducer
 
 
 @dataclass(frozen=True)
@@ -140,59 +140,12 @@ class _PeakMemory:
 
 @contextlib.contextmanager
 def reduced(model: torch.nn.Module, reducer: Reducer | None) -> Iterator[None]:
-    """The model with ``reducer`` applied (``tr.apply``), or unchanged for ``None``."""
+    """The model with ``reducer`` applied through its adapter (``tr.apply``), or unchanged for ``None``."""
     if reducer is None:
         yield
         return
-    apply = getattr(tr, "apply", None)
-    if apply is None:
-        with _pre_llm_selection(model, reducer):
-            yield
-        return
-    with apply(model, reducer):
+    with tr.apply(model, reducer):
         yield
-
-
-@contextlib.contextmanager
-def _pre_llm_selection(model: torch.nn.Module, reducer: Reducer) -> Iterator[None]:
-    """Drop visual tokens before the first decoder layer (pre-LLM selection strategies only).
-
-    Used while no model adapter is installed: a forward pre-hook on the language model slices the
-    input embeddings, M-RoPE position ids and attention mask to the kept visual tokens and the text.
-    """
-    if any(step.stage is not Stage.PRE_LLM for step in reducer.steps()) or reducer.requires:
-        raise tr.MissingDependencyError(f"{reducer.config.name} runs inside the LLM; measuring it needs "
-                                        "tr.apply (the model adapters of tokenreduce)")
-    video_id = model.config.video_token_id
-    grid: dict[str, tuple[int, int, int]] = {}
-
-    def remember_grid(module, args, kwargs):
-        thw = kwargs.get("video_grid_thw")
-        if thw is not None:
-            merge = model.config.vision_config.spatial_merge_size
-            grid["thw"] = (int(thw[0, 0]), int(thw[0, 1]) // merge, int(thw[0, 2]) // merge)
-            grid["ids"] = kwargs["input_ids"]
-
-    def select(module, args, kwargs):
-        embeds = kwargs["inputs_embeds"]
-        is_video = grid["ids"][0] == video_id
-        visual = embeds[:, is_video].reshape(1, *grid["thw"], embeds.shape[-1])
-        reduction = reducer(tr.VisualTokens(visual.float(), num_layers=model.config.text_config.num_hidden_layers))
-        keep = ~is_video
-        keep[is_video] = reduction.keep_mask[0]
-        kwargs["inputs_embeds"] = embeds[:, keep]
-        kwargs["position_ids"] = kwargs["position_ids"][..., keep]
-        if kwargs.get("attention_mask") is not None:
-            kwargs["attention_mask"] = kwargs["attention_mask"][:, keep]
-        return args, kwargs
-
-    handles = [model.register_forward_pre_hook(remember_grid, with_kwargs=True),
-               model.model.language_model.register_forward_pre_hook(select, with_kwargs=True)]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def measure(model: torch.nn.Module, prompt: VideoPrompt, reducer: Reducer | None, *, frames: int, label: str,
@@ -222,27 +175,40 @@ def measure(model: torch.nn.Module, prompt: VideoPrompt, reducer: Reducer | None
                       kept_tokens=kept, ttft_s=ttft, vision_s=vision, prefill_s=ttft - vision, peak_bytes=peak)
 
 
+def cannot_apply(model: torch.nn.Module, reducer: Reducer) -> str | None:
+    """Why ``tr.apply(model, reducer)`` refuses (a missing backend, a stage or layer the model's
+    adapter does not support), or ``None`` when it installs."""
+    try:
+        with tr.apply(model, reducer):
+            return None
+    except (tr.TokenReduceError, NotImplementedError, ValueError) as exc:
+        return str(exc)
+
+
 def end_to_end(*, size: str, frame_counts: Sequence[int], strategies: Sequence[str], ratios: Sequence[float],
                resolution: int, repeats: int, device: str = "cpu",
                progress: Callable[[Sequence], Iterator] = iter) -> tuple[list[PrefillRun], list[str]]:
     """Measure the full model and every (strategy, ratio) at every frame count.
 
-    Returns the runs and notes (e.g. strategies that cannot be measured without model adapters).
+    Returns the runs and notes: the strategies ``tr.apply`` cannot install on the model (a missing
+    optional backend, a stage its adapter does not support) are skipped with the reason.
     """
     torch_device = torch.device(device)
     model = build_model(size, device=device)
     reducers: list[tuple[str, float, Reducer | None]] = [("full", 1.0, None)]
-    reducers += [(name, ratio, build_at_ratio(name, ratio)) for name in strategies for ratio in ratios]
+    notes = []
+    for name in strategies:
+        for ratio in ratios:
+            reducer = build_at_ratio(name, ratio, tokens_per_frame=video_prompt(2, resolution).visual_tokens)
+            problem = cannot_apply(model, reducer)
+            if problem:
+                notes.append(f"skipped {name} r={ratio:g}: {problem}")
+            else:
+                reducers.append((name, ratio, reducer))
     plan = [(frames, entry) for frames in frame_counts for entry in reducers]
-    runs, notes, unsupported = [], [], set()
+    runs = []
     for frames, (label, ratio, reducer) in progress(plan):
-        if label in unsupported:
-            continue
         prompt = video_prompt(frames, resolution, device=device)
-        try:
-            runs.append(measure(model, prompt, reducer, frames=frames, label=label, ratio=ratio,
-                                repeats=repeats, device=torch_device))
-        except tr.MissingDependencyError as exc:
-            unsupported.add(label)
-            notes.append(f"skipped {label}: {exc}")
+        runs.append(measure(model, prompt, reducer, frames=frames, label=label, ratio=ratio,
+                            repeats=repeats, device=torch_device))
     return runs, notes

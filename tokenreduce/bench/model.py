@@ -37,7 +37,7 @@ class ModelSize:
 
 SIZES: dict[str, ModelSize] = {
     # for tests: a few hundred thousand parameters
-    "tiny": ModelSize(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128, vocab=512,
+    "tiny": ModelSize(hidden=64, layers=4, heads=4, kv_heads=2, intermediate=128, vocab=512,
                       vision_depth=1, vision_dim=32, vision_heads=2),
     # ~59 M parameters
     "small": ModelSize(hidden=512, layers=8, heads=8, kv_heads=2, intermediate=1408, vocab=32000,
