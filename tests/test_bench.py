@@ -26,7 +26,7 @@ def test_bench_runs_end_to_end_and_writes_json_and_plot(tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "Selection overhead" in printed and "End to end" in printed and "prefill x" in printed
-    assert "target at r=0.3" in printed and "growth of prefill time" in printed
+    assert "target at r=0.3" in printed and "growth of prefill CPU time" in printed
     result = json.loads(out_json.read_text())
     assert result["machine"]["torch"] == torch.__version__
     selection = result["selection"]["runs"]
@@ -39,6 +39,7 @@ def test_bench_runs_end_to_end_and_writes_json_and_plot(tmp_path, capsys):
         # the reduction really reached the model: its KV cache holds exactly the budgeted tokens
         assert run["kept_tokens"] == math.ceil(run["ratio"] * run["visual_tokens"])
         assert run["ttft_s"] >= run["prefill_s"] > 0 and run["peak_bytes"] > 0
+        assert run["ttft_cpu_s"] >= run["prefill_cpu_s"] > 0
     assert out_plot.read_bytes().startswith(b"\x89PNG")
 
 
@@ -121,17 +122,20 @@ def test_paper_tokens_have_temporal_structure():
     assert tokens.importance.shape == (1, 4, 3, 3) and tokens.signals["keys"].shape == (1, 4, 3, 3, 64)
 
 
-def run(frames, strategy, ratio, prefill, peak):
+def run(frames, strategy, ratio, prefill, peak, cpu=None):
+    cpu = 2 * prefill if cpu is None else cpu
     return PrefillRun(frames=frames, strategy=strategy, ratio=ratio, visual_tokens=100, kept_tokens=100,
-                      ttft_s=prefill + 1, vision_s=1, prefill_s=prefill, peak_bytes=peak)
+                      ttft_s=prefill + 1, vision_s=1, prefill_s=prefill, ttft_cpu_s=cpu + 2, prefill_cpu_s=cpu,
+                      peak_bytes=peak)
 
 
 def test_targets_and_growth_are_checked_against_full():
     runs = [run(8, "full", 1.0, 1.0, 1000), run(16, "full", 1.0, 4.0, 2000),
-            run(8, "s", 0.3, 0.3, 300), run(16, "s", 0.3, 1.2, 1200)]
+            run(8, "s", 0.3, 0.3, 300), run(16, "s", 0.3, 1.2, 1200, cpu=2.4)]
     lines = target_lines(runs)
-    assert lines[0] == ("target at r=0.3, 16 frames, s: prefill 0.30x full (meets <= 0.4x), "
-                        "peak memory 0.60x (misses <= 0.5x)")
+    assert lines[0] == ("target at r=0.3, 16 frames, s: prefill 0.30x full wall-clock / 0.30x CPU time "
+                        "(meets <= 0.4x), peak memory 0.60x (misses <= 0.5x)")
+    assert "(misses <= 0.4x)" in target_lines(runs[:3] + [run(16, "s", 0.3, 1.2, 1200, cpu=3.6)])[0]
     assert "full: exponent 2.00" in lines[1] and "s r=0.3: exponent 2.00" in lines[2]
     assert growth_exponent(runs[:1]) is None
     table = end_to_end_table(runs)

@@ -4,10 +4,15 @@ For every frame count the full model and each (strategy, ratio) run on the same 
 process, so the ratios compare like with like. Per run:
 
 - ``ttft_s``: one forward pass over the prompt with the KV cache on and the first token picked
-  (vision tower + selection + LLM prefill + LM head on the last position); the best of ``repeats``
-  after one warm-up (the least disturbed by other work on the machine).
+  (vision tower + selection + LLM prefill + LM head on the last position), wall clock; the best
+  of ``repeats`` after one warm-up. The repeats of all configurations of one frame count are
+  interleaved (full, strategy 1, strategy 2, ..., full, ...), so that other work on the machine
+  disturbs them alike.
 - ``vision_s``: the part of it spent in the vision tower (forward hooks); ``prefill_s`` is
   ``ttft_s - vision_s``: the selection overhead plus the LLM prefill, which reduction shrinks.
+- ``ttft_cpu_s`` / ``prefill_cpu_s``: the same in CPU time of the process (all its threads,
+  ``time.process_time``), best of the same runs; on a shared CPU machine it depends far less on
+  other processes than wall-clock time does.
 - ``peak_bytes``: peak activation memory of the language model: the highest amount of tensor
   memory allocated while the language model's forward runs (pre-LLM selection, decoder layers,
   KV cache) above what was allocated when it started; weights, inputs and the vision tower's own
@@ -44,6 +49,8 @@ class PrefillRun:
     ttft_s: float
     vision_s: float
     prefill_s: float
+    ttft_cpu_s: float
+    prefill_cpu_s: float
     peak_bytes: int
 
     def as_dict(self) -> dict:
@@ -56,21 +63,22 @@ def _sync(device: torch.device) -> None:
 
 
 class _VisionTimer:
-    """Seconds spent in a module's forward, via forward pre/post hooks."""
+    """Wall-clock and CPU seconds spent in a module's forward, via forward pre/post hooks."""
 
     def __init__(self, module: torch.nn.Module, device: torch.device) -> None:
-        self.seconds = 0.0
+        self.seconds = self.cpu_seconds = 0.0
         self._device = device
-        self._start = 0.0
+        self._start = self._cpu_start = 0.0
         self._handles = [module.register_forward_pre_hook(self._begin), module.register_forward_hook(self._end)]
 
     def _begin(self, *_: object) -> None:
         _sync(self._device)
-        self._start = time.perf_counter()
+        self._start, self._cpu_start = time.perf_counter(), time.process_time()
 
     def _end(self, *_: object) -> None:
         _sync(self._device)
         self.seconds += time.perf_counter() - self._start
+        self.cpu_seconds += time.process_time() - self._cpu_start
 
     def close(self) -> None:
         for handle in self._handles:
@@ -148,31 +156,46 @@ def reduced(model: torch.nn.Module, reducer: Reducer | None) -> Iterator[None]:
         yield
 
 
-def measure(model: torch.nn.Module, prompt: VideoPrompt, reducer: Reducer | None, *, frames: int, label: str,
-            ratio: float, repeats: int, device: torch.device) -> PrefillRun:
-    """Time and memory of one configuration (see the module docstring for what is measured)."""
+Timing = tuple[float, float, float, float]  # wall, vision wall, CPU, vision CPU seconds of one prefill
+
+
+def _timed_prefill(model: torch.nn.Module, prompt: VideoPrompt, timer: _VisionTimer, device: torch.device) -> Timing:
+    timer.seconds = timer.cpu_seconds = 0.0
+    _sync(device)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    _prefill(model, prompt)
+    _sync(device)
+    return time.perf_counter() - start, timer.seconds, time.process_time() - cpu_start, timer.cpu_seconds
+
+
+def measure(model: torch.nn.Module, prompt: VideoPrompt, configs: Sequence[tuple[str, float, Reducer | None]], *,
+            frames: int, repeats: int, device: torch.device) -> list[PrefillRun]:
+    """Time and memory of every ``(label, ratio, reducer)`` at one frame count (see the module docstring)."""
     timer = _VisionTimer(model.model.visual, device)
     memory = _PeakMemory(model.model.language_model, device)
+    kept, peaks = [], []
+    timings: list[list[Timing]] = [[] for _ in configs]
     try:
-        with reduced(model, reducer):
-            kept = _prefill(model, prompt)  # warm-up
-            ttfts, visions = [], []
-            for _ in range(repeats):
-                timer.seconds = 0.0
-                _sync(device)
-                start = time.perf_counter()
-                _prefill(model, prompt)
-                _sync(device)
-                ttfts.append(time.perf_counter() - start)
-                visions.append(timer.seconds)
-            peak = memory.measure(lambda: _prefill(model, prompt))
+        for _, _, reducer in configs:  # warm-up, kept count and peak memory
+            with reduced(model, reducer):
+                kept.append(_prefill(model, prompt))
+                peaks.append(memory.measure(lambda: _prefill(model, prompt)))
+        for _ in range(repeats):
+            for runs_of_config, (_, _, reducer) in zip(timings, configs):
+                with reduced(model, reducer):
+                    runs_of_config.append(_timed_prefill(model, prompt, timer, device))
     finally:
         timer.close()
         memory.close()
-    best = min(range(repeats), key=ttfts.__getitem__)
-    ttft, vision = ttfts[best], visions[best]
-    return PrefillRun(frames=frames, strategy=label, ratio=ratio, visual_tokens=prompt.visual_tokens,
-                      kept_tokens=kept, ttft_s=ttft, vision_s=vision, prefill_s=ttft - vision, peak_bytes=peak)
+    results = []
+    for (label, ratio, _), count, peak, runs_of_config in zip(configs, kept, peaks, timings):
+        wall, vision, _, _ = min(runs_of_config)
+        results.append(PrefillRun(
+            frames=frames, strategy=label, ratio=ratio, visual_tokens=prompt.visual_tokens, kept_tokens=count,
+            ttft_s=wall, vision_s=vision, prefill_s=wall - vision,
+            ttft_cpu_s=min(t[2] for t in runs_of_config), prefill_cpu_s=min(t[2] - t[3] for t in runs_of_config),
+            peak_bytes=peak))
+    return results
 
 
 def cannot_apply(model: torch.nn.Module, reducer: Reducer) -> str | None:
@@ -205,10 +228,8 @@ def end_to_end(*, size: str, frame_counts: Sequence[int], strategies: Sequence[s
                 notes.append(f"skipped {name} r={ratio:g}: {problem}")
             else:
                 reducers.append((name, ratio, reducer))
-    plan = [(frames, entry) for frames in frame_counts for entry in reducers]
     runs = []
-    for frames, (label, ratio, reducer) in progress(plan):
+    for frames in progress(list(frame_counts)):
         prompt = video_prompt(frames, resolution, device=device)
-        runs.append(measure(model, prompt, reducer, frames=frames, label=label, ratio=ratio,
-                            repeats=repeats, device=torch_device))
+        runs += measure(model, prompt, reducers, frames=frames, repeats=repeats, device=torch_device)
     return runs, notes

@@ -44,21 +44,25 @@ def end_to_end_table(runs: Sequence[PrefillRun]) -> str:
         base = full.get(r.frames)
         rows.append((str(r.frames), r.strategy, "-" if r.strategy == "full" else f"{r.ratio:g}",
                      f"{r.kept_tokens}/{r.visual_tokens}", f"{1000 * r.ttft_s:.0f}", f"{1000 * r.vision_s:.0f}",
-                     f"{1000 * r.prefill_s:.0f}", f"{r.peak_bytes / 2**20:.1f}",
-                     _times(r.prefill_s, base and base.prefill_s), _times(r.ttft_s, base and base.ttft_s),
-                     _times(r.peak_bytes, base and base.peak_bytes)))
-    return _table(("frames", "strategy", "r", "visual kept", "TTFT ms", "vision ms", "prefill ms", "peak MiB",
-                   "prefill x", "TTFT x", "memory x"), rows)
+                     f"{1000 * r.prefill_s:.0f}", f"{1000 * r.prefill_cpu_s:.0f}", f"{r.peak_bytes / 2**20:.1f}",
+                     _times(r.prefill_s, base and base.prefill_s), _times(r.prefill_cpu_s, base and base.prefill_cpu_s),
+                     _times(r.ttft_s, base and base.ttft_s), _times(r.peak_bytes, base and base.peak_bytes)))
+    return _table(("frames", "strategy", "r", "visual kept", "TTFT ms", "vision ms", "prefill ms", "prefill CPU ms",
+                   "peak MiB", "prefill x", "prefill CPU x", "TTFT x", "memory x"), rows)
 
 
 def growth_exponent(runs: Sequence[PrefillRun]) -> float | None:
-    """Slope of log(prefill time) against log(frames) between the smallest and largest count (1 = linear)."""
+    """Slope of log(prefill CPU time) against log(frames) between the smallest and largest count (1 = linear)."""
     if len(runs) < 2:
         return None
     first, last = min(runs, key=lambda r: r.frames), max(runs, key=lambda r: r.frames)
-    if first.frames == last.frames or first.prefill_s <= 0 or last.prefill_s <= 0:
+    if first.frames == last.frames or first.prefill_cpu_s <= 0 or last.prefill_cpu_s <= 0:
         return None
-    return math.log(last.prefill_s / first.prefill_s) / math.log(last.frames / first.frames)
+    return math.log(last.prefill_cpu_s / first.prefill_cpu_s) / math.log(last.frames / first.frames)
+
+
+def _verdict(value: float, target: float) -> str:
+    return "meets" if value <= target else "misses"
 
 
 def target_lines(runs: Sequence[PrefillRun]) -> list[str]:
@@ -69,18 +73,19 @@ def target_lines(runs: Sequence[PrefillRun]) -> list[str]:
     if at_target:
         frames = max(r.frames for r in at_target)
         for r in (r for r in at_target if r.frames == frames):
-            prefill = r.prefill_s / full[frames].prefill_s
+            wall = r.prefill_s / full[frames].prefill_s
+            cpu = r.prefill_cpu_s / full[frames].prefill_cpu_s
             memory = r.peak_bytes / full[frames].peak_bytes
-            lines.append(f"target at r={TARGET_RATIO}, {frames} frames, {r.strategy}: prefill {prefill:.2f}x full "
-                         f"({'meets' if prefill <= PREFILL_TARGET else 'misses'} <= {PREFILL_TARGET}x), "
-                         f"peak memory {memory:.2f}x ({'meets' if memory <= MEMORY_TARGET else 'misses'} "
+            lines.append(f"target at r={TARGET_RATIO}, {frames} frames, {r.strategy}: prefill {wall:.2f}x full "
+                         f"wall-clock / {cpu:.2f}x CPU time ({_verdict(max(wall, cpu), PREFILL_TARGET)} <= "
+                         f"{PREFILL_TARGET}x), peak memory {memory:.2f}x ({_verdict(memory, MEMORY_TARGET)} "
                          f"<= {MEMORY_TARGET}x)")
     configs = sorted({(r.strategy, r.ratio) for r in runs})
     for strategy, ratio in configs:
         exponent = growth_exponent([r for r in runs if (r.strategy, r.ratio) == (strategy, ratio)])
         if exponent is not None:
             name = strategy if strategy == "full" else f"{strategy} r={ratio:g}"
-            lines.append(f"growth of prefill time with frames, {name}: exponent {exponent:.2f} (1.00 = linear)")
+            lines.append(f"growth of prefill CPU time with frames, {name}: exponent {exponent:.2f} (1.00 = linear)")
     return lines
 
 
@@ -95,9 +100,9 @@ def plot(runs: Sequence[PrefillRun], out: str | Path, *, title: str = "") -> Pat
         points = sorted((r for r in runs if (r.strategy, r.ratio) == (strategy, ratio)), key=lambda r: r.frames)
         label = "full" if strategy == "full" else f"{strategy} r={ratio:g}"
         frames = [r.frames for r in points]
-        time_axis.plot(frames, [r.prefill_s for r in points], marker="o", label=label)
+        time_axis.plot(frames, [r.prefill_cpu_s for r in points], marker="o", label=label)
         memory_axis.plot(frames, [r.peak_bytes / 2**20 for r in points], marker="o", label=label)
-    time_axis.set(xlabel="frames", ylabel="prefill time (s, selection included)", title="prefill time")
+    time_axis.set(xlabel="frames", ylabel="prefill CPU time (s, selection included)", title="prefill time")
     memory_axis.set(xlabel="frames", ylabel="peak activation memory (MiB)", title="peak memory")
     time_axis.legend(fontsize=8)
     if title:
