@@ -30,6 +30,7 @@ def test_bench_runs_end_to_end_and_writes_json_and_plot(tmp_path, capsys):
     result = json.loads(out_json.read_text())
     assert result["machine"]["torch"] == torch.__version__
     selection = result["selection"]["runs"]
+    assert all(r["seconds"] > 0 and r["cpu_seconds"] > 0 for r in selection)
     assert [r["strategy"] for r in selection if r["community"] is None] == ["uniform", "st_simdiff"]
     assert {r["community"] for r in selection if r["strategy"] == "st_simdiff"} >= {None, "connected_components"}
     runs = result["end_to_end"]["runs"]
@@ -57,6 +58,7 @@ def test_bench_parts_can_run_alone(tmp_path, capsys):
     (["--ratios", "0.3,2"], "the ratio must be in (0, 1]"),
     (["--size", "huge"], "invalid choice: 'huge'"),
     (["--part", "speed"], "invalid choice: 'speed'"),
+    (["--threads", "0"], "expected an integer >= 1"),
 ])
 def test_invalid_bench_arguments_are_usage_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -161,6 +161,9 @@ def _configure_bench(parser: argparse.ArgumentParser) -> Runner:
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--plot", metavar="PATH", default="tokenreduce-bench.png",
                         help="plot of time and memory vs frames (default tokenreduce-bench.png)")
+    parser.add_argument("--threads", type=positive_int,
+                        help="CPU threads for torch (default: torch's choice); 1 makes CPU times most "
+                             "stable on a machine shared with other work")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     def run(args: argparse.Namespace) -> int:
@@ -172,7 +175,7 @@ def _configure_bench(parser: argparse.ArgumentParser) -> Runner:
             parts=parts, device=args.device, strategies=args.strategy, ratios=tuple(args.ratios),
             selection_frames=args.selection_frames, selection_grid=args.selection_grid, dim=args.dim,
             size=args.size, frame_counts=tuple(args.frames), resolution=args.resolution, repeats=args.repeats,
-            json_path=args.json, plot_path=args.plot, progress=not args.no_progress))
+            json_path=args.json, plot_path=args.plot, progress=not args.no_progress, threads=args.threads))
 
     return run
 

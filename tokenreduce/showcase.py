@@ -46,7 +46,7 @@ def show(options: Showcase) -> int:
     notes = [
         f"video: {source} ({clip.total_frames} frames, {len(clip.indices)} sampled)",
         f"tokens: {t} frames x {h}x{w} = {t * h * w}; encoder: {encoded.encoder}",
-        f"ratio: {options.ratio}; selection time is one run on this machine's CPU after a warm-up",
+        f"ratio: {options.ratio}; selection time is the best of 3 runs on this machine's CPU after a warm-up",
     ]
     if any(run.proxies for run in runs):
         notes.append("proxy signals: no model runs here, so attention-based strategies rank tokens by "

@@ -40,6 +40,7 @@ class BenchOptions:
     json_path: str | None = None
     plot_path: str | None = "tokenreduce-bench.png"
     progress: bool = True
+    threads: int | None = None
 
 
 def machine() -> dict[str, object]:
@@ -71,6 +72,8 @@ def run(options: BenchOptions) -> int:
     """Run the benchmark parts of ``options``; print tables; write JSON and the plot."""
     if options.device == "cuda" and not torch.cuda.is_available():
         raise tr.TokenReduceError("--device cuda was asked for but no CUDA device is available")
+    if options.threads is not None:
+        torch.set_num_threads(options.threads)
     result: dict[str, object] = {"machine": machine(), "options": asdict(options)}
     if "selection" in options.parts:
         strategies = list(options.strategies or default_strategies())

@@ -24,8 +24,9 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def selection_table(runs: Sequence[SelectionRun]) -> str:
     rows = [(r.strategy, r.community or "-", r.device, str(r.tokens), str(r.dim), str(r.kept),
-             f"{1000 * r.seconds:.2f}") for r in runs]
-    return _table(("strategy", "community", "device", "tokens", "d", "kept", "ms"), rows)
+             f"{1000 * r.seconds:.2f}", "-" if r.cpu_seconds is None else f"{1000 * r.cpu_seconds:.2f}")
+            for r in runs]
+    return _table(("strategy", "community", "device", "tokens", "d", "kept", "ms", "CPU ms"), rows)
 
 
 def _full_of(runs: Sequence[PrefillRun]) -> dict[int, PrefillRun]:

@@ -4,8 +4,10 @@ Inputs are seeded random tensors of the paper's scale by default: 64 frames of 1
 (LLaVA-Video's grid) with d = 3584 (Qwen2-7B's hidden size), plus the signals a strategy
 declares (importance ``[B,T,H,W]``, keys ``[B,T,H,W,64]``, embeddings = the features). To give
 graph-based strategies realistic structure, each token is its previous frame's token plus a
-little noise, so temporal neighbours are similar as in real video. Time is the best of
-``repeats`` runs after one warm-up, on the given device.
+little noise, so temporal neighbours are similar as in real video. Times are the best of
+``repeats`` runs after one warm-up, on the given device: wall clock (``seconds``) and the
+process's CPU time over all threads (``cpu_seconds``; CPU device only), which depends far less on
+other work on a shared machine.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class SelectionRun:
     dim: int
     kept: int
     seconds: float
+    cpu_seconds: float | None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -59,20 +62,23 @@ def _tokens_for(reducer: Reducer, tokens: tr.VisualTokens) -> tr.VisualTokens:
     return tokens.replace(importance=tokens.importance if Signal.IMPORTANCE in needs else None, signals=signals)
 
 
-def time_reducer(reducer: Reducer, tokens: tr.VisualTokens, repeats: int) -> tuple[float, int]:
-    """Best-of-``repeats`` seconds of ``reducer(tokens)`` after a warm-up, and the kept count."""
+def time_reducer(reducer: Reducer, tokens: tr.VisualTokens, repeats: int) -> tuple[float, float | None, int]:
+    """Best-of-``repeats`` wall and CPU seconds (CPU: None on CUDA) of ``reducer(tokens)`` after a
+    warm-up, and the kept count."""
     tokens = _tokens_for(reducer, tokens)
-    sync = torch.cuda.synchronize if tokens.device.type == "cuda" else (lambda: None)
+    on_cuda = tokens.device.type == "cuda"
+    sync = torch.cuda.synchronize if on_cuda else (lambda: None)
     reduction = reducer(tokens)
-    best = float("inf")
+    wall = cpu = float("inf")
     for _ in range(repeats):
         sync()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         reducer(tokens)
         sync()
-        best = min(best, time.perf_counter() - start)
+        wall = min(wall, time.perf_counter() - start)
+        cpu = min(cpu, time.process_time() - cpu_start)
     extra = 0 if reduction.extra is None else int(reduction.extra.shape[1])
-    return best, int(reduction.kept_counts()[0]) + extra
+    return wall, None if on_cuda else cpu, int(reduction.kept_counts()[0]) + extra
 
 
 def community_variants(strategies: Sequence[str]) -> list[tuple[str, str]]:
@@ -98,9 +104,9 @@ def selection_overhead(*, strategies: Sequence[str], ratio: float, frames: int, 
             reducer = build_at_ratio(name, ratio, tokens_per_frame=height * width)
             if detector is not None:
                 reducer = tr.build(reducer.config.replace(community=detector))
-            seconds, kept = time_reducer(reducer, tokens, repeats)
+            seconds, cpu_seconds, kept = time_reducer(reducer, tokens, repeats)
         except (tr.MissingDependencyError, tr.MissingSignalError) as exc:
             notes.append(f"skipped {name}{f' with {detector}' if detector else ''}: {exc}")
             continue
-        runs.append(SelectionRun(name, detector, device, tokens.num_tokens, dim, kept, seconds))
+        runs.append(SelectionRun(name, detector, device, tokens.num_tokens, dim, kept, seconds, cpu_seconds))
     return runs, notes
