@@ -26,17 +26,12 @@ def combine(previous: Reduction, latest: Reduction) -> Reduction:
     """The reduction of running ``latest`` on the survivors of ``previous``."""
     roles = previous.roles | latest.roles
     parts = [r for r in (previous, latest) if r.extra is not None]
-    extra, extra_valid = None, None
-    if parts:
-        extra = torch.cat([r.extra for r in parts], dim=1)
-        if any(r.extra_valid is not None for r in parts):
-            flags = torch.cat([r.extra_valid if r.extra_valid is not None
-                               else torch.ones(r.extra.shape[:2], dtype=torch.bool, device=r.extra.device)
-                               for r in parts], dim=1)
-            # real extra tokens first, padding last, each group in order
-            order = torch.sort((~flags).to(torch.int8), dim=1, stable=True).indices
-            extra = extra.gather(1, order.unsqueeze(-1).expand_as(extra))
-            extra_valid = flags.gather(1, order)
+    extra = torch.cat([r.extra for r in parts], dim=1) if parts else None
+    extra_valid = None
+    if any(r.extra_valid is not None for r in parts):
+        extra_valid = torch.cat([r.extra_valid if r.extra_valid is not None
+                                 else torch.ones(r.extra.shape[:2], dtype=torch.bool, device=r.extra.device)
+                                 for r in parts], dim=1)
     return Reduction(
         latest.keep_mask,
         roles & ~int(Role.KEPT),

@@ -244,7 +244,7 @@ class ReductionStats:
     total: list[int]
     ratio: list[float]
     roles: dict[str, list[int]] = field(default_factory=dict)
-    extra: int = 0
+    extra: int = 0  # the most real extra tokens any sample has
 
     def __str__(self) -> str:
         parts = [f"kept={self.kept}", f"of={self.total}"]
@@ -265,8 +265,8 @@ class Reduction:
         extra: ``None``, or ``[B, E, D]`` tokens that did not exist before (VisionZip's
             contextual tokens); they follow the kept tokens in the output sequence.
         extra_valid: ``None`` (every extra token is real) or bool ``[B, E]``: samples of a batch
-            may make different numbers of extra tokens; the real ones come first and the rest
-            (``False``) is padding that is never handed on.
+            may make different numbers of extra tokens; ``False`` marks padding slots, which are
+            never handed on (a strategy documents where its slots are, e.g. per frame).
         valid: ``[B, N]`` bool: the tokens that were eligible (not padding).
         grid: ``(T, H, W)``.
         info: free-form diagnostics (e.g. ``merge_ratio``), never needed to apply the result.
@@ -364,7 +364,7 @@ class Reduction:
             total=total,
             ratio=[k / n for k, n in zip(kept, total)],
             roles=role_counts,
-            extra=0 if self.extra is None else int(self.extra.shape[1]),
+            extra=int(self.extra_counts().max()) if self.extra is not None else 0,
         )
 
     def __repr__(self) -> str:
