@@ -159,3 +159,15 @@ def test_config_errors_and_round_trip():
     assert tr.build("visionzip").config.dominant == 191  # the official defaults
     with pytest.raises(tr.MissingSignalError, match="keys"):
         reducer(tr.VisualTokens(torch.randn(1, 1, 2, 2, 3), importance=torch.rand(1, 1, 2, 2)))
+
+
+def test_pipeline_carries_contextual_tokens_and_their_layout():
+    tokens = make_tokens(2, 2, 3, 3, seed=11)
+    visionzip = tr.build("visionzip", dominant=4, contextual=2)
+    pipe = tr.Pipeline([tr.build("fastv", count=2), visionzip])  # run in stage order: encoder first
+    alone, both = visionzip(tokens), pipe(tokens)
+    assert both.kept_counts().tolist() == [2, 2]
+    assert not (both.keep_mask & ~alone.keep_mask).any()
+    torch.testing.assert_close(both.extra, alone.extra)
+    assert torch.equal(both.extra_valid, alone.extra_valid)
+    assert both.stats.extra == 4
