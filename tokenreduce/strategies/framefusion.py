@@ -77,9 +77,10 @@ def temporal_similarity(features: torch.Tensor, valid: torch.Tensor) -> torch.Te
     frame = torch.arange(t, device=features.device).view(1, t, 1, 1)
     last_valid = torch.where(valid, frame, -1).cummax(dim=1).values
     previous = torch.cat([torch.full_like(last_valid[:, :1], -1), last_valid[:, :-1]], dim=1)
-    neighbour = features.gather(1, previous.clamp(min=0).unsqueeze(-1).expand_as(features))
-    dot = (features * neighbour).sum(dim=-1)
-    cosine = dot / (features.norm(dim=-1) * neighbour.norm(dim=-1))
+    source = previous.clamp(min=0)
+    neighbour = features.gather(1, source.unsqueeze(-1).expand_as(features))
+    norms = features.norm(dim=-1)
+    cosine = (features * neighbour).sum(dim=-1) / (norms * norms.gather(1, source))
     has_neighbour = valid & (previous >= 0) & ~cosine.isnan()
     return torch.where(has_neighbour, cosine, torch.full_like(cosine, NO_NEIGHBOUR))
 
