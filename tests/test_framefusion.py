@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import random
@@ -128,7 +129,10 @@ def video(seed, t=6, h=3, w=3, dim=8, noise=0.35):
     return torch.cat(frames).unsqueeze(0)
 
 
+@functools.cache
 def run_both(seed, cost, threshold, lower_bound, num_layers, noise):
+    """Drive tokenreduce and the oracle side by side; assert equality at every step; return the
+    oracle's events."""
     features = video(seed, noise=noise)
     _, t, h, w, dim = features.shape
     mats, queries = layer_maps(dim, num_layers, seed + 1000)

@@ -156,64 +156,68 @@ class FrameFusion(LayerwiseReducer):
     def _prune_ratio(self, state: FrameFusionState, b: int) -> float:
         return cost_prune_ratio(state.sparsity[b], self.config.cost, state.num_layers, clamp=True)
 
+    def _plan_merge(self, state: FrameFusionState, b: int, marked: int, n_visual: int) -> int | None:
+        """Sample ``b``'s merge decision: ``None`` = merge every marked token, else merge only the
+        returned count of the most similar ones. Updates the schedule state."""
+        above = marked / n_visual
+        upper = self._prune_ratio(state, b)
+        if above < upper:
+            state.sparsity[b].append(above)
+            state.merging_done[b] = above < self.config.ratio_lower_bound
+            return None
+        state.merging_done[b] = state.pruning_done[b] = True
+        return int(upper * n_visual)
+
+    def _prune(self, state: FrameFusionState, layer: int, tokens: VisualTokens, rows: list[bool]) -> torch.Tensor:
+        """Bool ``[B, N]``: what the ``rows`` samples keep by attention (all valid tokens elsewhere)."""
+        if tokens.importance is None:
+            raise MissingSignalError(f"framefusion prunes at layer {layer}: pass the last query's "
+                                     "attention of the previous layer as importance=[B, T, H, W]")
+        valid = tokens.flat_valid()
+        n_visual = valid.sum(dim=1).tolist()
+        counts = [max(1, scaled_count(n, 1 - self._prune_ratio(state, b), "round")) if rows[b] else 0
+                  for b, n in enumerate(n_visual)]
+        kept = top_k_mask(tokens.flat_importance(), torch.tensor(counts, device=valid.device), valid)
+        for b, pruned in enumerate(rows):
+            state.pruning_done[b] = state.pruning_done[b] or pruned
+        return torch.where(torch.tensor(rows, device=valid.device).unsqueeze(1), kept, valid)
+
+    def _merge(self, state: FrameFusionState, tokens: VisualTokens, rows: list[bool]) -> tuple[torch.Tensor, ...]:
+        """Merge the ``rows`` samples: ``(absorbed [B, N], anchors [B, N], features [B, N, D])``."""
+        valid = tokens.flat_valid()
+        grid_valid = valid.reshape(tokens.batch_size, *tokens.grid)
+        similarity = temporal_similarity(tokens.features, grid_valid).reshape(valid.shape)
+        marked = valid & (similarity >= self.config.similarity_lower_bound)
+        n_visual, marked_counts = valid.sum(dim=1).tolist(), marked.sum(dim=1).tolist()
+        plans = [self._plan_merge(state, b, marked_counts[b], n_visual[b]) if rows[b] else 0
+                 for b in range(tokens.batch_size)]
+        device = valid.device
+        top = top_k_mask(similarity, torch.tensor([p or 0 for p in plans], device=device), marked)
+        every = torch.tensor([p is None for p in plans], device=device).unsqueeze(1)
+        absorbed = torch.where(every, marked, top)
+        merged, anchors = merge_runs(tokens.features, grid_valid, absorbed.reshape(grid_valid.shape))
+        return absorbed, anchors, merged.reshape(*valid.shape, -1)
+
     def step(self, state: FrameFusionState, layer: int, tokens: VisualTokens) -> Reduction:
         """One merge point: prune the samples whose merging finished earlier, merge the others."""
         if len(state.sparsity) != tokens.batch_size:
             raise ValueError(f"framefusion state was started for batch size {len(state.sparsity)}, "
                              f"step got {tokens.batch_size}")
         valid = tokens.flat_valid()
-        batch = tokens.batch_size
-        n_visual = valid.sum(dim=1).tolist()
+        keep, features = valid, tokens.flat_features()
+        roles = torch.zeros(valid.shape, dtype=torch.int32, device=valid.device)
         pruning = [m and not p for m, p in zip(state.merging_done, state.pruning_done)]
         merging = [not m for m in state.merging_done]
-        keep = valid.clone()
-        roles = torch.zeros(keep.shape, dtype=torch.int32, device=keep.device)
-        info: dict[str, Any] = {"layer": layer}
-
         if any(pruning):
-            if tokens.importance is None:
-                raise MissingSignalError(f"framefusion prunes at layer {layer}: pass the last query's "
-                                         "attention of the previous layer as importance=[B, T, H, W]")
-            counts = torch.tensor([
-                max(1, scaled_count(n_visual[b], 1 - self._prune_ratio(state, b), "round")) if pruning[b] else 0
-                for b in range(batch)], dtype=torch.long, device=keep.device)
-            pruned_rows = torch.tensor(pruning, device=keep.device).unsqueeze(1)
-            kept_by_attention = top_k_mask(tokens.flat_importance(), counts, valid)
-            keep = torch.where(pruned_rows, kept_by_attention, keep)
-            roles = torch.where(pruned_rows & kept_by_attention, roles | int(Role.IMPORTANT), roles)
-            for b in range(batch):
-                state.pruning_done[b] = state.pruning_done[b] or pruning[b]
-
-        features = tokens.flat_features()
+            keep = self._prune(state, layer, tokens, pruning)
+            rows = torch.tensor(pruning, device=valid.device).unsqueeze(1)
+            roles |= torch.where(rows & keep, int(Role.IMPORTANT), 0).to(torch.int32)
         if any(merging):
-            grid_valid = valid.reshape(batch, *tokens.grid)
-            similarity = temporal_similarity(tokens.features, grid_valid).reshape(batch, -1)
-            marked = valid & (similarity >= self.config.similarity_lower_bound)
-            marked_counts = marked.sum(dim=1).tolist()
-            take_all, top_counts = [], []
-            for b in range(batch):
-                take_all.append(False)
-                top_counts.append(0)
-                if not merging[b]:
-                    continue
-                above = marked_counts[b] / n_visual[b]
-                upper = self._prune_ratio(state, b)
-                if above < upper:
-                    take_all[b] = True
-                    state.sparsity[b].append(above)
-                    state.merging_done[b] = above < self.config.ratio_lower_bound
-                else:
-                    top_counts[b] = int(upper * n_visual[b])
-                    state.merging_done[b] = state.pruning_done[b] = True
-            device = keep.device
-            top = top_k_mask(similarity, torch.tensor(top_counts, device=device), marked)
-            selected = torch.where(torch.tensor(take_all, device=device).unsqueeze(1), marked, top)
-            merged, anchors = merge_runs(tokens.features, grid_valid, selected.reshape(grid_valid.shape))
-            features = merged.reshape(features.shape)
-            keep &= ~selected
-            roles |= torch.where(anchors, int(Role.MERGED), 0).to(torch.int32)
-            roles |= torch.where(selected, int(Role.ABSORBED), 0).to(torch.int32)
-        info["sparsity"] = [list(s) for s in state.sparsity]
+            absorbed, anchors, features = self._merge(state, tokens, merging)
+            keep = keep & ~absorbed
+            roles |= (torch.where(anchors, int(Role.MERGED), 0) | torch.where(absorbed, int(Role.ABSORBED), 0)).to(
+                torch.int32)
+        info: dict[str, Any] = {"layer": layer, "sparsity": [list(s) for s in state.sparsity]}
         return Reduction(keep, roles, grid=tokens.grid, valid=valid, features=features, info=info)
 
     def reduce(self, tokens: VisualTokens) -> Reduction:
