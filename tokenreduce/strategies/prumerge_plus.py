@@ -146,7 +146,7 @@ class PruMergePlus(Reducer):
         if self.config.summary_token:
             dropped = valid & ~kept
             weights = attention.to(features.dtype) * dropped
-            summary = (weights.unsqueeze(-1) * features).sum(dim=1)
+            summary = (weights.unsqueeze(1) @ features).squeeze(1)
             extra, extra_valid = frame_slots_as_extra(summary.reshape(batch, t, 1, -1),
                                                       dropped.any(dim=1).reshape(batch, t, 1))
             roles = roles | torch.where(dropped, int(Role.ABSORBED), 0)
