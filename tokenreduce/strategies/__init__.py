@@ -8,6 +8,9 @@ from tokenreduce.strategies import (  # noqa: F401
     keep_all,
     prumerge_plus,
     random_select,
+    st_simdiff,
+    st_simdiff_reference,
+    st_simdiff_select,
     uniform,
     visionzip,
 )
