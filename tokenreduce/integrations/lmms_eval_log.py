@@ -96,14 +96,15 @@ class ReductionRecorder:
                 delattr(target, name)
 
 
-def per_sample(calls: Sequence[ReductionCall], batch_size: int) -> list[dict[str, Any]]:
+def per_sample(calls: Sequence[ReductionCall], batch_size: int, one_visual_each: bool = True) -> list[dict[str, Any]]:
     """Kept/total visual tokens and reduction seconds for each of ``batch_size`` samples of one ``generate``.
 
     Calls form chains, one per token grid: a ``reduce`` call that does not come after the previous
     call's step (in step order) starts a new chain; later steps and layer-wise ``step`` calls continue
     it. A chain's total is its first call's eligible count and its kept count its last call's.
-    Rows are attributed to samples when every chain has one row per sample (or there is one
-    sample); otherwise the counts cannot be split and are ``None``.
+    Rows are attributed to samples when there is one sample, or when every sample has one visual
+    (``one_visual_each``) and every chain has one row per sample; otherwise they cannot be split
+    safely (adapters batch the grids of one shape together) and are ``None``.
     """
     seconds = sum(call.seconds for call in calls)
     if not calls:
@@ -117,7 +118,7 @@ def per_sample(calls: Sequence[ReductionCall], batch_size: int) -> list[dict[str
             chains[-1].append(call)
     totals = [chain[0].total for chain in chains]
     kept = [chain[-1].kept for chain in chains]
-    if all(len(rows) == batch_size for rows in totals):
+    if batch_size > 1 and one_visual_each and all(len(rows) == batch_size for rows in totals):
         per_total = [sum(rows[i] for rows in totals) for i in range(batch_size)]
         per_kept = [sum(rows[i] for rows in kept) for i in range(batch_size)]
     elif batch_size == 1:

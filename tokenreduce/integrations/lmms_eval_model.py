@@ -186,7 +186,8 @@ class TokenReduceLMM(lmms):
                 kwargs["top_p"] = float(gen_kwargs["top_p"])
         return kwargs, until
 
-    def _generate(self, inputs: Any, kwargs: dict[str, Any], batch: int) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    def _generate(self, inputs: Any, kwargs: dict[str, Any], batch: int,
+                  one_visual_each: bool) -> tuple[torch.Tensor, list[dict[str, Any]]]:
         tokenizer = self.tokenizer
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         with torch.inference_mode():
@@ -196,7 +197,7 @@ class TokenReduceLMM(lmms):
 
             with self.recorder.recording(), tr.apply(self.model, self.reducer):
                 output = self.model.generate(**inputs, pad_token_id=pad, **kwargs)
-            return output, per_sample(self.recorder.calls, batch)
+            return output, per_sample(self.recorder.calls, batch, one_visual_each)
 
     def generate_until(self, requests: list[Instance]) -> list[str]:
         def sort_key(args: tuple[Any, ...]) -> tuple[int, str]:
@@ -207,12 +208,13 @@ class TokenReduceLMM(lmms):
         answers: list[str] = []
         for chunk in collator.get_batched(n=self.batch_size, batch_fn=None):
             contexts, gen_kwargs, doc_to_visual, doc_ids, tasks, splits = zip(*chunk)
-            prompts, images, videos = [], [], []
+            prompts, images, videos, counts = [], [], [], []
             for context, to_visual, doc_id, task, split in zip(contexts, doc_to_visual, doc_ids, tasks, splits):
                 messages, sample_images, sample_videos = self._message(
                     context, self._visuals(to_visual, task, split, doc_id))
                 prompts.append(self.processor.apply_chat_template(messages, tokenize=False,
                                                                   add_generation_prompt=True))
+                counts.append(len(sample_images) + len(sample_videos))
                 images.extend(sample_images)
                 videos.extend(sample_videos)
             inputs = self.processor(text=prompts, images=images or None, videos=videos or None,
@@ -222,7 +224,7 @@ class TokenReduceLMM(lmms):
                     inputs[key] = value.to(self.model.dtype)
             kwargs, until = self._generation_kwargs(gen_kwargs[0])
             start = time.perf_counter()
-            output, reductions = self._generate(inputs, kwargs, len(prompts))
+            output, reductions = self._generate(inputs, kwargs, len(prompts), all(c == 1 for c in counts))
             seconds = time.perf_counter() - start
             prompt_length = inputs["input_ids"].shape[1]
             texts = self.tokenizer.batch_decode(output[:, prompt_length:], skip_special_tokens=True)
