@@ -30,9 +30,12 @@ av = pytest.importorskip("av")
 np = pytest.importorskip("numpy")
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
+tomllib = pytest.importorskip("tomllib")
 
 REPO = Path(__file__).resolve().parents[1]
 TASK = "tokenreduce_tiny_video_qa"
+IMAGE_TASK = "tokenreduce_tiny_image_qa"
+NUM_IMAGES = 2
 NUM_VIDEOS = 4
 FRAMES_PER_VIDEO = 12
 MAX_FRAMES = 8
@@ -104,6 +107,14 @@ def doc_to_visual(doc):
     return [os.path.join(HERE, "videos", doc["video"])]
 
 
+def image_doc_to_visual(doc):
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(doc["id"]).integers(0, 255, size=(40, 60, 3), dtype=np.uint8)
+    return [Image.fromarray(pixels)]
+
+
 def doc_to_text(doc, lmms_eval_specific_kwargs=None):
     return doc["question"] + "\\nAnswer with the option letter."
 
@@ -128,13 +139,13 @@ def save_tiny_qwen2_vl(directory: Path) -> None:
                                                 pad_token="<|endoftext|>", extra_special_tokens=SPECIAL[1:])
     ids = {token: fast.convert_tokens_to_ids(token) for token in SPECIAL}
     config = transformers.Qwen2VLConfig(
-        text_config=dict(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]},
-                         bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
-                         pad_token_id=ids["<|endoftext|>"]),
-        vision_config=dict(depth=1, embed_dim=32, hidden_size=32, num_heads=2, mlp_ratio=2, patch_size=14,
-                           spatial_merge_size=2, temporal_patch_size=2),
+        text_config={"vocab_size": len(fast), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                     "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 1024,
+                     "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]},
+                     "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
+                     "pad_token_id": ids["<|endoftext|>"]},
+        vision_config={"depth": 1, "embed_dim": 32, "hidden_size": 32, "num_heads": 2, "mlp_ratio": 2,
+                       "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2},
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
     )
@@ -175,16 +186,25 @@ def write_task(directory: Path) -> None:
                      "question": f"Clip {index}: which way does the pattern move? A. left B. right C. up D. down",
                      "answer": "B"})
     (directory / "data.json").write_text(json.dumps(docs))
+    (directory / "images.json").write_text(json.dumps(
+        [{"id": index, "question": "What colour dominates? A. red B. green", "answer": "A"}
+         for index in range(NUM_IMAGES)]))
     (directory / "utils.py").write_text(TASK_UTILS)
-    (directory / f"{TASK}.yaml").write_text(textwrap.dedent(f"""\
-        task: {TASK}
+    for task, data, to_visual in [(TASK, "data.json", "doc_to_visual"),
+                                  (IMAGE_TASK, "images.json", "image_doc_to_visual")]:
+        write_task_yaml(directory, task, data, to_visual)
+
+
+def write_task_yaml(directory: Path, task: str, data: str, to_visual: str) -> None:
+    (directory / f"{task}.yaml").write_text(textwrap.dedent(f"""\
+        task: {task}
         dataset_path: json
         dataset_kwargs:
           data_files:
-            test: {directory / 'data.json'}
+            test: {directory / data}
         test_split: test
         output_type: generate_until
-        doc_to_visual: !function utils.doc_to_visual
+        doc_to_visual: !function utils.{to_visual}
         doc_to_text: !function utils.doc_to_text
         doc_to_target: answer
         generation_kwargs:
@@ -202,8 +222,6 @@ def write_task(directory: Path) -> None:
 
 def write_entry_point(site: Path) -> None:
     """Expose pyproject's ``lmms_eval.models`` entry point through a throw-away dist-info on the path."""
-    import tomllib
-
     declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["entry-points"]["lmms_eval.models"]
     info = site / "tokenreduce_lmms_eval_entry_point-0.0.dist-info"
     info.mkdir(parents=True)
@@ -229,7 +247,8 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run_lmms_eval(root: Path, model_args: str, name: str, processes: int = 1) -> Path:
+def run_lmms_eval(root: Path, model_args: str, name: str, processes: int = 1, tasks: tuple[str, ...] = (TASK,),
+                  batch_size: int = 1) -> Path:
     """Run the lmms-eval command line in a subprocess; return its output directory."""
     output = root / name
     env = {**os.environ,
@@ -239,7 +258,7 @@ def run_lmms_eval(root: Path, model_args: str, name: str, processes: int = 1) ->
            "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     env.pop("LMMS_EVAL_PLUGINS", None)
     lmms_args = ["-m", "lmms_eval", "--model", "tokenreduce", "--model_args", model_args,
-                 "--tasks", TASK, "--include_path", str(root / "task"), "--batch_size", "1",
+                 "--tasks", ",".join(tasks), "--include_path", str(root / "task"), "--batch_size", str(batch_size),
                  "--output_path", str(output), "--log_samples", "--verbosity", "WARNING"]
     if processes == 1:
         command = [sys.executable, *lmms_args, "--device", "cpu"]
@@ -249,21 +268,24 @@ def run_lmms_eval(root: Path, model_args: str, name: str, processes: int = 1) ->
         env["ACCELERATE_USE_CPU"] = "1"  # what `accelerate launch --cpu` sets: gloo, one CPU process per rank
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
                    "--master_port", str(_free_port()), *lmms_args]
-    completed = subprocess.run(command, env=env, cwd=root, capture_output=True, text=True, timeout=600)
+    completed = subprocess.run(command, env=env, cwd=root, capture_output=True, text=True, timeout=600,
+                               check=False)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-5000:]
     return output
 
 
-def read_outputs(output: Path) -> tuple[dict, list[dict], dict, list[dict]]:
-    """lmms-eval's results and samples, and the tokenreduce log (header, records)."""
+def read_outputs(output: Path, tasks: tuple[str, ...] = (TASK,)) -> tuple[dict, dict, dict, list[dict]]:
+    """lmms-eval's results and per-task samples, and the tokenreduce log (header, records)."""
     results = sorted(output.rglob("*_results.json"))
-    samples = sorted(output.rglob(f"*_samples_{TASK}.jsonl"))
     logs = sorted(output.rglob("*_tokenreduce.jsonl"))
-    assert len(results) == 1 and len(samples) == 1 and len(logs) == 1, sorted(map(str, output.rglob("*")))
+    assert len(results) == 1 and len(logs) == 1, sorted(map(str, output.rglob("*")))
     assert logs[0].parent == results[0].parent, "the kept-token log lies next to the lmms-eval results"
+    samples = {}
+    for task in tasks:
+        [path] = sorted(output.rglob(f"*_samples_{task}.jsonl"))
+        samples[task] = [json.loads(line) for line in path.read_text().splitlines()]
     lines = [json.loads(line) for line in logs[0].read_text().splitlines()]
-    sample_lines = [json.loads(line) for line in samples[0].read_text().splitlines()]
-    return json.loads(results[0].read_text()), sample_lines, lines[0]["tokenreduce"], lines[1:]
+    return json.loads(results[0].read_text()), samples, lines[0]["tokenreduce"], lines[1:]
 
 
 def base_args(root: Path, **extra: object) -> str:
@@ -273,16 +295,21 @@ def base_args(root: Path, **extra: object) -> str:
 
 
 @pytest.mark.slow
-def test_unreduced_run_writes_results_and_prompt_log(workspace: Path) -> None:
-    output = run_lmms_eval(workspace, base_args(workspace, strategy="none"), "unreduced")
-    results, samples, header, records = read_outputs(output)
-    assert TASK in results["results"] and "exact_match,none" in results["results"][TASK]
-    assert len(samples) == NUM_VIDEOS
+def test_unreduced_batched_run_of_video_and_image_tasks(workspace: Path) -> None:
+    tasks = (TASK, IMAGE_TASK)
+    output = run_lmms_eval(workspace, base_args(workspace, strategy="none"), "unreduced", tasks=tasks,
+                           batch_size=2)
+    results, samples, header, records = read_outputs(output, tasks)
+    for task, count in [(TASK, NUM_VIDEOS), (IMAGE_TASK, NUM_IMAGES)]:
+        assert "exact_match,none" in results["results"][task]
+        assert len(samples[task]) == count
+        assert sorted(r["doc_id"] for r in records if r["task"] == task) == list(range(count))
     assert header["reducer"] is None and header["max_frames_num"] == MAX_FRAMES
-    assert sorted(r["doc_id"] for r in records) == list(range(NUM_VIDEOS))
     assert all(r["kept_tokens"] is None and r["visual_tokens"] is None for r in records)
-    # the prompt holds every video token: 4 frame pairs x 2x2 merged tokens of a 56x56 frame
-    assert all(r["prompt_tokens"] > VIDEO_TOKENS for r in records)
+    video_prompts = [r["prompt_tokens"] for r in records if r["task"] == TASK]
+    image_prompts = [r["prompt_tokens"] for r in records if r["task"] == IMAGE_TASK]
+    # every video prompt holds its 16 merged video tokens; the image prompts hold fewer visual tokens
+    assert min(video_prompts) > VIDEO_TOKENS and max(image_prompts) < min(video_prompts)
 
 
 def _has_adapters() -> bool:
@@ -293,13 +320,18 @@ def _has_adapters() -> bool:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not _has_adapters(), reason="tr.apply (model adapters) not available in this tree")
-def test_reduced_run_logs_kept_counts_below_total(workspace: Path) -> None:
-    output = run_lmms_eval(workspace, base_args(workspace, strategy="random", ratio=0.3, seed=3), "random_r03")
-    results, samples, header, records = read_outputs(output)
-    assert TASK in results["results"] and len(samples) == NUM_VIDEOS
+def test_reduced_batched_run_logs_kept_counts_below_total(workspace: Path) -> None:
+    tasks = (TASK, IMAGE_TASK)
+    output = run_lmms_eval(workspace, base_args(workspace, strategy="random", ratio=0.3, seed=3), "random_r03",
+                           tasks=tasks, batch_size=2)
+    results, samples, header, records = read_outputs(output, tasks)
+    assert all("exact_match,none" in results["results"][task] for task in tasks)
+    assert len(samples[TASK]) == NUM_VIDEOS and len(samples[IMAGE_TASK]) == NUM_IMAGES
     assert header["reducer"]["name"] == "random" and header["reducer"]["ratio"] == 0.3
-    assert sorted(r["doc_id"] for r in records) == list(range(NUM_VIDEOS))
-    for record in records:
+    video_records = [r for r in records if r["task"] == TASK]
+    assert sorted(r["doc_id"] for r in video_records) == list(range(NUM_VIDEOS))
+    assert sorted(r["doc_id"] for r in records if r["task"] == IMAGE_TASK) == list(range(NUM_IMAGES))
+    for record in video_records:  # batches of two videos of one grid: counts split per sample
         assert record["visual_tokens"] == VIDEO_TOKENS
         assert record["kept_tokens"] == math.ceil(0.3 * VIDEO_TOKENS) < VIDEO_TOKENS
         assert record["reduction_seconds"] > 0
@@ -313,6 +345,7 @@ def test_data_parallel_run_gathers_every_rank(workspace: Path) -> None:
     output = run_lmms_eval(workspace, base_args(workspace, strategy="none"), "data_parallel", processes=2)
     results, samples, header, records = read_outputs(output)
     assert header["world_size"] == 2
-    assert len(samples) == NUM_VIDEOS
+    assert "exact_match,none" in results["results"][TASK]  # lmms-eval gathered both ranks' samples
+    assert len(samples[TASK]) == NUM_VIDEOS
     assert sorted(r["doc_id"] for r in records) == list(range(NUM_VIDEOS))
     assert {r["rank"] for r in records} == {0, 1}

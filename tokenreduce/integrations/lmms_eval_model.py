@@ -22,14 +22,14 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
-from loguru import logger as eval_logger
-from PIL import Image
-from tqdm import tqdm
-
 from lmms_eval import utils as lmms_utils
 from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
 from lmms_eval.models.model_utils.load_video import read_video
+from loguru import logger as eval_logger
+from PIL import Image
+from tqdm import tqdm
+
 from tokenreduce.integrations.lmms_eval_args import EvalArgs, parse_model_args
 from tokenreduce.integrations.lmms_eval_log import ReductionLog, ReductionRecorder, per_sample
 
