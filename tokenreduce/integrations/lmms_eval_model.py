@@ -25,13 +25,13 @@ from accelerate.utils import gather_object
 from lmms_eval import utils as lmms_utils
 from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
-from lmms_eval.models.model_utils.load_video import read_video
 from loguru import logger as eval_logger
 from PIL import Image
 from tqdm import tqdm
 
 from tokenreduce.integrations.lmms_eval_args import EvalArgs, parse_model_args
 from tokenreduce.integrations.lmms_eval_log import ReductionLog, ReductionRecorder, per_sample
+from tokenreduce.integrations.lmms_eval_video import sample_video
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 PLACEHOLDERS = ("<image>", "<video>")
@@ -153,7 +153,7 @@ class TokenReduceLMM(lmms):
         images, videos = [], []
         for visual in visuals:
             if isinstance(visual, str) and visual.lower().endswith(VIDEO_SUFFIXES):
-                videos.append(read_video(visual, num_frm=self.args.run.max_frames_num))
+                videos.append(sample_video(visual, self.args.run.max_frames_num))
                 content.append({"type": "video"})
             elif isinstance(visual, Image.Image):
                 images.append(visual.convert("RGB"))
@@ -208,7 +208,7 @@ class TokenReduceLMM(lmms):
         answers: list[str] = []
         for chunk in collator.get_batched(n=self.batch_size, batch_fn=None):
             contexts, gen_kwargs, doc_to_visual, doc_ids, tasks, splits = zip(*chunk)
-            prompts, images, videos, counts = [], [], [], []
+            prompts, images, videos, counts = [], [], [], []  # videos: (frames, metadata) pairs
             for context, to_visual, doc_id, task, split in zip(contexts, doc_to_visual, doc_ids, tasks, splits):
                 messages, sample_images, sample_videos = self._message(
                     context, self._visuals(to_visual, task, split, doc_id))
@@ -217,8 +217,11 @@ class TokenReduceLMM(lmms):
                 counts.append(len(sample_images) + len(sample_videos))
                 images.extend(sample_images)
                 videos.extend(sample_videos)
-            inputs = self.processor(text=prompts, images=images or None, videos=videos or None,
-                                    padding=True, return_tensors="pt").to(self.device)
+            video_kwargs = {"videos": [frames for frames, _ in videos],
+                            "video_metadata": [metadata for _, metadata in videos],
+                            "do_sample_frames": False} if videos else {}
+            inputs = self.processor(text=prompts, images=images or None, padding=True, return_tensors="pt",
+                                    **video_kwargs).to(self.device)
             for key, value in inputs.items():
                 if torch.is_floating_point(value):
                     inputs[key] = value.to(self.model.dtype)
