@@ -36,6 +36,7 @@ from tokenreduce.interfaces import (
     Signal,
     Stage,
 )
+from tokenreduce.adapters.apply import apply, remove
 from tokenreduce.pipeline import Pipeline
 from tokenreduce.registry import (
     ADAPTERS,
@@ -69,7 +70,7 @@ __all__ = [
     "DuplicateRegistrationError", "EventDetector", "GraphBuilder", "ImportanceScorer",
     "LayerwiseReducer", "MissingDependencyError", "MissingSignalError", "Pipeline", "PluginWarning",
     "Reducer", "Reduction", "ReductionStats", "Registry", "Role", "Signal", "Stage",
-    "TokenReduceError", "UnknownNameError", "VisualTokens", "__version__", "build", "build_component",
+    "TokenReduceError", "UnknownNameError", "VisualTokens", "__version__", "apply", "build", "build_component",
     "cost_prune_ratio", "list_strategies", "load_config", "register_adapter", "register_community",
-    "register_strategy", "registry_for", "save_config",
+    "register_strategy", "registry_for", "remove", "save_config",
 ]

@@ -84,6 +84,13 @@ class Registry:
         if self._pending is not None:
             self._pending.pop(name, None)
 
+    def unregister(self, name: str) -> type:
+        """Remove ``name`` and return its class (for tests and interactive plugin development)."""
+        if name not in self._entries:
+            raise UnknownNameError(f"{self.kind} {name!r} is not registered")
+        self._origins.pop(name, None)
+        return self._entries.pop(name)
+
     # ----- entry points ---------------------------------------------------------------------
     def _discover(self) -> dict[str, importlib.metadata.EntryPoint]:
         if self._pending is None:

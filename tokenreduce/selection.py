@@ -47,9 +47,9 @@ def rank_within(eligible: torch.Tensor, segment: torch.Tensor | None = None) -> 
 def even_spacing_mask(eligible: torch.Tensor, counts: torch.Tensor, segment: torch.Tensor | None = None) -> torch.Tensor:
     """Bool ``[B, N]``: ``counts`` eligible tokens per segment, evenly spaced in flat order.
 
-    Within a segment of ``v`` eligible tokens keeping ``k``, the token of rank ``r`` is kept when
-    ``floor((2(r+1)k + v) / 2v) > floor((2rk + v) / 2v)``: the ``i``-th kept token is the one
-    nearest to the centre of the ``i``-th of ``k`` equal slices. Exactly ``k`` tokens are kept.
+    Within a segment of ``v`` eligible tokens keeping ``k``, the ``i``-th kept token has rank
+    ``floor((i + 1/2) * v / k)``: the token under the centre of the ``i``-th of ``k`` equal slices.
+    Vectorised as: rank ``r`` is kept when ``[r*k/v - 1/2, (r+1)*k/v - 1/2)`` holds an integer.
     ``counts`` is long ``[B]`` (one segment) or ``[B, S]`` (per segment id).
     """
     rank, size = rank_within(eligible, segment)
@@ -59,8 +59,9 @@ def even_spacing_mask(eligible: torch.Tensor, counts: torch.Tensor, segment: tor
         seg = (segment if segment is not None else torch.zeros_like(rank[0])).expand_as(rank)
         k = counts.to(eligible.device).gather(1, seg)
     size = size.clamp(min=1)
-    upper = torch.div(2 * (rank + 1) * k + size, 2 * size, rounding_mode="floor")
-    lower = torch.div(2 * rank * k + size, 2 * size, rounding_mode="floor")
+    # number of integers i in [r*k/v - 1/2, (r+1)*k/v - 1/2), as a difference of floors (0 or 1)
+    upper = torch.div(size - 2 * rank * k, 2 * size, rounding_mode="floor")
+    lower = torch.div(size - 2 * (rank + 1) * k, 2 * size, rounding_mode="floor")
     return eligible & (upper > lower)
 
 

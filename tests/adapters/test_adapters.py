@@ -1,0 +1,230 @@
+"""tr.apply on every supported model family (tiny random weights): exactness, real pruning,
+generation against an uncached oracle, the attention probe, batches with padding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tokenreduce as tr
+from tokenreduce.adapters.probe import AttentionInputs, last_query_attention
+from tests.adapters import tiny_models as tm
+from tests.adapters.oracle import capture_lm_inputs, layer_lengths, manual_greedy
+
+pytest.importorskip("transformers")
+
+GRID = (2, 4, 6)  # 12 LLM tokens for the Qwen families
+
+
+class Family:
+    """How to build a tiny model of one family and its video inputs."""
+
+    def __init__(self, build, inputs, sample_of, grid, small_grid, tokens, batch_grids):
+        self.build, self.inputs, self.sample_of = build, inputs, sample_of
+        self.grid, self.small_grid, self.tokens, self.batch_grids = grid, small_grid, tokens, batch_grids
+
+
+def _qwen(build, per_frame=False):
+    return Family(build, lambda grids, seed=0: tm.qwen_inputs(grids, seed=seed, per_frame=per_frame),
+                  tm.sample_of, GRID, (2, 4, 4), lambda g: g[0] * g[1] * g[2] // 4, [GRID, (2, 4, 4)])
+
+
+def _llava(build, extra):
+    # a grid is a frame count: 8x8 frames, 4x4 patches, pooled to 2x2
+    return Family(build, lambda frames, seed=0: tm.llava_inputs(frames, 2, extra, seed=seed),
+                  tm.llava_sample_of, 3, 2, lambda f: 4 * f, [3, 3])
+
+
+FAMILIES = {
+    "qwen2_vl": _qwen(tm.qwen2_vl),
+    "qwen2_5_vl": _qwen(tm.qwen2_5_vl),
+    "qwen3_vl": _qwen(tm.qwen3_vl, per_frame=True),
+    "llava_onevision": _llava(tm.llava_onevision, 1),
+    "llava_next_video": _llava(tm.llava_next_video, 0),
+}
+
+
+@pytest.fixture(params=sorted(FAMILIES))
+def family(request):
+    return FAMILIES[request.param]
+
+
+def _deepstack_oracle(captured):
+    """Adds Qwen3-VL deepstack features after the first layers, for the uncached oracle."""
+    embeds = captured.get("deepstack_visual_embeds")
+    if embeds is None:
+        return None
+    visual = captured["visual_pos_masks"][0]
+
+    def add(index, h, rows):
+        if index >= len(embeds):
+            return h
+        full = torch.cat([visual, torch.zeros(h.shape[1] + (0 if rows is None else int((~rows).sum()))
+                                              - visual.numel(), dtype=torch.bool)])
+        mask, emb = full, embeds[index]
+        if rows is not None:
+            mask = full[rows]
+            emb = emb[rows[:visual.numel()][visual]]
+        h = h.clone()
+        h[0, mask] += emb
+        return h
+
+    return add
+
+
+def _hook_state(model):
+    return {name: (dict(m._forward_pre_hooks), dict(m._forward_hooks)) for name, m in model.named_modules()}
+
+
+def _strategies():
+    return [("keep_all", {}), ("random", {"ratio": 0.3}), ("attention_prune", {"ratio": 0.3, "layer": 1}),
+            ("uniform", {"ratio": 0.3})]
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_keep_all_is_exact_and_model_restored(family, attn):
+    model = family.build(attn)
+    inputs = family.inputs([family.grid])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        ref = model(**inputs).logits
+        ref_gen = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    hooks = _hook_state(model)  # after a first forward: transformers adds its own capture hooks lazily
+    with torch.no_grad():
+        with tr.apply(model, tr.build("keep_all")):
+            out = model(**inputs).logits
+            gen = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert torch.equal(out, ref)
+    assert torch.equal(gen, ref_gen)
+    assert _hook_state(model) == hooks
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits, ref)
+
+
+@pytest.mark.parametrize("name,kw", _strategies()[1:])
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_decoder_sees_reduced_length_and_generate_matches_uncached(family, name, kw, attn):
+    model = family.build(attn)
+    inputs = family.inputs([family.grid])
+    n_video = family.tokens(family.grid)
+    keep_count = -(-3 * n_video // 10)  # ceil(0.3 * n)
+    lm = model.model.language_model
+    captured = capture_lm_inputs(model, lm, inputs)
+    seq = inputs["input_ids"].shape[1]
+    with torch.no_grad(), tr.apply(model, tr.build(name, **kw)) as session:
+        with layer_lengths(lm.layers) as rec:
+            out = model.generate(**inputs, max_new_tokens=4, do_sample=False, output_logits=True,
+                                 return_dict_in_generate=True)
+        kept = session.kept_indices()
+    gen, gen_logits = out.sequences, torch.stack(out.logits, dim=1)[0]
+    with torch.no_grad():
+        full = model.generate(**inputs, max_new_tokens=1, do_sample=False, output_logits=True,
+                              return_dict_in_generate=True).logits[0][0]
+    assert not torch.allclose(gen_logits[0], full, atol=1e-4)  # pruning changed the model's view
+    assert len(kept) == 1 and kept[0].numel() == keep_count
+    prune_layer = kw.get("layer", 0)
+    expected = {i: seq - (n_video - keep_count if i >= prune_layer else 0) for i in range(len(lm.layers))}
+    assert rec.prefill() == expected
+    # decode steps feed one token per layer
+    assert all(n == 1 for _, n in rec.calls[len(lm.layers):])
+    video_pos = (inputs["input_ids"][0] == tm.VIDEO).nonzero().flatten()[:n_video]
+    keep = torch.ones(seq, dtype=torch.bool)
+    dropped = torch.ones(n_video, dtype=torch.bool)
+    dropped[kept[0]] = False
+    keep[video_pos[dropped]] = False
+    with torch.no_grad():
+        ref, ref_logits = manual_greedy(lm, model.lm_head, captured["inputs_embeds"], captured["position_ids"],
+                                        keep, prune_layer, 4, layer_extra=_deepstack_oracle(captured))
+    assert gen[0, seq:].tolist() == ref
+    torch.testing.assert_close(gen_logits, ref_logits, rtol=1e-4, atol=1e-5)
+
+
+def test_second_generate_re_reduces_and_decode_never_prunes(family):
+    model = family.build()
+    inputs = family.inputs([family.grid])
+    other = family.inputs([family.small_grid], seed=5)
+    with torch.no_grad(), tr.apply(model, tr.build("attention_prune", ratio=0.3, layer=1)) as session:
+        model.generate(**inputs, max_new_tokens=2, do_sample=False)
+        first = session.kept_indices()
+        model.generate(**other, max_new_tokens=2, do_sample=False)
+        second = session.kept_indices()
+        again = model.generate(**inputs, max_new_tokens=2, do_sample=False)
+        third = session.kept_indices()
+    n1, n2 = family.tokens(family.grid), family.tokens(family.small_grid)
+    assert first[0].numel() == -(-3 * n1 // 10) and second[0].numel() == -(-3 * n2 // 10)
+    assert torch.equal(first[0], third[0])
+    with torch.no_grad(), tr.apply(model, tr.build("attention_prune", ratio=0.3, layer=1)):
+        assert torch.equal(model.generate(**inputs, max_new_tokens=2, do_sample=False), again)
+
+
+@pytest.mark.parametrize("queries", [1, 3])
+def test_probe_equals_eager_attention(family, queries):
+    eager = family.build("eager")
+    sdpa = family.build("sdpa")
+    inputs = family.inputs(family.batch_grids)  # left padding in the batch
+    layer = 1
+    for model in (eager, sdpa):
+        seen = {}
+        attn = model.model.language_model.layers[layer].self_attn
+        handle = attn.register_forward_pre_hook(
+            lambda m, a, k: seen.update(k), with_kwargs=True)
+        with torch.no_grad():
+            out = model(**inputs, output_attentions=(model is eager), use_cache=False)
+        handle.remove()
+        if model is eager:
+            weights = out.attentions[layer]  # [B, heads, S, S]
+            expected_heads = weights[:, :, -queries:, :].mean(dim=2)
+        with torch.no_grad():
+            probe = last_query_attention(attn, AttentionInputs(seen["hidden_states"], seen["position_embeddings"],
+                                                               seen["attention_mask"]), queries)
+        assert probe.shape == expected_heads.shape
+        torch.testing.assert_close(probe, expected_heads.float(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name,kw", _strategies())
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_batch_equals_single_runs(family, name, kw, attn):
+    model = family.build(attn)
+    batch = family.inputs(family.batch_grids)
+    reducer = tr.build(name, **kw)
+    with torch.no_grad(), tr.apply(model, reducer) as session:
+        gen = model.generate(**batch, max_new_tokens=3, do_sample=False)
+        kept = session.kept_indices()
+        logits = model(**batch).logits[:, -1]
+        singles = []
+        for b in range(2):
+            single = family.sample_of(batch, b)
+            g = model.generate(**single, max_new_tokens=3, do_sample=False)
+            singles.append((g[0, single["input_ids"].shape[1]:], session.kept_indices()[0],
+                            model(**single).logits[0, -1]))
+    for b, (tokens, kept_single, last) in enumerate(singles):
+        assert torch.equal(kept[b], kept_single)
+        assert gen[b, batch["input_ids"].shape[1]:].tolist() == tokens.tolist()
+        torch.testing.assert_close(logits[b], last, rtol=1e-4, atol=1e-5)
+
+
+def test_contiguous_positions_renumber_pre_llm_input():
+    model = tm.qwen2_vl()
+    inputs = tm.qwen_inputs([GRID])
+    lm = model.model.language_model
+    seen = {}
+    handle = lm.layers[0].register_forward_pre_hook(lambda m, a, k: seen.update(k), with_kwargs=True)
+    with torch.no_grad(), tr.apply(model, tr.build("random", ratio=0.3), positions="contiguous"):
+        model(**inputs)
+        gen = model.generate(**inputs, max_new_tokens=2, do_sample=False)
+    handle.remove()
+    assert gen.shape[1] == inputs["input_ids"].shape[1] + 2
+    with pytest.raises(ValueError, match="contiguous"):
+        tr.apply(model, tr.build("attention_prune", layer=1), positions="contiguous")
+
+
+def test_unsupported_model_and_bad_layer_errors():
+    with pytest.raises(tr.UnknownNameError, match="Qwen2VLForConditionalGeneration"):
+        tr.apply(torch.nn.Linear(2, 2), tr.build("keep_all"))
+    model = tm.qwen2_vl()
+    with pytest.raises(ValueError, match="layer"):
+        tr.apply(model, tr.build("attention_prune", layer=3))
+    with pytest.raises(TypeError, match="Reducer"):
+        tr.apply(model, "random")

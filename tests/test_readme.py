@@ -1,0 +1,21 @@
+"""The README's commands are the ones CI runs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    readme, ci = ROOT / "README.md", ROOT / ".ci" / "run"
+    if not (readme.exists() and ci.exists()):
+        pytest.skip("not running from a source checkout")
+    ci_commands = [line.strip() for line in ci.read_text().splitlines() if line.strip().startswith("python -m pytest")]
+    assert len(ci_commands) == 1
+    block = re.search(r"## Run the tests\s+```(?:bash|sh)?\n(.*?)```", readme.read_text(), re.S)
+    assert block, "README needs a '## Run the tests' section with a code block"
+    assert ci_commands[0] in [line.strip() for line in block.group(1).splitlines()]

@@ -1,0 +1,13 @@
+"""Model adapters: make a Hugging Face model really skip the visual tokens a reducer drops.
+
+Importing this package registers the built-in adapters (one module per model family).
+"""
+
+from tokenreduce.adapters import llava, qwen3_vl, qwen_vl  # noqa: F401  (registers the adapters)
+from tokenreduce.adapters.base import ModelAdapter
+from tokenreduce.adapters.layout import SequenceLayout, VideoSpan, VisualLayout
+from tokenreduce.adapters.probe import AttentionInputs, last_query_attention
+from tokenreduce.adapters.session import ReductionSession
+
+__all__ = ["AttentionInputs", "ModelAdapter", "ReductionSession", "SequenceLayout", "VideoSpan", "VisualLayout",
+           "last_query_attention"]

@@ -1,0 +1,134 @@
+"""The model-adapter base: what a family adapter knows about a model, and nothing else.
+
+A family adapter says which classes it supports, where the language model and its decoder layers
+are, and where the visual tokens of each video sit in the input sequence (``visual_layout``).
+Everything else — running the steps, the attention probe, pruning sequences, positions, masks and
+caches — is shared (``session.py``), so a new model family is one short file.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from tokenreduce.adapters.layout import SequenceLayout, VideoSpan, VisualLayout
+
+
+class ModelAdapter:
+    """Base class of model adapters; subclasses implement ``visual_layout``.
+
+    Class attributes:
+        model_classes: names of the supported model classes (subclasses match too).
+        position_rows: rows of the position ids the model's forward takes (3 for M-RoPE,
+            ``None`` for 1-D ``[B, L]``).
+    """
+
+    model_classes: ClassVar[tuple[str, ...]] = ()
+    position_rows: ClassVar[int | None] = None
+    registered_name: ClassVar[str | None] = None
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self._encoded: list[tuple[Any, Any]] = []
+
+    @classmethod
+    def supports(cls, model: nn.Module) -> bool:
+        return any(klass.__name__ in cls.model_classes for klass in type(model).__mro__)
+
+    # ----- where things are ------------------------------------------------------------------
+    @property
+    def top(self) -> nn.Module:
+        """The module whose forward ``generate`` calls."""
+        return self.model
+
+    @property
+    def language_model(self) -> nn.Module:
+        return self.model.model.language_model
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.language_model.layers
+
+    @property
+    def text_config(self) -> Any:
+        return self.language_model.config
+
+    def attention_of(self, layer: nn.Module) -> nn.Module:
+        return layer.self_attn
+
+    def language_model_device(self) -> torch.device:
+        return next(self.language_model.parameters()).device
+
+    @staticmethod
+    def query_length(call: dict[str, Any]) -> int:
+        """Tokens in this forward call."""
+        if call.get("input_ids") is not None:
+            return int(call["input_ids"].shape[1])
+        return int(call["inputs_embeds"].shape[1])
+
+    # ----- what subclasses provide -----------------------------------------------------------
+    def visual_layout(self, call: dict[str, Any]) -> VisualLayout | None:
+        """Where the videos of this forward call sit; ``None`` when the call carries no video."""
+        raise NotImplementedError
+
+    def prune_language_inputs(self, kwargs: dict[str, Any], layout: SequenceLayout, index: torch.Tensor) -> None:
+        """Prune extra per-token language-model inputs (``index``: new slot -> old slot)."""
+
+    # ----- pre-encoded videos (generate encodes them before the prefill forward) -------------
+    @property
+    def vision_tower(self) -> nn.Module | None:
+        """The vision module whose outputs ``generate`` hands to the prefill as ``mm_encoder_outputs``."""
+        return None
+
+    def encoder_call_info(self, args: tuple, kwargs: dict[str, Any]) -> Any:
+        """What the adapter needs to remember about one vision-tower call (e.g. its grid)."""
+        return None
+
+    def encoder_info_for(self, encoded: Any) -> Any:
+        """The recorded call info of the vision-tower output ``encoded`` (matched by identity)."""
+        for output, info in reversed(self._encoded):
+            if output is encoded:
+                return info
+        return None
+
+    def install(self, session: Any) -> list[Any]:
+        """Hooks and patches beyond the session's own; returns callables that undo them."""
+        tower = self.vision_tower
+        if tower is None:
+            return []
+
+        def record(module, args, kwargs, output):
+            self._encoded = [*self._encoded[-7:], (output, self.encoder_call_info(args, kwargs))]
+
+        handle = tower.register_forward_hook(record, with_kwargs=True)
+        return [handle.remove, lambda: setattr(self, "_encoded", [])]
+
+
+def spans_from_token_runs(input_ids: torch.Tensor, token_id: int, grids: list[tuple[int, int, int]],
+                          extra_per_video: int = 0, extra_at_end: bool = True) -> list[VideoSpan]:
+    """Video spans from the placeholder tokens of ``input_ids`` ``[B, S]``.
+
+    Videos are assigned in batch order: each video takes the next ``T*H*W + extra_per_video``
+    placeholder tokens of the current sample (the extra ones — e.g. a trailing newline — are off
+    the grid and always kept). The placeholders of one video need not be contiguous.
+    """
+    per_sample = [(row == token_id).nonzero().flatten() for row in input_ids]
+    spans, sample, used = [], 0, 0
+    for grid in grids:
+        count = grid[0] * grid[1] * grid[2]
+        while sample < len(per_sample) and used >= per_sample[sample].numel():
+            sample, used = sample + 1, 0
+        if sample >= len(per_sample) or used + count + extra_per_video > per_sample[sample].numel():
+            raise ValueError(f"input_ids hold too few video placeholder tokens (id {token_id}) for video grids "
+                             f"{grids}")
+        chunk = per_sample[sample][used:used + count + extra_per_video]
+        grid_part = chunk[:count] if extra_at_end else chunk[extra_per_video:]
+        spans.append(VideoSpan(sample, grid, grid_part))
+        used += count + extra_per_video
+    remaining = sum(p.numel() for p in per_sample[sample:]) - used
+    if remaining:
+        raise ValueError(f"input_ids hold {remaining} video placeholder tokens (id {token_id}) more than the "
+                         f"video grids {grids} account for")
+    return spans

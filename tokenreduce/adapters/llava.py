@@ -1,0 +1,77 @@
+"""LLaVA-OneVision (how LLaVA-Video-7B-Qwen2 loads) and LLaVA-NeXT-Video: pooled frame grids.
+
+Every frame becomes a pooled ``s x s`` grid (OneVision: bilinear to ``ceil(P/2)``; NeXT-Video:
+pooling with ``spatial_pool_stride``, ``P = image_size // patch_size``), and a video's tokens are
+its frames in order, so the LLM grid is ``(frames, s, s)``. OneVision appends one ``image_newline``
+token after each video: it is not on the grid and is always kept. Position ids are 1-D.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+from tokenreduce.adapters.base import ModelAdapter, spans_from_token_runs
+from tokenreduce.adapters.layout import VisualLayout
+from tokenreduce.registry import register_adapter
+
+
+class LlavaVideoAdapter(ModelAdapter):
+    """Shared by the LLaVA video families; subclasses give the pooled side and off-grid tokens."""
+
+    extra_tokens: ClassVar[int] = 0  # off-grid tokens after each video
+
+    def pooled_side(self) -> int:
+        raise NotImplementedError
+
+    def _videos_and_frames(self, call: dict[str, Any]) -> tuple[int, int] | None:
+        pixels = call.get("pixel_values_videos")
+        if pixels is not None:
+            return int(pixels.shape[0]), int(pixels.shape[1])
+        encoded = (call.get("mm_encoder_outputs") or {}).get("video")
+        if encoded is None:
+            return None
+        features = encoded.pooler_output
+        videos, count = int(features.shape[0]), int(features.shape[1]) - self.extra_tokens
+        side = self.pooled_side()
+        if count % (side * side):
+            raise ValueError(f"{count} video tokens per video do not form frames of {side}x{side} pooled tokens")
+        return videos, count // (side * side)
+
+    def visual_layout(self, call: dict[str, Any]) -> VisualLayout | None:
+        found = self._videos_and_frames(call)
+        if found is None:
+            return None
+        input_ids = call.get("input_ids")
+        if input_ids is None:
+            raise ValueError("token reduction on a video needs input_ids to locate the video tokens")
+        videos, frames = found
+        side = self.pooled_side()
+        spans = spans_from_token_runs(input_ids, int(self.model.config.video_token_id), [(frames, side, side)] * videos,
+                                      extra_per_video=self.extra_tokens)
+        return VisualLayout.from_spans(input_ids.shape[0], input_ids.shape[1], spans)
+
+    def _patch_side(self) -> int:
+        vision = self.model.config.vision_config
+        return int(vision.image_size) // int(vision.patch_size)
+
+
+@register_adapter("llava_onevision")
+class LlavaOnevisionAdapter(LlavaVideoAdapter):
+    """``LlavaOnevisionForConditionalGeneration`` (video inputs; images are kept untouched)."""
+
+    model_classes: ClassVar[tuple[str, ...]] = ("LlavaOnevisionForConditionalGeneration",)
+    extra_tokens: ClassVar[int] = 1
+
+    def pooled_side(self) -> int:
+        return math.ceil(self._patch_side() / 2)
+
+
+@register_adapter("llava_next_video")
+class LlavaNextVideoAdapter(LlavaVideoAdapter):
+    """``LlavaNextVideoForConditionalGeneration`` (video inputs; images are kept untouched)."""
+
+    model_classes: ClassVar[tuple[str, ...]] = ("LlavaNextVideoForConditionalGeneration",)
+
+    def pooled_side(self) -> int:
+        return self._patch_side() // int(self.model.config.spatial_pool_stride)

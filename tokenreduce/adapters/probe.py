@@ -1,0 +1,80 @@
+"""The attention probe: the last queries' attention over all keys, recomputed for one layer.
+
+Fused attention kernels (sdpa, flash) never materialise attention weights, so asking the model
+for ``output_attentions`` would force the slow eager path for the whole forward. The probe
+instead recomputes only the rows it needs from the layer's own projections: ``q_proj`` of the
+last ``n`` queries and ``k_proj`` of all keys, the per-head ``q_norm``/``k_norm`` when the layer
+has them (Qwen3), the layer's own rotary function with the position embeddings it received
+(M-RoPE included: the rotary embedding already merged the rows), grouped-query heads, scaling and
+the attention mask. The result equals the eager attention rows.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class AttentionInputs:
+    """What one self-attention module received: its (normed) hidden states and arguments."""
+
+    hidden_states: torch.Tensor  # [B, L, D]
+    position_embeddings: tuple[torch.Tensor, torch.Tensor]
+    attention_mask: torch.Tensor | None
+
+
+def _rotary_function(attention: nn.Module):
+    module = sys.modules[type(attention).__module__]
+    rotary = getattr(module, "apply_rotary_pos_emb", None)
+    if rotary is None:
+        raise TypeError(f"{type(attention).__name__} has no apply_rotary_pos_emb in {module.__name__}; the "
+                        "attention probe supports rotary decoder layers (Llama/Qwen style)")
+    return rotary
+
+
+def _heads(projection: nn.Module, norm: nn.Module | None, x: torch.Tensor, head_dim: int) -> torch.Tensor:
+    states = projection(x).view(x.shape[0], x.shape[1], -1, head_dim)
+    if norm is not None:
+        states = norm(states)
+    return states.transpose(1, 2)
+
+
+def last_query_attention(attention: nn.Module, inputs: AttentionInputs, num_queries: int = 1) -> torch.Tensor:
+    """Float32 ``[B, heads, L]``: attention of the last ``num_queries`` queries, averaged over them.
+
+    ``attention`` is a decoder self-attention module (``q_proj``, ``k_proj``, ``head_dim``,
+    ``scaling``, optional ``q_norm``/``k_norm``) and ``inputs`` what it received in a prefill
+    without a cache, so queries and keys are the same ``L`` slots.
+    """
+    x = inputs.hidden_states
+    length = x.shape[1]
+    n = min(max(int(num_queries), 1), length)
+    head_dim = int(attention.head_dim)
+    rotary = _rotary_function(attention)
+    cos, sin = inputs.position_embeddings
+    cos = cos.expand(x.shape[0], *cos.shape[1:])
+    sin = sin.expand(x.shape[0], *sin.shape[1:])
+    q = _heads(attention.q_proj, getattr(attention, "q_norm", None), x[:, -n:], head_dim)
+    k = _heads(attention.k_proj, getattr(attention, "k_norm", None), x, head_dim)
+    q = rotary(q, q, cos[:, -n:], sin[:, -n:])[0]
+    k = rotary(k, k, cos, sin)[0]
+    groups = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(groups, dim=1)
+    scores = torch.matmul(q, k.transpose(2, 3)) * float(attention.scaling)  # [B, heads, n, L]
+    mask = inputs.attention_mask
+    if mask is None:
+        query_pos = torch.arange(length - n, length, device=x.device)
+        allowed = torch.arange(length, device=x.device)[None, :] <= query_pos[:, None]
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    else:
+        rows = mask[:, :, -n:, :length]
+        if rows.dtype == torch.bool:
+            scores = scores.masked_fill(~rows, float("-inf"))
+        else:
+            scores = scores + rows
+    weights = torch.softmax(scores.float(), dim=-1)
+    return weights.mean(dim=2)

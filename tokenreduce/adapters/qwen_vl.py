@@ -1,0 +1,51 @@
+"""Qwen2-VL and Qwen2.5-VL: M-RoPE position ids, ``video_grid_thw`` and the 2x2 patch merge.
+
+The LLM grid of a video is ``(T, H / m, W / m)`` for a ``video_grid_thw`` row ``(T, H, W)``
+(``T`` already counts temporal patches of ``temporal_patch_size`` frames) and spatial merge size
+``m``; its tokens are the video placeholders of ``input_ids`` in grid order. Position ids have 3
+rows (temporal, height, width), or 4 during ``generate`` (a text row first); both are pruned
+alike and kept tokens keep their values.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from tokenreduce.adapters.base import ModelAdapter, spans_from_token_runs
+from tokenreduce.adapters.layout import VisualLayout
+from tokenreduce.registry import register_adapter
+
+
+
+@register_adapter("qwen2_vl")
+class Qwen2VLAdapter(ModelAdapter):
+    """``Qwen2VLForConditionalGeneration`` and ``Qwen2_5_VLForConditionalGeneration``."""
+
+    model_classes: ClassVar[tuple[str, ...]] = (
+        "Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration")
+    position_rows: ClassVar[int | None] = 3
+
+    def llm_grids(self, video_grid_thw) -> list[tuple[int, int, int]]:
+        merge = int(self.model.config.vision_config.spatial_merge_size)
+        return [(int(t), int(h) // merge, int(w) // merge) for t, h, w in video_grid_thw.tolist()]
+
+    @property
+    def vision_tower(self):
+        return self.model.model.visual
+
+    def encoder_call_info(self, args, kwargs) -> Any:
+        return kwargs.get("grid_thw", args[1] if len(args) > 1 else None)
+
+    def visual_layout(self, call: dict[str, Any]) -> VisualLayout | None:
+        encoded = (call.get("mm_encoder_outputs") or {}).get("video")
+        if call.get("pixel_values_videos") is None and encoded is None:
+            return None
+        input_ids = call.get("input_ids")
+        grid_thw = call.get("video_grid_thw")
+        if grid_thw is None and encoded is not None:
+            grid_thw = self.encoder_info_for(encoded)
+        if input_ids is None or grid_thw is None:
+            raise ValueError("token reduction on a video needs input_ids and video_grid_thw to locate the "
+                             "video tokens")
+        spans = spans_from_token_runs(input_ids, int(self.model.config.video_token_id), self.llm_grids(grid_thw))
+        return VisualLayout.from_spans(input_ids.shape[0], input_ids.shape[1], spans)

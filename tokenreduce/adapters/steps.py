@@ -1,0 +1,154 @@
+"""Running a reducer's steps on the videos of a sequence and turning results into sequence edits.
+
+Videos of one grid size are reduced together as one ``VisualTokens`` batch (samples of different
+sizes simply form different groups). Each group remembers which of its tokens are still present,
+so a later step (or a later layer of a ``LayerwiseReducer``) sees earlier drops as ``valid``, and
+ratio budgets keep referring to the original token count, as in ``Pipeline``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from tokenreduce.adapters.layout import SequenceLayout, VisualLayout
+from tokenreduce.interfaces import LayerwiseReducer, Reducer, Signal
+from tokenreduce.tokens import Reduction, VisualTokens
+
+
+@dataclass
+class VideoGroup:
+    """Videos sharing one grid: their samples ``[G]``, positions ``[G, N]`` and present tokens."""
+
+    grid: tuple[int, int, int]
+    span_ids: list[int]
+    samples: torch.Tensor
+    positions: torch.Tensor
+    present: torch.Tensor
+    embeddings: torch.Tensor | None = None
+    layerwise: dict[int, Any] = field(default_factory=dict)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.positions.shape[1])
+
+
+@dataclass
+class SequenceEdit:
+    """What a round of steps decided: original positions to keep ``[B, S]`` and new features."""
+
+    keep: torch.Tensor
+    rows: list[torch.Tensor] = field(default_factory=list)
+    cols: list[torch.Tensor] = field(default_factory=list)
+    values: list[torch.Tensor] = field(default_factory=list)
+
+    @property
+    def drops(self) -> bool:
+        return not bool(self.keep.all())
+
+    @property
+    def changes(self) -> bool:
+        return self.drops or bool(self.values)
+
+    def apply_features(self, hidden: torch.Tensor, layout: SequenceLayout) -> torch.Tensor:
+        """``hidden`` (laid out as ``layout``) with the merged features written at their slots."""
+        if not self.values:
+            return hidden
+        hidden = hidden.clone()
+        for rows, cols, values in zip(self.rows, self.cols, self.values):
+            hidden[rows, layout.slot_of[rows, cols]] = values.to(hidden.dtype)
+        return hidden
+
+
+def video_groups(visual: VisualLayout, device: torch.device) -> list[VideoGroup]:
+    groups = []
+    for grid, span_ids in visual.grid_groups().items():
+        spans = [visual.spans[i] for i in span_ids]
+        positions = torch.stack([s.positions.to(device) for s in spans])
+        samples = torch.tensor([s.sample for s in spans], device=device)
+        present = torch.ones(positions.shape, dtype=torch.bool, device=device)
+        groups.append(VideoGroup(grid, span_ids, samples, positions, present))
+    return groups
+
+
+def _grid_view(values: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+    return values.reshape(values.shape[0], *grid, *values.shape[2:])
+
+
+def run_steps(
+    steps: list[tuple[Reducer, int | None]],
+    groups: list[VideoGroup],
+    hidden: torch.Tensor,
+    layout: SequenceLayout,
+    *,
+    importance: torch.Tensor | None = None,
+    num_layers: int | None = None,
+) -> SequenceEdit:
+    """Run ``steps`` (each with the decoder layer it runs at, or None) on every video group.
+
+    ``hidden`` ``[B, L, D]`` is laid out as ``layout``; ``importance`` ``[B, L]`` (the probe) is
+    given inside the LLM. A ``LayerwiseReducer`` is started at its first layer and stepped at
+    every later call until its state is done.
+    """
+    keep = torch.ones(layout.source.shape[0], layout.seq_len, dtype=torch.bool, device=hidden.device)
+    edit = SequenceEdit(keep)
+    for group in groups:
+        rows = group.samples[:, None].expand_as(group.positions)
+        merged = None  # features merged by an earlier step of this round
+        for step, layer in steps:
+            slots = layout.slot_of[rows, group.positions]
+            present = group.present & (slots >= 0)
+            where = slots.clamp(min=0)
+            features = hidden[rows, where] if merged is None else merged.to(hidden.dtype)
+            features = features.masked_fill(~present[..., None], 0.0)
+            signals = {}
+            if Signal.EMBEDDINGS in step.requires:
+                if group.embeddings is None:
+                    raise RuntimeError("the LLM input embeddings of the visual tokens were not recorded")
+                signals[Signal.EMBEDDINGS.value] = _grid_view(group.embeddings, group.grid)
+            tokens = VisualTokens(
+                _grid_view(features, group.grid),
+                valid=_grid_view(present, group.grid),
+                importance=None if importance is None else _grid_view(
+                    importance[rows, where].masked_fill(~present, 0.0), group.grid),
+                signals=signals,
+                budget_base=torch.full((len(group.span_ids),), group.num_tokens, device=hidden.device),
+                num_layers=num_layers,
+            )
+            reduction = _call_step(step, layer, group, tokens)
+            if reduction is None:
+                continue
+            if reduction.extra is not None:
+                raise NotImplementedError(f"{step.registered_name or type(step).__name__} returned extra tokens "
+                                          "(Reduction.extra); model adapters do not insert new tokens yet")
+            _record(edit, group, rows, present, reduction)
+            merged = reduction.features if reduction.features is not None else merged
+    return edit
+
+
+def _call_step(step: Reducer, layer: int | None, group: VideoGroup, tokens: VisualTokens) -> Reduction | None:
+    if not isinstance(step, LayerwiseReducer):
+        return step(tokens)
+    key = id(step)
+    if key not in group.layerwise:
+        step.check_signals(tokens)
+        group.layerwise[key] = step.start(tokens)
+    state = group.layerwise[key]
+    if getattr(state, "done", False):
+        return None
+    step.check_signals(tokens)
+    return step.step(state, layer, tokens)
+
+
+def _record(edit: SequenceEdit, group: VideoGroup, rows: torch.Tensor, present: torch.Tensor,
+            reduction: Reduction) -> None:
+    kept = reduction.keep_mask & present
+    dropped = present & ~kept
+    edit.keep[rows[dropped], group.positions[dropped]] = False
+    if reduction.features is not None:
+        edit.rows.append(rows[kept])
+        edit.cols.append(group.positions[kept])
+        edit.values.append(reduction.features[kept])
+    group.present = kept
