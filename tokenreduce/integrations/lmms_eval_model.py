@@ -92,6 +92,9 @@ class TokenReduceLMM(lmms):
         self._rank = self.accelerator.process_index
         self._world_size = self.accelerator.num_processes
         self._model, self.processor = _load_model(settings, self._device)
+        if self.reducer is not None:
+            with tr.apply(self._model, self.reducer):  # an unsupported model/stage fails here, before any data
+                pass
         self.recorder = ReductionRecorder(self.reducer) if self.reducer is not None else None
         self.log = ReductionLog({
             "pretrained": settings.pretrained,
