@@ -322,8 +322,8 @@ def _has_adapters() -> bool:
 @pytest.mark.skipif(not _has_adapters(), reason="tr.apply (model adapters) not available in this tree")
 def test_reduced_batched_run_logs_kept_counts_below_total(workspace: Path) -> None:
     tasks = (TASK, IMAGE_TASK)
-    output = run_lmms_eval(workspace, base_args(workspace, strategy="random", ratio=0.3, seed=3), "random_r03",
-                           tasks=tasks, batch_size=2)
+    args = base_args(workspace, model_class="Qwen2VLForConditionalGeneration", strategy="random", ratio=0.3, seed=3)
+    output = run_lmms_eval(workspace, args, "random_r03", tasks=tasks, batch_size=2)
     results, samples, header, records = read_outputs(output, tasks)
     assert all("exact_match,none" in results["results"][task] for task in tasks)
     assert len(samples[TASK]) == NUM_VIDEOS and len(samples[IMAGE_TASK]) == NUM_IMAGES
