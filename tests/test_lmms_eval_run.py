@@ -1,16 +1,16 @@
 """A real lmms-eval run through the ``tokenreduce`` model plugin, on CPU, without network.
 
-Everything is generated in a temporary directory at run time: a tiny random-weight Qwen2-VL saved
-with ``save_pretrained`` (tokenizer trained from scratch with ``tokenizers``), a handful of short
+Everything is generated in a temporary directory at run time: a tiny random-weight Qwen2-VL and a
+LLaVA-OneVision saved with ``save_pretrained`` (tokenizers trained from scratch), a handful of short
 MP4 videos written with PyAV, a local JSON dataset and an lmms-eval task YAML loaded through
 ``--include_path``. lmms-eval finds the model through the ``lmms_eval.models`` entry point declared
 in pyproject.toml (exposed to the subprocess through a throw-away ``.dist-info``). The tests check the
 wiring (results and per-sample kept-token logs written, counts consistent), not accuracy.
 
 Transformers 5 video processors need torchvision, which has no build for the CPU torch used here;
-the saved checkpoint therefore ships a remote-code processor (``trust_remote_code=true``) whose
-video part patchifies frames exactly like Qwen2-VL's (resize, normalise, frame pairs, 2x2 merge
-order) in NumPy. The plugin code path is the ordinary ``AutoProcessor`` one.
+the saved checkpoints therefore ship a remote-code processor (``trust_remote_code=true``) whose
+video part is NumPy: Qwen2-VL's patchification (resize, normalise, frame pairs, 2x2 merge order),
+and LLaVA-OneVision's resized frames. The plugin code path is the ordinary ``AutoProcessor`` one.
 """
 
 from __future__ import annotations
@@ -41,17 +41,25 @@ FRAMES_PER_VIDEO = 12
 MAX_FRAMES = 8
 FRAME_SIDE = 56  # the fixture processor resizes frames to 56x56: 4x4 patches of 14, merged 2x2
 VIDEO_TOKENS = (MAX_FRAMES // 2) * (FRAME_SIDE // 14) ** 2 // 4  # per video: 4 frame pairs x 2x2 merged
-SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-           "<|image_pad|>", "<|video_pad|>"]
-CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for item in message['content'] %}"
-    "{% if item['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif item['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}{% endif %}"
-    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+CHATML = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+QWEN_SPECIAL = [*CHATML, "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+LLAVA_SPECIAL = [*CHATML, "<image>", "<video>"]
+LLAVA_SIDE = 8  # SigLIP input side of the tiny LLaVA-OneVision: 4x4 patches of 2, pooled to 2x2 per frame
+LLAVA_VIDEO_TOKENS = MAX_FRAMES * 2 * 2  # grid tokens per video (the one newline token is not on the grid)
+
+
+def chat_template(image: str, video: str) -> str:
+    """A ChatML template that writes each image/video item as the model's placeholder."""
+    return (
+        "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+        "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+        "{% for item in message['content'] %}"
+        f"{{% if item['type'] == 'image' %}}{image}{{% elif item['type'] == 'video' %}}{video}"
+        "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}{% endif %}"
+        "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+
+
 PROCESSOR_CODE = '''
 """Qwen2-VL processor whose video part runs without torchvision (test fixture)."""
 import numpy as np
@@ -97,6 +105,41 @@ class TinyQwen2VLProcessor(Qwen2VLProcessor):
         ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
         self.video_processor = NumpyVideoPatchifier()
 '''
+LLAVA_PROCESSOR_CODE = '''
+"""LLaVA-OneVision processor (videos only) that runs without torchvision (test fixture)."""
+import numpy as np
+import torch
+from PIL import Image
+from transformers import LlavaOnevisionProcessor
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.processing_utils import ProcessorMixin
+
+
+class NumpyFrameResizer:
+    """Resize every frame to the vision tower's side and normalise to [-1, 1]: [B, T, 3, S, S]."""
+
+    def __init__(self, size=8):
+        self.size = size
+
+    def __call__(self, videos, **kwargs):
+        if isinstance(videos, np.ndarray) and videos.ndim == 4:
+            videos = [videos]
+        out = [np.stack([np.asarray(Image.fromarray(np.asarray(f, dtype=np.uint8)).convert("RGB")
+                                    .resize((self.size, self.size))) for f in video]) for video in videos]
+        pixels = np.stack(out).astype(np.float32).transpose(0, 1, 4, 2, 3) / 127.5 - 1.0
+        return BatchFeature({"pixel_values_videos": torch.from_numpy(pixels)})
+
+
+class TinyLlavaOnevisionProcessor(LlavaOnevisionProcessor):
+    def __init__(self, tokenizer=None, chat_template=None, **kwargs):
+        self.num_image_tokens, self.vision_feature_select_strategy = 16, "full"
+        self.vision_aspect_ratio = "anyres_max_9"
+        self.image_token, self.video_token = "<image>", "<video>"
+        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+        self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+        ProcessorMixin.__init__(self, tokenizer, chat_template=chat_template)
+        self.video_processor = NumpyFrameResizer()
+'''
 TASK_UTILS = '''
 import os
 
@@ -124,26 +167,42 @@ def process_results(doc, results):
 '''
 
 
-def save_tiny_qwen2_vl(directory: Path) -> None:
-    """A random-weight Qwen2-VL, its tokenizer and processor, saved with ``save_pretrained``."""
+def train_tokenizer(special: list[str]) -> transformers.PreTrainedTokenizerFast:
+    """A small byte-level BPE tokenizer trained from scratch, with ChatML and the model's special tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIAL, show_progress=False,
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=special, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tokenizer.train_from_iterator(["What happens in the video? Answer with the option letter. A B C D"] * 4,
                                   trainer)
-    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|im_end|>",
-                                                pad_token="<|endoftext|>", extra_special_tokens=SPECIAL[1:])
-    ids = {token: fast.convert_tokens_to_ids(token) for token in SPECIAL}
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|im_end|>",
+                                                pad_token="<|endoftext|>", extra_special_tokens=special[1:])
+
+
+def _text_config(fast: transformers.PreTrainedTokenizerFast, **extra: object) -> dict:
+    return {"vocab_size": len(fast), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 1024,
+            "bos_token_id": fast.pad_token_id, "eos_token_id": fast.eos_token_id,
+            "pad_token_id": fast.pad_token_id, **extra}
+
+
+def _save_remote_processor(directory: Path, module: str, code: str, cls: str, template: str) -> None:
+    (directory / f"{module}.py").write_text(code)
+    (directory / "processor_config.json").write_text(json.dumps({
+        "processor_class": cls, "auto_map": {"AutoProcessor": f"{module}.{cls}"}}))
+    (directory / "chat_template.jinja").write_text(template)
+
+
+def save_tiny_qwen2_vl(directory: Path) -> None:
+    """A random-weight Qwen2-VL, its tokenizer and processor, saved with ``save_pretrained``."""
+    fast = train_tokenizer(QWEN_SPECIAL)
+    ids = {token: fast.convert_tokens_to_ids(token) for token in QWEN_SPECIAL}
     config = transformers.Qwen2VLConfig(
-        text_config={"vocab_size": len(fast), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                     "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 1024,
-                     "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]},
-                     "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
-                     "pad_token_id": ids["<|endoftext|>"]},
+        text_config=_text_config(fast, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                         "mrope_section": [2, 1, 1]}),
         vision_config={"depth": 1, "embed_dim": 32, "hidden_size": 32, "num_heads": 2, "mlp_ratio": 2,
                        "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2},
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
@@ -153,12 +212,28 @@ def save_tiny_qwen2_vl(directory: Path) -> None:
     transformers.Qwen2VLForConditionalGeneration(config).eval().save_pretrained(directory)
     fast.save_pretrained(directory)
     transformers.Qwen2VLImageProcessor(min_pixels=FRAME_SIDE ** 2, max_pixels=FRAME_SIDE ** 2).save_pretrained(directory)
-    (directory / "tiny_processing.py").write_text(PROCESSOR_CODE)
-    (directory / "processor_config.json").write_text(json.dumps({
-        "processor_class": "TinyQwen2VLProcessor",
-        "auto_map": {"AutoProcessor": "tiny_processing.TinyQwen2VLProcessor"},
-    }))
-    (directory / "chat_template.jinja").write_text(CHAT_TEMPLATE)
+    _save_remote_processor(directory, "tiny_processing", PROCESSOR_CODE, "TinyQwen2VLProcessor",
+                           chat_template("<|vision_start|><|image_pad|><|vision_end|>",
+                                         "<|vision_start|><|video_pad|><|vision_end|>"))
+
+
+def save_tiny_llava_onevision(directory: Path) -> None:
+    """A random-weight LLaVA-OneVision (Qwen2 decoder, SigLIP tower) with its tokenizer and processor."""
+    fast = train_tokenizer(LLAVA_SPECIAL)
+    config = transformers.LlavaOnevisionConfig(
+        text_config=_text_config(fast, model_type="qwen2"),
+        vision_config={"model_type": "siglip_vision_model", "hidden_size": 16, "intermediate_size": 32,
+                       "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": LLAVA_SIDE,
+                       "patch_size": 2, "num_channels": 3},
+        image_token_index=fast.convert_tokens_to_ids("<image>"),
+        video_token_index=fast.convert_tokens_to_ids("<video>"),
+        vision_feature_select_strategy="full", vision_feature_layer=-1,
+    )
+    torch.manual_seed(0)
+    transformers.LlavaOnevisionForConditionalGeneration(config).eval().save_pretrained(directory)
+    fast.save_pretrained(directory)
+    _save_remote_processor(directory, "tiny_llava_processing", LLAVA_PROCESSOR_CODE,
+                           "TinyLlavaOnevisionProcessor", chat_template("<image>", "<video>"))
 
 
 def write_video(path: Path, seed: int) -> None:
@@ -234,6 +309,7 @@ def write_entry_point(site: Path) -> None:
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("lmms_eval_run")
     save_tiny_qwen2_vl(root / "model")
+    save_tiny_llava_onevision(root / "llava")
     write_task(root / "task")
     write_entry_point(root / "site")
     return root
@@ -288,28 +364,10 @@ def read_outputs(output: Path, tasks: tuple[str, ...] = (TASK,)) -> tuple[dict, 
     return json.loads(results[0].read_text()), samples, lines[0]["tokenreduce"], lines[1:]
 
 
-def base_args(root: Path, **extra: object) -> str:
-    args = {"pretrained": str(root / "model"), "trust_remote_code": "true", "dtype": "float32",
+def base_args(root: Path, model: str = "model", **extra: object) -> str:
+    args = {"pretrained": str(root / model), "trust_remote_code": "true", "dtype": "float32",
             "attn_implementation": "sdpa", "max_frames_num": MAX_FRAMES, **extra}
     return ",".join(f"{key}={value}" for key, value in args.items())
-
-
-@pytest.mark.slow
-def test_unreduced_batched_run_of_video_and_image_tasks(workspace: Path) -> None:
-    tasks = (TASK, IMAGE_TASK)
-    output = run_lmms_eval(workspace, base_args(workspace, strategy="none"), "unreduced", tasks=tasks,
-                           batch_size=2)
-    results, samples, header, records = read_outputs(output, tasks)
-    for task, count in [(TASK, NUM_VIDEOS), (IMAGE_TASK, NUM_IMAGES)]:
-        assert "exact_match,none" in results["results"][task]
-        assert len(samples[task]) == count
-        assert sorted(r["doc_id"] for r in records if r["task"] == task) == list(range(count))
-    assert header["reducer"] is None and header["max_frames_num"] == MAX_FRAMES
-    assert all(r["kept_tokens"] is None and r["visual_tokens"] is None for r in records)
-    video_prompts = [r["prompt_tokens"] for r in records if r["task"] == TASK]
-    image_prompts = [r["prompt_tokens"] for r in records if r["task"] == IMAGE_TASK]
-    # every video prompt holds its 16 merged video tokens; the image prompts hold fewer visual tokens
-    assert min(video_prompts) > VIDEO_TOKENS and max(image_prompts) < min(video_prompts)
 
 
 def _has_adapters() -> bool:
@@ -341,11 +399,33 @@ def test_reduced_batched_run_logs_kept_counts_below_total(workspace: Path) -> No
 
 
 @pytest.mark.slow
-def test_data_parallel_run_gathers_every_rank(workspace: Path) -> None:
-    output = run_lmms_eval(workspace, base_args(workspace, strategy="none"), "data_parallel", processes=2)
-    results, samples, header, records = read_outputs(output)
-    assert header["world_size"] == 2
-    assert "exact_match,none" in results["results"][TASK]  # lmms-eval gathered both ranks' samples
-    assert len(samples[TASK]) == NUM_VIDEOS
+def test_unreduced_data_parallel_batched_run_of_video_and_image_tasks(workspace: Path) -> None:
+    tasks = (TASK, IMAGE_TASK)
+    output = run_lmms_eval(workspace, base_args(workspace, strategy="none"), "unreduced_dp", processes=2,
+                           tasks=tasks, batch_size=2)
+    results, samples, header, records = read_outputs(output, tasks)
+    assert header["world_size"] == 2 and header["reducer"] is None and header["max_frames_num"] == MAX_FRAMES
+    for task, count in [(TASK, NUM_VIDEOS), (IMAGE_TASK, NUM_IMAGES)]:
+        assert "exact_match,none" in results["results"][task]  # lmms-eval gathered both ranks' samples
+        assert len(samples[task]) == count
+        assert sorted(r["doc_id"] for r in records if r["task"] == task) == list(range(count))
+    assert {r["rank"] for r in records} == {0, 1}, "the kept-token log gathers every rank"
+    assert all(r["kept_tokens"] is None and r["visual_tokens"] is None for r in records)
+    video_prompts = [r["prompt_tokens"] for r in records if r["task"] == TASK]
+    image_prompts = [r["prompt_tokens"] for r in records if r["task"] == IMAGE_TASK]
+    # every video prompt holds its 16 merged video tokens; the image prompts hold fewer visual tokens
+    assert min(video_prompts) > VIDEO_TOKENS and max(image_prompts) < min(video_prompts)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _has_adapters(), reason="tr.apply (model adapters) not available in this tree")
+def test_llava_onevision_run_through_its_model_class(workspace: Path) -> None:
+    args = base_args(workspace, model="llava", model_class="LlavaOnevisionForConditionalGeneration",
+                     strategy="random", ratio=0.3)
+    results, samples, header, records = read_outputs(run_lmms_eval(workspace, args, "llava_random_r03"))
+    assert "exact_match,none" in results["results"][TASK] and len(samples[TASK]) == NUM_VIDEOS
+    assert header["reducer"]["name"] == "random"
     assert sorted(r["doc_id"] for r in records) == list(range(NUM_VIDEOS))
-    assert {r["rank"] for r in records} == {0, 1}
+    for record in records:
+        assert record["visual_tokens"] == LLAVA_VIDEO_TOKENS
+        assert record["kept_tokens"] == math.ceil(0.3 * LLAVA_VIDEO_TOKENS)
