@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 from lmms_eval import utils as lmms_utils
@@ -29,6 +30,7 @@ from loguru import logger as eval_logger
 from PIL import Image
 from tqdm import tqdm
 
+import tokenreduce as tr
 from tokenreduce.integrations.lmms_eval_args import EvalArgs, parse_model_args
 from tokenreduce.integrations.lmms_eval_log import ReductionLog, ReductionRecorder, per_sample
 from tokenreduce.integrations.lmms_eval_video import sample_video
@@ -39,8 +41,6 @@ PLACEHOLDERS = ("<image>", "<video>")
 
 def _load_model(settings: Any, device: torch.device) -> tuple[torch.nn.Module, Any]:
     """``from_pretrained`` of the model class (``auto``: AutoModelForImageTextToText) and its processor."""
-    import transformers
-
     if settings.model_class == "auto":
         model_cls = transformers.AutoModelForImageTextToText
     else:
@@ -80,8 +80,6 @@ class TokenReduceLMM(lmms):
         model_args.pop("max_batch_size", None)  # lmms-eval passes it to every model; batching is fixed here
         self.args: EvalArgs = parse_model_args(model_args)
         settings = self.args.run
-        import tokenreduce as tr
-
         self.reducer = tr.build(self.args.reducer) if self.args.reducer is not None else None
         self.accelerator = Accelerator()
         if self.accelerator.num_processes > 1:
@@ -196,8 +194,6 @@ class TokenReduceLMM(lmms):
         with torch.inference_mode():
             if self.reducer is None:
                 return self.model.generate(**inputs, pad_token_id=pad, **kwargs), per_sample([], batch)
-            import tokenreduce as tr
-
             with self.recorder.recording(), tr.apply(self.model, self.reducer):
                 output = self.model.generate(**inputs, pad_token_id=pad, **kwargs)
             return output, per_sample(self.recorder.calls, batch, one_visual_each)
