@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import re
 from fractions import Fraction
+from pathlib import Path
 
 import pytest
 import torch
@@ -342,3 +344,11 @@ def test_sim_rows_without_events_keep_no_event_role():
     pipe = tr.build(ABLATION_ROWS["sim_spatio_temporal"])
     got = pipe(tr.VisualTokens(object_video(), importance=torch.rand(1, 4, 4, 4)))
     assert not bool(((got.roles & int(tr.Role.EVENT)) != 0).any())
+
+
+def test_docs_example_runs():
+    path = Path(__file__).resolve().parent.parent / "docs" / "st-simdiff.md"
+    block = re.findall(r"```python\n(.*?)```", path.read_text(), re.S)[0]
+    namespace: dict = {}
+    exec(compile(block, "st-simdiff.md", "exec"), namespace)
+    assert namespace["red"].kept_counts().tolist()[0] >= 1

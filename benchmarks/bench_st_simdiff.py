@@ -1,0 +1,113 @@
+"""Time ST-SimDiff's selection per video, broken down into graph / communities / events / selection.
+
+    PYTHONPATH=. python benchmarks/bench_st_simdiff.py                 # 64 frames, 13x13 and 14x15, d=3584
+    PYTHONPATH=. python benchmarks/bench_st_simdiff.py --frames 32 --detectors connected_components
+
+The input is a synthetic video with real structure (persistent regions drawn from a palette,
+plus noise and changes between frames), so that the graph has the edges, communities and events a
+real video produces; purely random features would have no edge above tau_sim. Each measurement is
+the median of ``--repeat`` runs after one warm-up. ``end_to_end`` is ``st_simdiff`` (paper
+variant, ratio 0.3, with an importance signal) called as a user would; the stage columns call the
+same building blocks one by one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+import tokenreduce as tr
+from tokenreduce.graph.centrality import centrality, community_sums
+from tokenreduce.graph.events import TemporalDifference
+from tokenreduce.graph.segments import community_keep_counts, rank_in_community
+from tokenreduce.graph.token_graph import EdgeKind
+from tokenreduce.strategies.st_simdiff_select import build_graph
+
+
+def synthetic_video(frames: int, h: int, w: int, d: int, dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    palette = torch.randn(12, d, generator=g)
+    regions = torch.randint(0, 12, (1, 1, h // 3 + 1, w // 3 + 1), generator=g)
+    layout = regions.repeat_interleave(3, 2).repeat_interleave(3, 3)[:, :, :h, :w].expand(1, frames, h, w).clone()
+    change = torch.rand(1, frames, h, w, generator=g) < 0.08
+    layout[change] = torch.randint(0, 12, (int(change.sum()),), generator=g)
+    x = palette[layout] + 0.35 * torch.randn(1, frames, h, w, d, generator=g)
+    return x.to(dtype)
+
+
+def median_ms(fn: Callable[[], object], repeat: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def breakdown(tokens: tr.VisualTokens, detector_name: str, repeat: int) -> dict[str, float]:
+    cfg = tr.build("st_simdiff", ratio=0.3, community=detector_name).config
+    valid = tokens.flat_valid()
+    graph = build_graph(tokens, cfg, temporal=True)
+    mask = graph.weight > cfg.tau_sim
+    detector = cfg.community.build()
+    labels = detector.detect(graph, mask)
+
+    def select() -> torch.Tensor:
+        sums = community_sums(graph, labels, valid)
+        keep = community_keep_counts(sums.sizes, [0.3])
+        return rank_in_community(labels, centrality(graph, sums), valid) < keep
+
+    events = TemporalDifference(tau_diff=cfg.tau_diff)
+    reducer = tr.build("st_simdiff", ratio=0.3, community=detector_name)
+    timed = tokens.replace(importance=torch.rand(tokens.features.shape[:4]))
+    return {
+        "graph": median_ms(lambda: build_graph(tokens, cfg, temporal=True), repeat),
+        "communities": median_ms(lambda: detector.detect(graph, mask), repeat),
+        "events": median_ms(lambda: events.detect(tokens, graph), repeat),
+        "selection": median_ms(select, repeat),
+        "end_to_end": median_ms(lambda: reducer(timed), repeat),
+        "edges": float(int(mask.sum())),
+        "temporal_edges": float(int((mask & graph.of_kind(EdgeKind.TEMPORAL)).sum())),
+        "communities_found": float(len(torch.unique(labels))),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=64)
+    parser.add_argument("--dim", type=int, default=3584)
+    parser.add_argument("--grids", default="13x13,14x15")
+    parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--detectors", default="connected_components,louvain,leiden")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cpus, "
+          f"{platform.processor() or platform.machine()}")
+    print("| grid | dtype | detector | graph ms | communities ms | events ms | selection ms | "
+          "end-to-end ms | edges > tau_sim | communities |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for grid in args.grids.split(","):
+        h, w = (int(v) for v in grid.split("x"))
+        for dtype_name in args.dtypes.split(","):
+            features = synthetic_video(args.frames, h, w, args.dim, getattr(torch, dtype_name))
+            tokens = tr.VisualTokens(features)
+            for detector in args.detectors.split(","):
+                r = breakdown(tokens, detector, args.repeat)
+                print(f"| {args.frames}x{h}x{w} | {dtype_name} | {detector} | {r['graph']:.1f} | "
+                      f"{r['communities']:.1f} | {r['events']:.1f} | {r['selection']:.1f} | "
+                      f"{r['end_to_end']:.1f} | {int(r['edges'])} | {int(r['communities_found'])} |",
+                      flush=True)
+
+
+if __name__ == "__main__":
+    main()
