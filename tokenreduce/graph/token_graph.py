@@ -21,7 +21,7 @@ import enum
 import torch
 
 from tokenreduce.config import Config
-from tokenreduce.graph.blocked import inverse_norms, shifted_dots
+from tokenreduce.graph.blocked import norms_and_shifted_dots
 from tokenreduce.interfaces import GraphBuilder
 from tokenreduce.registry import register_graph_builder
 from tokenreduce.tokens import VisualTokens
@@ -117,8 +117,7 @@ class SpatioTemporalGraphBuilder(GraphBuilder):
             wanted.append((w, EdgeKind.SPATIAL, row < h - 1))
         if cfg.temporal and t > 1:
             wanted.append((h * w, EdgeKind.TEMPORAL, frame < t - 1))
-        inverse = inverse_norms(flat)
-        dots = shifted_dots(flat, sorted({shift for shift, _, _ in wanted}))
+        inverse, dots = norms_and_shifted_dots(flat, sorted({shift for shift, _, _ in wanted}))
         srcs, dsts, weights, kinds = [], [], [], []
         for shift, kind, has_neighbour in wanted:
             m = b * n - shift
