@@ -9,8 +9,7 @@ from hypothesis import strategies as st
 from simdiff_oracles import cosine, grid_pairs
 
 import tokenreduce as tr
-from tokenreduce.graph import EdgeKind, SpatioTemporalGraphBuilder
-from tokenreduce.graph import blocked
+from tokenreduce.graph import EdgeKind, SpatioTemporalGraphBuilder, blocked
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

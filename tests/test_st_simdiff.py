@@ -148,8 +148,8 @@ def test_reference_matches_oracle(grid, seed, cost, tau_sim, tau_diff, switches,
     valid = random_valid(b, t, h, w, seed, padded)
     importance = torch.rand(b, t, h, w, generator=torch.Generator().manual_seed(seed))
     tokens = tr.VisualTokens(x, valid, importance, num_layers=layers)
-    options = dict(cost=cost, tau_sim=tau_sim, spatial=spatial, temporal=temporal, right=right,
-                   bottom=bottom)
+    options = {"cost": cost, "tau_sim": tau_sim, "spatial": spatial, "temporal": temporal,
+               "right": right, "bottom": bottom}
     stage1 = tr.build("st_simdiff_reference_stage1", tau_diff=tau_diff, score=strategy, **options)
     full = tr.build("st_simdiff", variant="reference", tau_diff=tau_diff, score=strategy, **options)
     flat_valid = tokens.flat_valid()
@@ -348,7 +348,7 @@ def test_sim_rows_without_events_keep_no_event_role():
 
 def test_docs_example_runs():
     path = Path(__file__).resolve().parent.parent / "docs" / "st-simdiff.md"
-    block = re.findall(r"```python\n(.*?)```", path.read_text(), re.S)[0]
+    block = re.findall(r"```python\n(.*?)```", path.read_text(), re.DOTALL)[0]
     namespace: dict = {}
     exec(compile(block, "st-simdiff.md", "exec"), namespace)
     assert namespace["red"].kept_counts().tolist()[0] >= 1

@@ -5,8 +5,8 @@ CPU: igraph + leidenalg (``pip install 'tokenreduce[graph]'``). Louvain is igrap
 optimiser (seeded; ``iterations`` passes, 2 by default as in ``leidenalg.find_partition``, or
 until a pass no longer improves when ``iterations <= 0``); both optimise the resolution-``γ``
 modularity ``Σ_ij (A_ij - γ k_i k_j / 2m) δ(c_i, c_j)`` with edge weights = cosine similarity.
-(leidenalg 0.12's optimiser without refinement, i.e. its own Louvain, crashes the interpreter.) Each sample is its own
-graph (a loop over the batch); padding and tokens without edges are isolated nodes, i.e. their
+(leidenalg 0.12's optimiser without refinement, i.e. its own Louvain, crashes the interpreter.)
+Each sample is its own graph (a loop over the batch); padding and tokens without edges are isolated nodes, i.e. their
 own community. GPU: cuGraph's ``louvain``/``leiden`` when the graph is on CUDA and cuGraph is
 installed (``backend="auto"``), or on request (``backend="cugraph"``). Labels are canonical: a
 community is named by its smallest member's index. Weights must be non-negative (modularity is

@@ -24,8 +24,8 @@ import torch
 
 from tokenreduce.budget import Budget, check_count, check_ratio, cost_prune_ratio
 from tokenreduce.errors import ConfigError
-from tokenreduce.interfaces import BudgetedReducer, Reducer, Signal, Stage
 from tokenreduce.graph.pruning import ImportancePruner
+from tokenreduce.interfaces import BudgetedReducer, Reducer, Signal, Stage
 from tokenreduce.pipeline import Pipeline
 from tokenreduce.registry import register_strategy
 from tokenreduce.strategies.st_simdiff_reference import STSimDiffReferenceStage1, STSimDiffReferenceStage2
@@ -102,8 +102,9 @@ class STSimDiff(BudgetedReducer):
         if self.config.variant == "paper":
             return [self]
         cfg = self.config
-        shared = dict(tau_sim=cfg.tau_sim, spatial=cfg.spatial, temporal=cfg.temporal, right=cfg.right,
-                      bottom=cfg.bottom, cost=cfg.reference_cost(), num_layers=cfg.num_layers)
+        shared = {"tau_sim": cfg.tau_sim, "spatial": cfg.spatial, "temporal": cfg.temporal,
+                  "right": cfg.right, "bottom": cfg.bottom, "cost": cfg.reference_cost(),
+                  "num_layers": cfg.num_layers}
         return [STSimDiffReferenceStage1(tau_diff=cfg.tau_diff, score=cfg.score, **shared),
                 STSimDiffReferenceStage2(layer=cfg.layer, **shared)]
 
