@@ -1,7 +1,8 @@
 """Time ST-SimDiff's selection per video, broken down into graph / communities / events / selection.
 
     PYTHONPATH=. python benchmarks/bench_st_simdiff.py                 # 64 frames, 13x13 and 14x15, d=3584
-    PYTHONPATH=. python benchmarks/bench_st_simdiff.py --frames 32 --detectors connected_components
+    PYTHONPATH=. python benchmarks/bench_st_simdiff.py --frames 16,32,64,128 --detectors connected_components
+    PYTHONPATH=. python benchmarks/bench_st_simdiff.py --device cuda
 
 The input is a synthetic video with real structure (persistent regions drawn from a palette,
 plus noise and changes between frames), so that the graph has the edges, communities and events a
@@ -14,6 +15,7 @@ same building blocks one by one.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import platform
 import statistics
@@ -42,11 +44,14 @@ def synthetic_video(frames: int, h: int, w: int, d: int, dtype: torch.dtype, see
 
 
 def median_ms(fn: Callable[[], object], repeat: int) -> float:
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     fn()
     times = []
     for _ in range(repeat):
+        sync()
         start = time.perf_counter()
         fn()
+        sync()
         times.append((time.perf_counter() - start) * 1000)
     return statistics.median(times)
 
@@ -66,7 +71,7 @@ def breakdown(tokens: tr.VisualTokens, detector_name: str, repeat: int) -> dict[
 
     events = TemporalDifference(tau_diff=cfg.tau_diff)
     reducer = tr.build("st_simdiff", ratio=0.3, community=detector_name)
-    timed = tokens.replace(importance=torch.rand(tokens.features.shape[:4]))
+    timed = tokens.replace(importance=torch.rand(tokens.features.shape[:4], device=tokens.device))
     return {
         "graph": median_ms(lambda: build_graph(tokens, cfg, temporal=True), repeat),
         "communities": median_ms(lambda: detector.detect(graph, mask), repeat),
@@ -81,7 +86,8 @@ def breakdown(tokens: tr.VisualTokens, detector_name: str, repeat: int) -> dict[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--frames", type=int, default=64)
+    parser.add_argument("--frames", default="64", help="comma-separated frame counts")
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--dim", type=int, default=3584)
     parser.add_argument("--grids", default="13x13,14x15")
     parser.add_argument("--dtypes", default="float32,bfloat16")
@@ -91,22 +97,22 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cpus, "
+    print(f"# torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads, {os.cpu_count()} cpus, "
           f"{platform.processor() or platform.machine()}")
-    print("| grid | dtype | detector | graph ms | communities ms | events ms | selection ms | "
+    print("| frames x grid | dtype | detector | graph ms | communities ms | events ms | selection ms | "
           "end-to-end ms | edges > tau_sim | communities |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for grid in args.grids.split(","):
+    for frames, grid, dtype_name in itertools.product(
+            [int(f) for f in args.frames.split(",")], args.grids.split(","), args.dtypes.split(",")):
         h, w = (int(v) for v in grid.split("x"))
-        for dtype_name in args.dtypes.split(","):
-            features = synthetic_video(args.frames, h, w, args.dim, getattr(torch, dtype_name))
-            tokens = tr.VisualTokens(features)
-            for detector in args.detectors.split(","):
-                r = breakdown(tokens, detector, args.repeat)
-                print(f"| {args.frames}x{h}x{w} | {dtype_name} | {detector} | {r['graph']:.1f} | "
-                      f"{r['communities']:.1f} | {r['events']:.1f} | {r['selection']:.1f} | "
-                      f"{r['end_to_end']:.1f} | {int(r['edges'])} | {int(r['communities_found'])} |",
-                      flush=True)
+        features = synthetic_video(frames, h, w, args.dim, getattr(torch, dtype_name)).to(args.device)
+        tokens = tr.VisualTokens(features)
+        for detector in args.detectors.split(","):
+            r = breakdown(tokens, detector, args.repeat)
+            print(f"| {frames}x{h}x{w} | {dtype_name} | {detector} | {r['graph']:.1f} | "
+                  f"{r['communities']:.1f} | {r['events']:.1f} | {r['selection']:.1f} | "
+                  f"{r['end_to_end']:.1f} | {int(r['edges'])} | {int(r['communities_found'])} |",
+                  flush=True)
 
 
 if __name__ == "__main__":
