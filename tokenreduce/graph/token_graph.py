@@ -102,11 +102,16 @@ class SpatioTemporalGraphBuilder(GraphBuilder):
         bottom: bool = True
 
     def build_graph(self, tokens: VisualTokens) -> TokenGraph:
+        return self.graph_of(tokens.features, tokens.flat_valid())
+
+    def graph_of(self, features: torch.Tensor, valid: torch.Tensor) -> TokenGraph:
+        """The graph of ``features`` ``[B, T, H, W, D]`` (already validated) and ``valid`` ``[B, N]``."""
         cfg = self.config
-        b, (t, h, w), n = tokens.batch_size, tokens.grid, tokens.num_tokens
-        device = tokens.device
-        flat = tokens.flat_features().reshape(b * n, tokens.dim)
-        valid = tokens.flat_valid().reshape(-1)
+        b, t, h, w, d = features.shape
+        n = t * h * w
+        device = features.device
+        flat = features.reshape(b * n, d)
+        valid = valid.reshape(-1)
         position = torch.arange(b * n, device=device) % n
         column, row, frame = position % w, (position // w) % h, position // (h * w)
         # (shift, kind, "has a neighbour at +shift" for each node)
