@@ -50,19 +50,26 @@ def main() -> None:
     print("|---|---|---|---|")
     for count in (int(c) for c in args.communities.split(",")):
         segment = torch.sort(torch.randint(0, count, (args.nodes,), generator=g)).values
-        ids = torch.arange(args.nodes)
-        native_sum = median_ms(lambda: segment_sums(flat, scale, segment, count), args.repeat)
-        native_min = median_ms(lambda: torch.full((count,), args.nodes).scatter_reduce_(
-            0, segment, ids, reduce="amin"), args.repeat)
-        other_sum = other_min = float("nan")
-        if torch_scatter is not None:
-            other_sum = median_ms(lambda: torch_scatter.scatter_add(
-                flat * scale[:, None], segment, dim=0, dim_size=count), args.repeat)
-            other_min = median_ms(lambda: torch_scatter.scatter_min(ids, segment, dim=0, dim_size=count),
-                                  args.repeat)
+        native_sum, native_min, other_sum, other_min = measure(flat, scale, segment, count, args.repeat,
+                                                               torch_scatter)
         print(f"| {count} | sums of normalised features | {native_sum:.1f} | {other_sum:.1f} |")
         print(f"| {count} | min member id | {native_min:.2f} | {other_min:.2f} |", flush=True)
 
+
+def measure(flat: torch.Tensor, scale: torch.Tensor, segment: torch.Tensor, count: int, repeat: int,
+            torch_scatter: object) -> tuple[float, float, float, float]:
+    """(native sums, native min, torch-scatter sums, torch-scatter min) in ms (NaN when absent)."""
+    ids = torch.arange(flat.shape[0])
+    native_sum = median_ms(lambda: segment_sums(flat, scale, segment, count), repeat)
+    native_min = median_ms(lambda: torch.full((count,), flat.shape[0]).scatter_reduce_(
+        0, segment, ids, reduce="amin"), repeat)
+    if torch_scatter is None:
+        return native_sum, native_min, float("nan"), float("nan")
+    other_sum = median_ms(lambda: torch_scatter.scatter_add(  # type: ignore[attr-defined]
+        flat * scale[:, None], segment, dim=0, dim_size=count), repeat)
+    other_min = median_ms(lambda: torch_scatter.scatter_min(  # type: ignore[attr-defined]
+        ids, segment, dim=0, dim_size=count), repeat)
+    return native_sum, native_min, other_sum, other_min
 
 if __name__ == "__main__":
     main()
