@@ -352,3 +352,17 @@ def test_docs_example_runs():
     namespace: dict = {}
     exec(compile(block, "st-simdiff.md", "exec"), namespace)
     assert namespace["red"].kept_counts().tolist()[0] >= 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("config", [{"name": "st_simdiff", "ratio": 0.3},
+                                    {"name": "st_simdiff", "variant": "reference", "cost": 0.3},
+                                    {"name": "st_simdiff", "ratio": 0.3, "max_community_size": "sqrt",
+                                     "event_percentile": 90.0}])
+def test_cuda_equals_cpu(config):
+    x = structured_features(2, 6, 5, 5, 32, seed=13)
+    importance = torch.rand(2, 6, 5, 5, generator=torch.Generator().manual_seed(0))
+    reducer = tr.build(config)
+    cpu = reducer(tr.VisualTokens(x, importance=importance, num_layers=28))
+    gpu = reducer(tr.VisualTokens(x.cuda(), importance=importance.cuda(), num_layers=28))
+    assert torch.equal(cpu.keep_mask, gpu.keep_mask.cpu())
