@@ -130,8 +130,9 @@ class STSimDiff(BudgetedReducer):
         if cfg.cost is not None:
             layers = self._num_layers(tokens)
             if layers is None:
-                Budget(cost=cfg.cost).keep_count(1)  # raises the shared "needs num_layers" error
-            return [1 - cost_prune_ratio([], cfg.cost, layers)] * tokens.batch_size  # type: ignore[arg-type]
+                raise ConfigError(f"{cfg.name}: a cost budget needs the LLM's layer count: set num_layers "
+                                  "in the config or VisualTokens(num_layers=...) (tr.apply does)")
+            return [1 - cost_prune_ratio([], cfg.cost, layers)] * tokens.batch_size
         if cfg.count is not None:
             return [Fraction(cfg.count, max(int(n), 1)) for n in tokens.budget_counts().tolist()]
         return [cfg.ratio if cfg.ratio is not None else DEFAULT_RATIO] * tokens.batch_size
@@ -140,11 +141,11 @@ class STSimDiff(BudgetedReducer):
         valid = tokens.flat_valid()
         found = select_candidates(tokens, self.config, self.retention_rates(tokens))
         candidates = found.representatives | found.events
-        scored = tokens
-        if tokens.importance is None:  # documented fallback: events first, then centrality
-            fallback = found.centrality + 4.0 * found.events.float()
-            scored = tokens.replace(importance=fallback.reshape(tokens.features.shape[:4]))
-        keep = ImportancePruner().prune(scored, candidates, self.keep_counts(tokens))
+        if tokens.importance is not None:
+            importance = tokens.flat_importance()
+        else:  # documented fallback: events first, then centrality
+            importance = found.centrality + 4.0 * found.events.float()
+        keep = ImportancePruner().prune_scores(importance, valid, candidates, self.keep_counts(tokens))
         roles = found.roles() | torch.where(keep & ~candidates, int(Role.FILLED), 0).int()
         if tokens.importance is not None:
             roles |= torch.where(keep, int(Role.IMPORTANT), 0).int()
