@@ -366,3 +366,21 @@ def test_cuda_equals_cpu(config):
     cpu = reducer(tr.VisualTokens(x, importance=importance, num_layers=28))
     gpu = reducer(tr.VisualTokens(x.cuda(), importance=importance.cuda(), num_layers=28))
     assert torch.equal(cpu.keep_mask, gpu.keep_mask.cpu())
+
+
+@pytest.mark.parametrize("community", ["louvain", "leiden"])
+def test_modularity_communities_give_ceil_representatives_per_community(community):
+    pytest.importorskip("leidenalg")
+    from tokenreduce.graph import SpatioTemporalGraphBuilder
+
+    x = structured_features(1, 4, 4, 4, 8, seed=21)
+    tokens = tr.VisualTokens(x)
+    graph = SpatioTemporalGraphBuilder().build_graph(tokens)
+    labels = tr.build_component("community", community).detect(graph, graph.weight > 0.8)[0].tolist()
+    got = tr.build("st_simdiff_select", ratio=0.3, events=False, community=community)(tokens)
+    kept = kept_sets(got)[0]
+    for label in set(labels):
+        members = [n for n in range(64) if labels[n] == label]
+        assert len(kept & set(members)) == math.ceil(Fraction(3, 10) * len(members))
+    full = tr.build("st_simdiff", ratio=0.3, community=community, max_community_size="sqrt")
+    assert full(tokens.replace(importance=torch.rand(1, 4, 4, 4))).kept_counts().tolist() == [20]
