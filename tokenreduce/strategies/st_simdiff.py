@@ -51,8 +51,6 @@ class STSimDiff(BudgetedReducer):
         layer: int = 2
         num_layers: int | None = None
 
-        rounding: ClassVar[str] = "ceil"
-
         def validate(self) -> None:
             super().validate()
             given = [k for k in ("ratio", "count", "cost") if getattr(self, k) is not None]
