@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from tokenreduce.adapters.layout import SequenceLayout, VideoSpan, VisualLayout
+from tokenreduce.adapters.layout import VideoSpan, VisualLayout
 
 
 class ModelAdapter:
@@ -73,8 +73,8 @@ class ModelAdapter:
         """Where the videos of this forward call sit; ``None`` when the call carries no video."""
         raise NotImplementedError
 
-    def prune_language_inputs(self, kwargs: dict[str, Any], layout: SequenceLayout, index: torch.Tensor) -> None:
-        """Prune extra per-token language-model inputs (``index``: new slot -> old slot)."""
+    def prune_language_inputs(self, kwargs: dict[str, Any], index: torch.Tensor) -> None:
+        """Prune extra per-token language-model inputs (``index`` ``[B, L']``: new slot -> old slot)."""
 
     # ----- pre-encoded videos (generate encodes them before the prefill forward) -------------
     @property

@@ -15,7 +15,6 @@ from typing import Any, ClassVar
 
 import torch
 
-from tokenreduce.adapters.layout import SequenceLayout
 from tokenreduce.adapters.qwen_vl import Qwen2VLAdapter
 from tokenreduce.registry import register_adapter
 
@@ -38,7 +37,7 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
 
     model_classes: ClassVar[tuple[str, ...]] = ("Qwen3VLForConditionalGeneration",)
 
-    def prune_language_inputs(self, kwargs: dict[str, Any], layout: SequenceLayout, index: torch.Tensor) -> None:
+    def prune_language_inputs(self, kwargs: dict[str, Any], index: torch.Tensor) -> None:
         mask = kwargs.get("visual_pos_masks")
         if mask is None:
             return

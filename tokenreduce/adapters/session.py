@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from tokenreduce.adapters.layout import SequenceLayout, VisualLayout, gather_slots
+from tokenreduce.adapters.llm_input import reduce_llm_input
 from tokenreduce.adapters.masks import causal_mask_for
 from tokenreduce.adapters.probe import AttentionInputs, last_query_attention
 from tokenreduce.adapters.steps import SequenceEdit, VideoGroup, run_steps, video_groups
@@ -217,49 +218,22 @@ class ReductionSession:
         if length != state.visual.seq_len or batch != state.visual.batch_size:
             raise RuntimeError(f"the language model received a sequence of shape {(batch, length)}, the visual "
                                f"layout describes {(state.visual.batch_size, state.visual.seq_len)}")
-        mask = kwargs.get("attention_mask")
-        if mask is not None and (not isinstance(mask, torch.Tensor) or mask.ndim != 2):
-            raise NotImplementedError("token reduction needs a 2-D attention_mask (or none); prepared 4-D masks "
-                                      "(static caches, compiled generation) are not supported")
         state.seq_len = length
-        layout = SequenceLayout.identity(batch, length, mask, embeds.device)
-        state.lm_layout = layout
-        positions = kwargs.get("position_ids")
-        if positions is None:
-            positions = torch.arange(length, device=embeds.device).expand(batch, -1)
-        state.next_position = self._next_position(positions, layout.valid)
-        for group in state.groups:
-            rows = group.samples[:, None].expand_as(group.positions)
-            group.embeddings = embeds[rows, group.positions]
-        edit = run_steps([(s, None) for s in self.pre_steps], state.groups, embeds, layout,
-                         num_layers=self.num_layers) if self.pre_steps else None
-        if (edit is None or not edit.changes) and self.positions == "original":
+        reduced = reduce_llm_input(embeds, kwargs.get("position_ids"), kwargs.get("attention_mask"), state.groups,
+                                   self.pre_steps, num_layers=self.num_layers, positions_policy=self.positions)
+        state.lm_layout = reduced.layout
+        state.next_position = reduced.next_position
+        state.position_shift = reduced.position_shift
+        if not reduced.changed:
             return None
-        new_layout, index = layout.keep(edit.keep) if edit is not None else (layout, None)
         kwargs = dict(kwargs)
-        if index is not None:
-            embeds = gather_slots(embeds, index, dim=1, fill=0.0)
-            positions = gather_slots(positions, index, dim=positions.ndim - 1, fill=1)
-            self.adapter.prune_language_inputs(kwargs, layout, index)
-        if edit is not None:
-            embeds = edit.apply_features(embeds, new_layout)
-        if self.positions == "contiguous":
-            contiguous = (new_layout.valid.long().cumsum(1) - 1).masked_fill(~new_layout.valid, 1)
-            positions = contiguous.expand(*positions.shape[:-2], -1, -1) if positions.ndim == 3 else contiguous
-            renumbered = self._next_position(positions, new_layout.valid)
-            state.position_shift = state.next_position - renumbered
-        kwargs["inputs_embeds"] = embeds
-        kwargs["position_ids"] = positions
-        kwargs["attention_mask"] = new_layout.valid.to(mask.dtype if mask is not None else torch.long)
-        state.lm_layout = new_layout
+        if reduced.index is not None:
+            self.adapter.prune_language_inputs(kwargs, reduced.index)
+        kwargs["inputs_embeds"] = reduced.inputs_embeds
+        kwargs["position_ids"] = reduced.position_ids
+        kwargs["attention_mask"] = reduced.attention_mask
         state.lm_changed = True
         return args, kwargs
-
-    @staticmethod
-    def _next_position(positions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        rope = positions[-3:] if positions.ndim == 3 else positions[None]
-        masked = rope.masked_fill(~valid[None], torch.iinfo(rope.dtype).min)
-        return masked.amax(dim=(0, 2)) + 1
 
     def _decode_lm(self, args, kwargs):
         state = self.state
