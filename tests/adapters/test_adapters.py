@@ -3,6 +3,8 @@ generation against an uncached oracle, the attention probe, batches with padding
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -77,8 +79,26 @@ def _hook_state(model):
 
 
 def _strategies():
-    return [("keep_all", {}), ("random", {"ratio": 0.3}), ("attention_prune", {"ratio": 0.3, "layer": 1}),
-            ("uniform", {"ratio": 0.3})]
+    """Every registered strategy that runs with defaults, at ratio 0.3 (in-LLM ones before layer 1)."""
+    cases = [("keep_all", {})]
+    for name, cls in tr.STRATEGIES.items():
+        if name in ("keep_all", "pipeline"):
+            continue
+        kw = {"ratio": 0.3} if "ratio" in {f.name for f in dataclasses.fields(cls.Config)} else {}
+        if cls.stage is tr.Stage.IN_LLM:
+            kw["layer"] = 1
+        cases.append((name, kw))
+    return cases
+
+
+def _cases(with_keep_all):
+    """(attn, name, kw): every strategy under sdpa; the in-LLM ones and random under eager too."""
+    out = []
+    for name, kw in _strategies()[0 if with_keep_all else 1:]:
+        out.append(("sdpa", name, kw))
+        if name == "random" or "layer" in kw:
+            out.append(("eager", name, kw))
+    return out
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
@@ -103,8 +123,7 @@ def test_keep_all_is_exact_and_model_restored(family, attn):
         assert torch.equal(model(**inputs).logits, ref)
 
 
-@pytest.mark.parametrize("name,kw", _strategies()[1:])
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn,name,kw", _cases(with_keep_all=False))
 def test_decoder_sees_reduced_length_and_generate_matches_uncached(family, name, kw, attn):
     model = family.build(attn)
     inputs = family.inputs([family.grid])
@@ -183,8 +202,7 @@ def test_probe_equals_eager_attention(family, queries):
         torch.testing.assert_close(probe, expected_heads.float(), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name,kw", _strategies())
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn,name,kw", _cases(with_keep_all=True))
 def test_batch_equals_single_runs(family, name, kw, attn):
     model = family.build(attn)
     batch = family.inputs(family.batch_grids)

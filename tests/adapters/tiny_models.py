@@ -158,3 +158,12 @@ def llava_sample_of(inputs, b):
     keep = inputs["attention_mask"][b].bool()
     return dict(input_ids=inputs["input_ids"][b:b + 1, keep], attention_mask=inputs["attention_mask"][b:b + 1, keep],
                 pixel_values_videos=inputs["pixel_values_videos"][b:b + 1])
+
+
+def llama(attn="sdpa", num_layers=3):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(**_text(num_layers))
+    cfg._attn_implementation = attn
+    torch.manual_seed(0)
+    return LlamaForCausalLM(cfg).eval()

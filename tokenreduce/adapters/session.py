@@ -239,12 +239,12 @@ class ReductionSession:
         state = self.state
         kwargs = dict(kwargs)
         mask = kwargs.get("attention_mask")
-        query = kwargs["inputs_embeds"].shape[1]
+        query = self.adapter.query_length(kwargs)
         if mask is not None and isinstance(mask, torch.Tensor) and mask.ndim == 2:
             tail = mask[:, state.seq_len:].to(torch.bool)
         else:
             tail = torch.ones(state.visual.batch_size, state.decoded + query, dtype=torch.bool,
-                              device=kwargs["inputs_embeds"].device)
+                              device=state.lm_layout.valid.device)
         state.tail_valid = tail
         if state.position_shift is not None and kwargs.get("position_ids") is not None:
             positions = kwargs["position_ids"]
