@@ -19,7 +19,7 @@ def qwen2_vl(attn="sdpa", num_layers=3):
     cfg = Qwen2VLConfig(
         text_config=_text(num_layers, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                                                        "mrope_section": [2, 1, 1]}),
-        vision_config=dict(depth=1, embed_dim=16, hidden_size=32, num_heads=2, patch_size=2,
+        vision_config=dict(depth=2, embed_dim=16, hidden_size=32, num_heads=2, patch_size=2,
                            spatial_merge_size=2, temporal_patch_size=2, in_channels=3),
         image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=V_START, vision_end_token_id=V_END)
     cfg._attn_implementation = attn

@@ -50,11 +50,14 @@ def reduce_llm_input(
     *,
     num_layers: int | None,
     positions_policy: str = "original",
+    encoder_signals: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] | None = None,
 ) -> ReducedInput:
     """Run the pre-LLM ``steps`` on the videos of ``embeds`` ``[B, S, D]`` and prune the input.
 
     ``positions``: ``[B, S]`` or ``[R, B, S]`` (default ``0..S-1``); ``mask``: 2-D or None. Every
     group records the input embeddings of its tokens (``Signal.EMBEDDINGS`` for later steps).
+    Encoder steps run here too (dropping a merged token equals dropping its patches), with
+    ``encoder_signals`` as in ``run_steps``.
     """
     if mask is not None and (not isinstance(mask, torch.Tensor) or mask.ndim != 2):
         raise NotImplementedError("token reduction needs a 2-D attention_mask (or none); prepared 4-D masks "
@@ -67,7 +70,8 @@ def reduce_llm_input(
     for group in groups:
         rows = group.samples[:, None].expand_as(group.positions)
         group.embeddings = embeds[rows, group.positions]
-    edit = run_steps([(s, None) for s in steps], groups, embeds, layout, num_layers=num_layers) if steps else None
+    edit = run_steps([(s, None) for s in steps], groups, embeds, layout, num_layers=num_layers,
+                     encoder_signals=encoder_signals) if steps else None
     mask_dtype = mask.dtype if mask is not None else torch.long
     if (edit is None or not edit.changes) and positions_policy == "original":
         unchanged = layout.valid.to(mask_dtype) if mask is None else mask

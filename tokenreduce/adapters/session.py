@@ -52,6 +52,7 @@ class ForwardState:
     lm_changed: bool = False  # the pre-LLM steps changed the LLM input
     current: LayoutInputs | None = None  # in-LLM layout in force (None: the LM's own)
     layer_layouts: dict[int, SequenceLayout] = field(default_factory=dict)
+    encoded: Any = None  # the pre-encoded video output of this prefill (generate), if any
     next_position: torch.Tensor | None = None  # [B] position of the first generated token
     position_shift: torch.Tensor | None = None  # [B] subtracted from later positions (contiguous)
     seq_len: int = 0
@@ -87,6 +88,7 @@ class ReductionSession:
         self.positions = positions
         self.probe_queries = probe_queries
         self.num_layers = len(adapter.layers)
+        self.encoder_steps: list[Reducer] = []
         self.pre_steps: list[Reducer] = []
         self.in_steps: dict[int, list[Reducer]] = {}
         for step in reducer.steps():
@@ -101,11 +103,15 @@ class ReductionSession:
         self._handles: list[Any] = []
         self._restore: list[Any] = []
 
+    @property
+    def encoder_layers(self) -> set[int]:
+        """Vision-encoder layers whose attention the encoder steps read."""
+        return {encoder_layer(s) for s in self.encoder_steps}
+
     def _schedule(self, step: Reducer) -> None:
         if step.stage is Stage.ENCODER:
-            raise NotImplementedError(f"{step.registered_name or type(step).__name__} runs in the vision encoder "
-                                      f"(Stage.ENCODER), which the {type(self.adapter).__name__} adapter does not "
-                                      "support yet")
+            self.encoder_steps.append(step)
+            return
         if step.stage is Stage.PRE_LLM:
             self.pre_steps.append(step)
             return
@@ -117,15 +123,20 @@ class ReductionSession:
 
     # ----- install / remove ------------------------------------------------------------------
     def attach(self) -> None:
-        top, lm = self.adapter.top, self.adapter.language_model
-        self._handles.append(top.register_forward_pre_hook(self._top_pre, with_kwargs=True))
-        self._handles.append(top.register_forward_hook(self._top_post, with_kwargs=True))
-        self._handles.append(lm.register_forward_pre_hook(self._lm_pre, with_kwargs=True))
-        for index, layer in enumerate(self.adapter.layers):
-            self._handles.append(layer.register_forward_pre_hook(self._layer_hook(index), with_kwargs=True))
-            attention = self.adapter.attention_of(layer)
-            self._handles.append(attention.register_forward_pre_hook(self._probe_hook(index), with_kwargs=True))
-        self._restore.extend(self.adapter.install(self))
+        """Install the hooks; on any failure nothing stays installed."""
+        try:
+            self._restore.extend(self.adapter.install(self))
+            top, lm = self.adapter.top, self.adapter.language_model
+            self._handles.append(top.register_forward_pre_hook(self._top_pre, with_kwargs=True))
+            self._handles.append(top.register_forward_hook(self._top_post, with_kwargs=True))
+            self._handles.append(lm.register_forward_pre_hook(self._lm_pre, with_kwargs=True))
+            for index, layer in enumerate(self.adapter.layers):
+                self._handles.append(layer.register_forward_pre_hook(self._layer_hook(index), with_kwargs=True))
+                attention = self.adapter.attention_of(layer)
+                self._handles.append(attention.register_forward_pre_hook(self._probe_hook(index), with_kwargs=True))
+        except BaseException:
+            self.detach()
+            raise
 
     def detach(self) -> None:
         for handle in self._handles:
@@ -165,7 +176,8 @@ class ReductionSession:
                 raise NotImplementedError("a video arrived on top of a non-empty cache; token reduction starts "
                                           "from an empty cache (a new generate call) only")
             device = self.adapter.language_model_device()
-            self.state = ForwardState(visual, video_groups(visual, device))
+            self.state = ForwardState(visual, video_groups(visual, device),
+                                      encoded=(call.get("mm_encoder_outputs") or {}).get("video"))
             self._phase = "prefill"
             return None
         state = self.state
@@ -220,7 +232,8 @@ class ReductionSession:
                                f"layout describes {(state.visual.batch_size, state.visual.seq_len)}")
         state.seq_len = length
         reduced = reduce_llm_input(embeds, kwargs.get("position_ids"), kwargs.get("attention_mask"), state.groups,
-                                   self.pre_steps, num_layers=self.num_layers, positions_policy=self.positions)
+                                   self.encoder_steps + self.pre_steps, num_layers=self.num_layers,
+                                   positions_policy=self.positions, encoder_signals=self._encoder_signals())
         state.lm_layout = reduced.layout
         state.next_position = reduced.next_position
         state.position_shift = reduced.position_shift
@@ -234,6 +247,17 @@ class ReductionSession:
         kwargs["attention_mask"] = reduced.attention_mask
         state.lm_changed = True
         return args, kwargs
+
+    def _encoder_signals(self) -> dict[int, list[tuple[torch.Tensor, torch.Tensor]]] | None:
+        if not self.encoder_steps:
+            return None
+        capture = self.adapter.capture
+        record = capture.find(self.state.encoded) if capture is not None else None
+        if record is None:
+            raise RuntimeError("encoder steps need the vision tower to run while the reducer is applied (pass "
+                               "pixel values, not features encoded before tr.apply)")
+        return {id(step): self.adapter.encoder_token_signals(record, encoder_layer(step))
+                for step in self.encoder_steps}
 
     def _decode_lm(self, args, kwargs):
         state = self.state
@@ -346,3 +370,9 @@ class ReductionSession:
         kwargs["attention_mask"] = causal_mask_for(self.adapter.text_config, key_valid, hidden.shape[1],
                                                    hidden.dtype)
         return args, kwargs
+
+
+def encoder_layer(step: Reducer) -> int:
+    """The vision-encoder layer an encoder step reads: its config's ``encoder_layer``, else the
+    second-to-last (the VisionZip / FasterVLM choice)."""
+    return int(getattr(step.config, "encoder_layer", -2))

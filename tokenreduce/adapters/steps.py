@@ -85,12 +85,14 @@ def run_steps(
     *,
     importance: torch.Tensor | None = None,
     num_layers: int | None = None,
+    encoder_signals: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] | None = None,
 ) -> SequenceEdit:
     """Run ``steps`` (each with the decoder layer it runs at, or None) on every video group.
 
     ``hidden`` ``[B, L, D]`` is laid out as ``layout``; ``importance`` ``[B, L]`` (the probe) is
-    given inside the LLM. A ``LayerwiseReducer`` is started at its first layer and stepped at
-    every later call until its state is done.
+    given inside the LLM. ``encoder_signals`` maps ``id(step)`` of an encoder step to its
+    ``(importance [N], keys [N, Dk])`` per video span. A ``LayerwiseReducer`` is started at its
+    first layer and stepped at every later call until its state is done.
     """
     keep = torch.ones(layout.source.shape[0], layout.seq_len, dtype=torch.bool, device=hidden.device)
     edit = SequenceEdit(keep)
@@ -108,11 +110,17 @@ def run_steps(
                 if group.embeddings is None:
                     raise RuntimeError("the LLM input embeddings of the visual tokens were not recorded")
                 signals[Signal.EMBEDDINGS.value] = _grid_view(group.embeddings, group.grid)
+            step_importance = None if importance is None else importance[rows, where]
+            if encoder_signals is not None and id(step) in encoder_signals:
+                per_span = [encoder_signals[id(step)][i] for i in group.span_ids]
+                step_importance = torch.stack([imp for imp, _ in per_span]).to(hidden.device)
+                signals[Signal.KEYS.value] = _grid_view(torch.stack([k for _, k in per_span]).to(hidden.device),
+                                                        group.grid)
             tokens = VisualTokens(
                 _grid_view(features, group.grid),
                 valid=_grid_view(present, group.grid),
-                importance=None if importance is None else _grid_view(
-                    importance[rows, where].masked_fill(~present, 0.0), group.grid),
+                importance=None if step_importance is None else _grid_view(
+                    step_importance.masked_fill(~present, 0.0), group.grid),
                 signals=signals,
                 budget_base=torch.full((len(group.span_ids),), group.num_tokens, device=hidden.device),
                 num_layers=num_layers,

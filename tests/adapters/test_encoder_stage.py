@@ -1,0 +1,92 @@
+"""Encoder-stage steps: signals from the vision tower's attention, applied to the LLM input."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import pytest
+import torch
+
+import tokenreduce as tr
+from tokenreduce.interfaces import BudgetConfig, BudgetedReducer, Signal, Stage
+from tokenreduce.selection import top_k_mask
+from tokenreduce.tokens import Reduction
+from tests.adapters import tiny_models as tm
+from tests.adapters.oracle import layer_lengths
+
+pytest.importorskip("transformers")
+
+
+class TopEncoderAttention(BudgetedReducer):
+    """Test reducer: keep the tokens receiving the most encoder attention; remembers its inputs."""
+
+    stage: ClassVar[Stage] = Stage.ENCODER
+    requires: ClassVar[frozenset] = frozenset({Signal.IMPORTANCE, Signal.KEYS})
+    seen: ClassVar[list] = []
+
+    @dataclasses.dataclass
+    class Config(BudgetConfig):
+        encoder_layer: int = -2
+
+    def reduce(self, tokens):
+        type(self).seen.append(tokens)
+        valid = tokens.flat_valid()
+        keep = top_k_mask(tokens.flat_importance(), self.keep_counts(tokens), valid)
+        return Reduction(keep, grid=tokens.grid, valid=valid)
+
+
+def _oracle_signals(model, inputs, layer):
+    """Importance and keys per LLM token, from an all-pairs block-diagonal attention over patches."""
+    visual = model.model.visual
+    attn = visual.blocks[layer].attn
+    seen = {}
+    handle = attn.register_forward_pre_hook(lambda m, a, k: seen.update(k, x=a[0] if a else k["hidden_states"]),
+                                            with_kwargs=True)
+    with torch.no_grad():
+        model.model.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"])
+    handle.remove()
+    x = seen["x"]
+    n, heads = x.shape[0], attn.num_heads
+    q, k, _ = attn.qkv(x).reshape(n, 3, heads, -1).permute(1, 0, 2, 3).unbind(0)
+    keys = k.mean(dim=1)
+    cos, sin = seen["position_embeddings"]
+    import transformers.models.qwen2_vl.modeling_qwen2_vl as q2
+
+    q, k = q2.apply_rotary_pos_emb_vision(q, k, cos, sin)
+    segment = torch.bucketize(torch.arange(n), seen["cu_seqlens"][1:], right=True)
+    same = segment[:, None] == segment[None, :]
+    scores = torch.einsum("qhd,khd->hqk", q, k) * attn.scaling
+    weights = torch.softmax(scores.masked_fill(~same, float("-inf")), dim=-1)  # [heads, q, k]
+    received = torch.zeros(n)
+    for j in range(n):  # slow and obvious: mean over the queries of j's segment and heads
+        received[j] = weights[:, same[:, j], j].mean()
+    return received.view(-1, 4).mean(1), keys.view(-1, 4, keys.shape[-1]).mean(1)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_encoder_step_gets_vision_attention_and_prunes_llm_input(attn):
+    model = tm.qwen2_vl(attn)
+    inputs = tm.qwen_inputs([(2, 4, 6)])
+    importance, keys = _oracle_signals(model, inputs, -2)
+    expected = top_k_mask(importance[None], torch.tensor([4]))[0]
+    TopEncoderAttention.seen = []
+    seq = inputs["input_ids"].shape[1]
+    lm = model.model.language_model
+    with torch.no_grad(), tr.apply(model, TopEncoderAttention(ratio=0.3)) as session:
+        with layer_lengths(lm.layers) as rec:
+            out = model.generate(**inputs, max_new_tokens=2, do_sample=False)
+        kept = session.kept_indices()[0]
+    tokens = TopEncoderAttention.seen[-1]
+    torch.testing.assert_close(tokens.flat_importance()[0], importance, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(tokens.flat_signal("keys")[0], keys, rtol=1e-5, atol=1e-6)
+    assert torch.equal(kept, expected.nonzero().flatten())
+    assert rec.prefill() == {0: seq - 8, 1: seq - 8, 2: seq - 8}
+    assert out.shape[1] == seq + 2
+
+
+def test_encoder_stage_unsupported_models_raise():
+    with pytest.raises(NotImplementedError, match="encoder"):
+        tr.apply(tm.qwen2_5_vl(), TopEncoderAttention())
+    with pytest.raises(NotImplementedError, match="encoder"):
+        tr.apply(tm.llava_onevision(), TopEncoderAttention())
