@@ -51,7 +51,7 @@ def scaled_count(n: int, ratio: float, rounding: Rounding = "ceil") -> int:
     return math.ceil(exact) if rounding == "ceil" else math.floor(exact)
 
 
-def cost_prune_ratio(sparsity: Sequence[float], cost: float, num_layers: int) -> float:
+def cost_prune_ratio(sparsity: Sequence[float], cost: float, num_layers: int, *, clamp: bool = False) -> float:
     """The fraction of the remaining visual tokens to prune so that the whole LLM costs ``cost``.
 
     FrameFusion/ST-SimDiff formula: after the layers listed in ``sparsity`` (the fraction removed
@@ -59,7 +59,12 @@ def cost_prune_ratio(sparsity: Sequence[float], cost: float, num_layers: int) ->
     (1 - S_i)`` layer-equivalents were spent; the remaining ``num_layers - len(sparsity)`` layers
     must run on ``(1 - p) * s`` so that the total is ``num_layers * cost``. Returns ``p``, or 0
     when even keeping everything fits. Evaluated in the same float order as the reference code.
+
+    An exhausted budget (already spent, or no layer left) raises ``ConfigError`` as the reference
+    does; with ``clamp=True`` it returns 1.0 instead (prune everything that is left).
     """
+    if clamp and num_layers >= 1 and len(sparsity) >= num_layers:
+        return 1.0
     if num_layers < 1 or len(sparsity) >= num_layers:
         raise ConfigError(f"num_layers ({num_layers}) must exceed the number of merged layers "
                           f"({len(sparsity)})")
@@ -69,6 +74,8 @@ def cost_prune_ratio(sparsity: Sequence[float], cost: float, num_layers: int) ->
         s *= 1 - fraction
         total += s
     remain = num_layers * cost - total
+    if remain < 0 and clamp:
+        return 1.0
     if remain < 0:
         raise ConfigError(f"cost={cost} is too small: {total:.3f} layer-equivalents of "
                           f"{num_layers} layers are already spent")

@@ -101,11 +101,14 @@ class Reducer(Component, abc.ABC):
 
     Class attributes:
         stage: where it runs (``Stage``); in-LLM reducers also expose ``layer``.
-        requires: the ``Signal`` values it reads besides features.
+        requires: the ``Signal`` values it reads besides features (checked: missing -> error).
+        optional: signals it uses when present and replaces by a documented fallback otherwise;
+            adapters should provide them (e.g. ST-SimDiff's attention importance).
     """
 
     stage: ClassVar[Stage] = Stage.PRE_LLM
     requires: ClassVar[frozenset[Signal]] = frozenset()
+    optional: ClassVar[frozenset[Signal]] = frozenset()
 
     @property
     def layer(self) -> int | None:

@@ -25,14 +25,21 @@ from tokenreduce.tokens import Reduction, Role, VisualTokens
 def combine(previous: Reduction, latest: Reduction) -> Reduction:
     """The reduction of running ``latest`` on the survivors of ``previous``."""
     roles = previous.roles | latest.roles
-    extras = [e for e in (previous.extra, latest.extra) if e is not None]
+    parts = [r for r in (previous, latest) if r.extra is not None]
+    extra = torch.cat([r.extra for r in parts], dim=1) if parts else None
+    extra_valid = None
+    if any(r.extra_valid is not None for r in parts):
+        extra_valid = torch.cat([r.extra_valid if r.extra_valid is not None
+                                 else torch.ones(r.extra.shape[:2], dtype=torch.bool, device=r.extra.device)
+                                 for r in parts], dim=1)
     return Reduction(
         latest.keep_mask,
         roles & ~int(Role.KEPT),
         grid=previous.grid,
         valid=previous.valid,
         features=latest.features if latest.features is not None else previous.features,
-        extra=torch.cat(extras, dim=1) if extras else None,
+        extra=extra,
+        extra_valid=extra_valid,
         info={**previous.info, **latest.info},
     )
 

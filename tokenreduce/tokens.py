@@ -244,7 +244,7 @@ class ReductionStats:
     total: list[int]
     ratio: list[float]
     roles: dict[str, list[int]] = field(default_factory=dict)
-    extra: int = 0
+    extra: int = 0  # the most real extra tokens any sample has
 
     def __str__(self) -> str:
         parts = [f"kept={self.kept}", f"of={self.total}"]
@@ -264,6 +264,9 @@ class Reduction:
             at kept positions are the tokens' new features).
         extra: ``None``, or ``[B, E, D]`` tokens that did not exist before (VisionZip's
             contextual tokens); they follow the kept tokens in the output sequence.
+        extra_valid: ``None`` (every extra token is real) or bool ``[B, E]``: samples of a batch
+            may make different numbers of extra tokens; ``False`` marks padding slots, which are
+            never handed on (a strategy documents where its slots are, e.g. per frame).
         valid: ``[B, N]`` bool: the tokens that were eligible (not padding).
         grid: ``(T, H, W)``.
         info: free-form diagnostics (e.g. ``merge_ratio``), never needed to apply the result.
@@ -278,6 +281,7 @@ class Reduction:
         valid: torch.Tensor | None = None,
         features: torch.Tensor | None = None,
         extra: torch.Tensor | None = None,
+        extra_valid: torch.Tensor | None = None,
         info: dict[str, Any] | None = None,
     ) -> None:
         if keep_mask.dtype != torch.bool or keep_mask.ndim != 2:
@@ -299,12 +303,17 @@ class Reduction:
                              f"got {_shape_text(features.shape)}")
         if extra is not None and (extra.ndim != 3 or extra.shape[0] != keep_mask.shape[0]):
             raise ValueError(f"extra must be [B, E, D], got {_shape_text(extra.shape)}")
+        if extra_valid is not None and (extra is None or extra_valid.dtype != torch.bool
+                                        or extra_valid.shape != extra.shape[:2]):
+            raise ValueError("extra_valid must be a bool tensor [B, E] matching extra, got "
+                             f"{extra_valid.dtype} {_shape_text(extra_valid.shape)}")
         self.keep_mask = keep_mask
         self.roles = roles
         self.grid = (int(t), int(h), int(w))
         self.valid = valid
         self.features = features
         self.extra = extra
+        self.extra_valid = extra_valid
         self.info: dict[str, Any] = dict(info or {})
 
     @property
@@ -328,7 +337,17 @@ class Reduction:
         kept = source[b, self.keep_indices(b)]
         if self.extra is None:
             return kept
-        return torch.cat([kept, self.extra[b].to(kept.dtype)], dim=0)
+        extra = self.extra[b] if self.extra_valid is None else self.extra[b, self.extra_valid[b]]
+        return torch.cat([kept, extra.to(kept.dtype)], dim=0)
+
+    def extra_counts(self) -> torch.Tensor:
+        """``[B]`` long: real extra tokens per sample (0 without extra tokens)."""
+        if self.extra is None:
+            return torch.zeros(self.batch_size, dtype=torch.long, device=self.keep_mask.device)
+        if self.extra_valid is None:
+            return torch.full((self.batch_size,), self.extra.shape[1], dtype=torch.long,
+                              device=self.keep_mask.device)
+        return self.extra_valid.sum(dim=1)
 
     @property
     def stats(self) -> ReductionStats:
@@ -345,7 +364,7 @@ class Reduction:
             total=total,
             ratio=[k / n for k, n in zip(kept, total)],
             roles=role_counts,
-            extra=0 if self.extra is None else int(self.extra.shape[1]),
+            extra=int(self.extra_counts().max()) if self.extra is not None else 0,
         )
 
     def __repr__(self) -> str:

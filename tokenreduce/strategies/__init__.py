@@ -1,3 +1,16 @@
 """Built-in strategies; importing this package registers them all."""
 
-from tokenreduce.strategies import attention_prune, keep_all, random_select, uniform  # noqa: F401
+from tokenreduce.strategies import (  # noqa: F401
+    attention_prune,
+    fastervlm,
+    fastv,
+    framefusion,
+    keep_all,
+    prumerge_plus,
+    random_select,
+    st_simdiff,
+    st_simdiff_reference,
+    st_simdiff_select,
+    uniform,
+    visionzip,
+)

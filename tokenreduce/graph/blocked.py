@@ -1,0 +1,78 @@
+"""Row-blocked fp32 kernels over ``[M, D]`` token features (any float dtype in, fp32 out).
+
+On CPU the features of a 64-frame video (``M*D`` ~ 39 M floats) do not fit in cache, and the
+unblocked ``(a * b).sum(-1)`` of two shifted views is memory bound: it writes the whole product
+before reducing it. Working on blocks of ``BLOCK_ROWS`` contiguous rows keeps each block in cache
+and is 5-6x faster (numbers in docs/performance.md). The block loop runs ``M / BLOCK_ROWS`` times
+whatever the grid is; it is a memory tiling, not a loop over frames, rows or tokens. On CUDA the
+whole matrix is one block. bf16/fp16 blocks are converted to fp32 before any product, so every
+dot product and norm accumulates in fp32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+
+BLOCK_ROWS = 256
+
+
+def row_blocks(num_rows: int, device: torch.device) -> Iterator[tuple[int, int]]:
+    """``(start, stop)`` row ranges that tile ``[0, num_rows)``."""
+    step = num_rows if device.type != "cpu" else BLOCK_ROWS
+    step = max(step, 1)
+    for start in range(0, num_rows, step):
+        yield start, min(start + step, num_rows)
+
+
+def inverse_norms(flat: torch.Tensor) -> torch.Tensor:
+    """fp32 ``[M]``: ``1 / ||x||``, and 0 for an all-zero row (so its cosine with anything is 0)."""
+    norms = torch.empty(flat.shape[0], dtype=torch.float32, device=flat.device)
+    for start, stop in row_blocks(flat.shape[0], flat.device):
+        norms[start:stop] = torch.linalg.vector_norm(flat[start:stop].float(), dim=1)
+    inverse = torch.zeros_like(norms)
+    nonzero = norms > 0
+    inverse[nonzero] = 1.0 / norms[nonzero]
+    return inverse
+
+
+def shifted_dots(flat: torch.Tensor, shifts: Sequence[int]) -> dict[int, torch.Tensor]:
+    """For each shift ``k``: fp32 ``[M - k]`` with ``dot(flat[n], flat[n + k])`` (fp32 accumulation)."""
+    rows = flat.shape[0]
+    out = {k: torch.empty(max(rows - k, 0), dtype=torch.float32, device=flat.device) for k in shifts}
+    largest = max(shifts, default=0)
+    for start, stop in row_blocks(rows, flat.device):
+        block = flat[start:min(stop + largest, rows)].float()
+        for k in shifts:
+            end = min(stop, rows - k)
+            if end <= start:
+                continue
+            n = end - start
+            out[k][start:end] = torch.linalg.vecdot(block[:n], block[k:k + n])
+    return out
+
+
+def segment_sums(flat: torch.Tensor, scale: torch.Tensor, rows: torch.Tensor, segment: torch.Tensor,
+                 num_segments: int) -> torch.Tensor:
+    """fp32 ``[S, D]``: ``sums[s] = sum of scale[r] * flat[r]`` over the ``rows`` of segment ``s``.
+
+    With ``scale = inverse_norms(flat)`` these are the per-community sums of normalised features.
+    """
+    sums = torch.zeros(num_segments, flat.shape[1], dtype=torch.float32, device=flat.device)
+    for start, stop in row_blocks(rows.shape[0], flat.device):
+        picked = rows[start:stop]
+        block = flat[picked].float() * scale[picked].unsqueeze(1)
+        sums.index_add_(0, segment[start:stop], block)
+    return sums
+
+
+def dots_with_segment_sums(flat: torch.Tensor, scale: torch.Tensor, rows: torch.Tensor,
+                           segment: torch.Tensor, sums: torch.Tensor) -> torch.Tensor:
+    """fp32 ``[R]``: ``scale[r] * dot(flat[r], sums[segment])`` for each of the ``rows``."""
+    out = torch.empty(rows.shape[0], dtype=torch.float32, device=flat.device)
+    for start, stop in row_blocks(rows.shape[0], flat.device):
+        picked = rows[start:stop]
+        dots = torch.linalg.vecdot(flat[picked].float(), sums[segment[start:stop]])
+        out[start:stop] = dots * scale[picked]
+    return out

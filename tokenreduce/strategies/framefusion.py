@@ -1,0 +1,234 @@
+"""``framefusion``: FrameFusion (Fu et al., 2024), merge similar tokens layer by layer, then prune.
+
+The official schedule (thu-nics/FrameFusion, ``framefusion/main.py``), per sample:
+
+- At every merge point (before layer 0, then once per following layer) while merging is not
+  finished: each remaining visual token is compared with the previous *remaining* token of the
+  same grid position (temporal chain; the first one of a position has no neighbour). With ``n``
+  remaining visual tokens and ``above`` the fraction whose cosine similarity is at least
+  ``similarity_lower_bound``, and ``s_max = cost_prune_ratio(sparsity, cost, num_layers)``:
+
+  * ``above < s_max``: every such token is merged; ``above`` is appended to ``sparsity``; when
+    ``above < ratio_lower_bound`` merging is finished.
+  * otherwise only the ``int(s_max * n)`` most similar tokens are merged and both merging and
+    pruning are finished.
+
+  Merging averages each run of consecutive marked tokens of a chain together with the unmarked
+  token just before it, into that earlier token (``MERGED``); the run is removed (``ABSORBED``).
+- At the first merge point after merging finished: keep the ``round(n * (1 - p))`` visual tokens
+  with the highest ``importance`` (the last query's head-averaged attention of the layer just
+  run), ``p = cost_prune_ratio(sparsity, cost, num_layers)``. Kept tokens keep their positions.
+
+Adapters drive it with ``start``/``step`` (see ``LayerwiseReducer``): ``step(state, 0, tokens)``
+before decoder layer 0 on the input embeddings, then ``step(state, l, tokens)`` for l = 1, 2, ...
+with the current hidden states -- the official placement is right after decoder layer l-1's
+attention block (before its MLP) -- and, when ``state.wants_importance``, the last-query
+attention of layer l-1 as ``importance``. ``reduce(tokens)`` runs the same schedule on fixed
+features and importance.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from tokenreduce.budget import check_ratio, cost_prune_ratio, scaled_count
+from tokenreduce.config import Config
+from tokenreduce.errors import ConfigError, MissingSignalError
+from tokenreduce.interfaces import LayerwiseReducer, Signal
+from tokenreduce.pipeline import combine, restrict
+from tokenreduce.registry import register_strategy
+from tokenreduce.selection import top_k_mask
+from tokenreduce.tokens import Reduction, Role, VisualTokens
+
+NO_NEIGHBOUR = -2.0  # similarity of a token without a temporal neighbour (never merged)
+
+
+@dataclasses.dataclass
+class FrameFusionState:
+    """Per-forward schedule state of a batch: one entry per sample."""
+
+    num_layers: int
+    sparsity: list[list[float]]
+    merging_done: list[bool]
+    pruning_done: list[bool]
+
+    @property
+    def done(self) -> bool:
+        """Every sample finished merging and pruning: the adapter stops calling ``step``."""
+        return all(self.pruning_done)
+
+    @property
+    def wants_importance(self) -> bool:
+        """The next ``step`` prunes some sample: it needs the attention probe as ``importance``."""
+        return any(m and not p for m, p in zip(self.merging_done, self.pruning_done))
+
+
+def temporal_similarity(features: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``[B, T, H, W]``: cosine similarity of each valid token to the previous valid token of its
+    grid position (``NO_NEIGHBOUR`` where there is none, and at invalid tokens).
+
+    The cosine is ``dot / (|a| * |b|)`` without epsilon, as upstream; a zero vector gives NaN,
+    which is replaced by ``NO_NEIGHBOUR`` (never merged).
+    """
+    t = features.shape[1]
+    frame = torch.arange(t, device=features.device).view(1, t, 1, 1)
+    last_valid = torch.where(valid, frame, -1).cummax(dim=1).values
+    previous = torch.cat([torch.full_like(last_valid[:, :1], -1), last_valid[:, :-1]], dim=1)
+    source = previous.clamp(min=0)
+    neighbour = features.gather(1, source.unsqueeze(-1).expand_as(features))
+    norms = features.norm(dim=-1)
+    cosine = (features * neighbour).sum(dim=-1) / (norms * norms.gather(1, source))
+    has_neighbour = valid & (previous >= 0) & ~cosine.isnan()
+    return torch.where(has_neighbour, cosine, torch.full_like(cosine, NO_NEIGHBOUR))
+
+
+def merge_runs(features: torch.Tensor, valid: torch.Tensor, merge: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge each run of ``merge`` tokens of a temporal chain into the unmarked token before it.
+
+    ``features`` ``[B, T, H, W, D]``; ``valid``/``merge`` bool ``[B, T, H, W]`` (``merge`` never
+    holds the first valid token of a grid position). Returns ``(features, anchors)``: the features
+    with every anchor replaced by the mean of itself and its run, and the anchors that absorbed
+    at least one token.
+    """
+    b, t, h, w, d = features.shape
+    frame = torch.arange(t, device=features.device).view(1, t, 1, 1)
+    anchor_frame = torch.where(valid & ~merge, frame, -1).cummax(dim=1).values
+    flat_anchor = (anchor_frame * (h * w) + torch.arange(h * w, device=features.device).view(1, 1, h, w))
+    source = merge.reshape(b, -1)
+    index = flat_anchor.reshape(b, -1).clamp(min=0)
+    flat = features.reshape(b, -1, d)
+    sums = flat.clone().scatter_add_(1, index.unsqueeze(-1).expand_as(flat), flat * source.unsqueeze(-1))
+    counts = torch.ones(b, t * h * w, dtype=features.dtype, device=features.device)
+    counts.scatter_add_(1, index, source.to(features.dtype))
+    anchors = counts > 1
+    merged = torch.where(anchors.unsqueeze(-1), sums / counts.unsqueeze(-1), flat)
+    return merged.reshape(features.shape), anchors
+
+
+@register_strategy("framefusion")
+class FrameFusion(LayerwiseReducer):
+    """FrameFusion: merge temporally similar tokens layer by layer, then prune by attention.
+
+    Parameters: ``cost`` (the FLOP-style budget, default 0.3), ``similarity_lower_bound``
+    (default 0.6), ``ratio_lower_bound`` (default 0.1), ``num_layers`` (the LLM's layer count
+    used by the cost formula; default: ``VisualTokens.num_layers``), ``layer`` (the first merge
+    point, default 0 = before the first decoder layer).
+    """
+
+    requires = frozenset({Signal.IMPORTANCE})
+
+    @dataclasses.dataclass
+    class Config(Config):
+        cost: float = 0.3
+        similarity_lower_bound: float = 0.6
+        ratio_lower_bound: float = 0.1
+        num_layers: int | None = None
+        layer: int = 0
+
+        def validate(self) -> None:
+            check_ratio(self.cost, f"{self.name}.cost")
+            if not -1.0 <= self.similarity_lower_bound <= 1.0:
+                raise ConfigError(f"{self.name}.similarity_lower_bound must be in [-1, 1], "
+                                  f"got {self.similarity_lower_bound}")
+            if not 0.0 <= self.ratio_lower_bound <= 1.0:
+                raise ConfigError(f"{self.name}.ratio_lower_bound must be in [0, 1], got {self.ratio_lower_bound}")
+            if self.num_layers is not None and self.num_layers < 1:
+                raise ConfigError(f"{self.name}.num_layers must be >= 1, got {self.num_layers}")
+            if self.layer < 0:
+                raise ConfigError(f"{self.name}.layer must be >= 0, got {self.layer}")
+
+    # ----- schedule ------------------------------------------------------------------------
+    def start(self, tokens: VisualTokens) -> FrameFusionState:
+        num_layers = self.config.num_layers or tokens.num_layers
+        if num_layers is None:
+            raise ConfigError("framefusion needs the LLM's layer count for its cost formula: set "
+                              "num_layers in the config or VisualTokens(..., num_layers=L) "
+                              "(inside a model tr.apply provides it)")
+        if self.config.layer >= num_layers:
+            raise ConfigError(f"framefusion.layer={self.config.layer} is not a layer of a "
+                              f"{num_layers}-layer LLM")
+        batch = tokens.batch_size
+        return FrameFusionState(num_layers, [[] for _ in range(batch)], [False] * batch, [False] * batch)
+
+    def _prune_ratio(self, state: FrameFusionState, b: int) -> float:
+        return cost_prune_ratio(state.sparsity[b], self.config.cost, state.num_layers, clamp=True)
+
+    def _plan_merge(self, state: FrameFusionState, b: int, marked: int, n_visual: int) -> int | None:
+        """Sample ``b``'s merge decision: ``None`` = merge every marked token, else merge only the
+        returned count of the most similar ones. Updates the schedule state."""
+        above = marked / n_visual
+        upper = self._prune_ratio(state, b)
+        if above < upper:
+            state.sparsity[b].append(above)
+            state.merging_done[b] = above < self.config.ratio_lower_bound
+            return None
+        state.merging_done[b] = state.pruning_done[b] = True
+        return int(upper * n_visual)
+
+    def _prune(self, state: FrameFusionState, layer: int, tokens: VisualTokens, rows: list[bool]) -> torch.Tensor:
+        """Bool ``[B, N]``: what the ``rows`` samples keep by attention (all valid tokens elsewhere)."""
+        if tokens.importance is None:
+            raise MissingSignalError(f"framefusion prunes at layer {layer}: pass the last query's "
+                                     "attention of the previous layer as importance=[B, T, H, W]")
+        valid = tokens.flat_valid()
+        n_visual = valid.sum(dim=1).tolist()
+        counts = [max(1, scaled_count(n, 1 - self._prune_ratio(state, b), "round")) if rows[b] else 0
+                  for b, n in enumerate(n_visual)]
+        kept = top_k_mask(tokens.flat_importance(), torch.tensor(counts, device=valid.device), valid)
+        for b, pruned in enumerate(rows):
+            state.pruning_done[b] = state.pruning_done[b] or pruned
+        return torch.where(torch.tensor(rows, device=valid.device).unsqueeze(1), kept, valid)
+
+    def _merge(self, state: FrameFusionState, tokens: VisualTokens, rows: list[bool]) -> tuple[torch.Tensor, ...]:
+        """Merge the ``rows`` samples: ``(absorbed [B, N], anchors [B, N], features [B, N, D])``."""
+        valid = tokens.flat_valid()
+        grid_valid = valid.reshape(tokens.batch_size, *tokens.grid)
+        similarity = temporal_similarity(tokens.features, grid_valid).reshape(valid.shape)
+        marked = valid & (similarity >= self.config.similarity_lower_bound)
+        n_visual, marked_counts = valid.sum(dim=1).tolist(), marked.sum(dim=1).tolist()
+        plans = [self._plan_merge(state, b, marked_counts[b], n_visual[b]) if rows[b] else 0
+                 for b in range(tokens.batch_size)]
+        device = valid.device
+        top = top_k_mask(similarity, torch.tensor([p or 0 for p in plans], device=device), marked)
+        every = torch.tensor([p is None for p in plans], device=device).unsqueeze(1)
+        absorbed = torch.where(every, marked, top)
+        merged, anchors = merge_runs(tokens.features, grid_valid, absorbed.reshape(grid_valid.shape))
+        return absorbed, anchors, merged.reshape(*valid.shape, -1)
+
+    def step(self, state: FrameFusionState, layer: int, tokens: VisualTokens) -> Reduction:
+        """One merge point: prune the samples whose merging finished earlier, merge the others."""
+        if len(state.sparsity) != tokens.batch_size:
+            raise ValueError(f"framefusion state was started for batch size {len(state.sparsity)}, "
+                             f"step got {tokens.batch_size}")
+        valid = tokens.flat_valid()
+        keep, features = valid, tokens.flat_features()
+        roles = torch.zeros(valid.shape, dtype=torch.int32, device=valid.device)
+        pruning = [m and not p for m, p in zip(state.merging_done, state.pruning_done)]
+        merging = [not m for m in state.merging_done]
+        if any(pruning):
+            keep = self._prune(state, layer, tokens, pruning)
+            rows = torch.tensor(pruning, device=valid.device).unsqueeze(1)
+            roles |= torch.where(rows & keep, int(Role.IMPORTANT), 0).to(torch.int32)
+        if any(merging):
+            absorbed, anchors, features = self._merge(state, tokens, merging)
+            keep = keep & ~absorbed
+            roles |= (torch.where(anchors, int(Role.MERGED), 0) | torch.where(absorbed, int(Role.ABSORBED), 0)).to(
+                torch.int32)
+        info: dict[str, Any] = {"layer": layer, "sparsity": [list(s) for s in state.sparsity]}
+        return Reduction(keep, roles, grid=tokens.grid, valid=valid, features=features, info=info)
+
+    def reduce(self, tokens: VisualTokens) -> Reduction:
+        """Run the whole schedule with fixed features and importance (no model in between)."""
+        state = self.start(tokens)
+        valid = tokens.flat_valid()
+        result = Reduction(valid.clone(), grid=tokens.grid, valid=valid)
+        current, base = tokens, tokens.budget_counts()
+        for layer in range(self.config.layer, state.num_layers):
+            if state.done:
+                break
+            result = combine(result, self.step(state, layer, current))
+            current = restrict(tokens, result, base)
+        return result

@@ -1,0 +1,151 @@
+"""``visionzip``: VisionZip (Yang et al., 2024): dominant tokens by CLS attention plus contextual
+tokens merged by key similarity, inside the vision encoder.
+
+Official semantics (dvlab-research/VisionZip), per image -- here per frame, each frame being one
+image to the encoder (counts are per frame):
+
+- Dominant: the ``dominant - 1`` patches with the highest CLS attention, plus the CLS token
+  itself, which counts as one of ``dominant`` (``cls_token=True``). Without a CLS token
+  (``cls_token=False``: SigLIP, Qwen ViT) there is no official rule; tokenreduce takes the top
+  ``dominant`` patches by ``importance`` = the attention each patch receives, averaged over
+  queries and heads, which the adapter supplies.
+- Contextual: the ``M`` remaining valid patches, in order, compared by their head-averaged key
+  states (``signals["keys"]``) after L2 normalisation. Targets are every ``max(1, M //
+  contextual)``-th remaining patch, the first ``contextual`` of them; every other remaining patch
+  is assigned to its most similar target (dot product of the normalised keys; the first target on
+  ties); a contextual token is ``target + mean(assigned)`` (the target alone when nothing is
+  assigned) -- the official formula, not the average of the group.
+
+Output: the dominant patches are kept in place (``keep_mask``, original order); the contextual
+tokens are new tokens in ``Reduction.extra`` ``[B, T * contextual, D]``: slot ``e`` is target
+``e % contextual`` of frame ``e // contextual``, and ``extra_valid`` marks the slots a small frame
+does not fill (an adapter that wants upstream's per-image order ``[CLS, dominant, contextual]``
+interleaves by frame). The CLS token is not on the grid: an adapter keeps it in front of each
+frame's tokens when ``info["cls_token"]``.
+
+Small frames clip: a frame with ``v`` valid patches keeps ``min(dominant - 1, v)`` (or
+``min(dominant, v)`` without CLS) and makes ``min(contextual, M)`` contextual tokens -- what the
+official indexing gives when ``M < contextual`` (every remaining patch becomes a target).
+Presets: ``preset=64 / 128 / 192`` means ``dominant, contextual = 54, 10 / 108, 20 / 162, 30``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from tokenreduce.config import Config
+from tokenreduce.errors import ConfigError
+from tokenreduce.frames import frame_rows, frame_slots_as_extra, frame_top_k
+from tokenreduce.interfaces import Reducer, Signal, Stage
+from tokenreduce.registry import register_strategy
+from tokenreduce.tokens import Reduction, Role, VisualTokens
+
+PRESETS: dict[int, tuple[int, int]] = {64: (54, 10), 128: (108, 20), 192: (162, 30)}
+DEFAULT_COUNTS = (191, 30)  # the official ``visionzip(model)`` defaults
+
+
+def contextual_tokens(
+    features: torch.Tensor, keys: torch.Tensor, remaining: torch.Tensor, contextual: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """VisionZip's contextual merging, one row per frame.
+
+    ``features`` ``[F, P, D]``, ``keys`` ``[F, P, Dk]``, ``remaining`` bool ``[F, P]`` (the valid
+    non-dominant patches). Returns ``(tokens [F, C, D], token_valid [F, C])`` with ``C =
+    contextual``; a frame with ``M < C`` remaining patches has ``M`` valid tokens.
+    """
+    frames, patches, _ = features.shape
+    rank = remaining.long().cumsum(dim=1) - 1
+    left = remaining.sum(dim=1, keepdim=True)
+    step = torch.clamp(left // contextual, min=1)
+    slot = torch.div(rank, step, rounding_mode="floor")
+    targets = remaining & (rank % step == 0) & (slot < contextual)
+    others = remaining & ~targets
+    dump = contextual  # scatter index for tokens that go nowhere (dropped afterwards)
+
+    unit = F.normalize(keys.float(), dim=-1)
+    target_index = torch.where(targets, slot, dump)
+    target_keys = torch.zeros(frames, contextual + 1, unit.shape[-1], device=unit.device)
+    target_keys.scatter_(1, target_index.unsqueeze(-1).expand_as(unit), unit)
+    token_valid = torch.arange(contextual, device=unit.device) < left.clamp(max=contextual)
+    similarity = unit @ target_keys[:, :contextual].transpose(1, 2)
+    similarity = similarity.masked_fill(~token_valid.unsqueeze(1), float("-inf"))
+    assigned = torch.where(others, similarity.argmax(dim=-1), dump)
+
+    def gather_sum(index: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(frames, contextual + 1, values.shape[-1], dtype=values.dtype, device=values.device)
+        return out.scatter_add_(1, index.unsqueeze(-1).expand_as(values), values)[:, :contextual]
+
+    ones = torch.ones(frames, patches, 1, dtype=features.dtype, device=features.device)
+    target_features = gather_sum(target_index, features * targets.unsqueeze(-1))
+    sums = gather_sum(assigned, features)
+    counts = gather_sum(assigned, ones).clamp(min=1)
+    return target_features + sums / counts, token_valid
+
+
+@register_strategy("visionzip")
+class VisionZip(Reducer):
+    """VisionZip: per frame, keep dominant patches by CLS attention, merge the rest into contextual
+    tokens by key similarity (encoder stage).
+
+    Parameters: ``dominant`` (counting the CLS token when ``cls_token``), ``contextual``, or
+    ``preset`` 64/128/192; ``cls_token`` (default True: the official CLIP setting; set False for
+    encoders without CLS). Needs ``importance`` (CLS attention per patch, or attention received
+    without CLS) and ``signals["keys"]`` (head-averaged key states of the same encoder layer).
+    """
+
+    stage: ClassVar[Stage] = Stage.ENCODER
+    requires: ClassVar[frozenset[Signal]] = frozenset({Signal.IMPORTANCE, Signal.KEYS})
+
+    @dataclasses.dataclass
+    class Config(Config):
+        dominant: int | None = None
+        contextual: int | None = None
+        preset: int | None = None
+        cls_token: bool = True
+
+        def validate(self) -> None:
+            if self.preset is not None:
+                if self.preset not in PRESETS:
+                    raise ConfigError(f"{self.name}.preset must be one of {sorted(PRESETS)}, got {self.preset}")
+                for field, value in zip(("dominant", "contextual"), PRESETS[self.preset]):
+                    given = getattr(self, field)
+                    if given is not None and given != value:
+                        raise ConfigError(f"{self.name}: preset={self.preset} means {field}={value}, "
+                                          f"got {field}={given}")
+                    object.__setattr__(self, field, value)
+            for field, default in zip(("dominant", "contextual"), DEFAULT_COUNTS):
+                if getattr(self, field) is None:
+                    object.__setattr__(self, field, default)
+            if self.dominant < 1:
+                raise ConfigError(f"{self.name}.dominant must be >= 1, got {self.dominant}")
+            if self.contextual < 0:
+                raise ConfigError(f"{self.name}.contextual must be >= 0, got {self.contextual}")
+
+    def dominant_counts(self, tokens: VisualTokens) -> torch.Tensor:
+        """Long ``[B, T]``: dominant patches kept per frame (the CLS token not included)."""
+        t = tokens.grid[0]
+        per_frame = frame_rows(tokens.flat_valid(), t).sum(dim=1).reshape(tokens.batch_size, t)
+        return per_frame.clamp(max=self.config.dominant - int(self.config.cls_token))
+
+    def planned_counts(self, tokens: VisualTokens) -> torch.Tensor:
+        return self.dominant_counts(tokens).sum(dim=1)
+
+    def reduce(self, tokens: VisualTokens) -> Reduction:
+        batch, t = tokens.batch_size, tokens.grid[0]
+        valid = tokens.flat_valid()
+        dominant = frame_top_k(tokens.flat_importance(), self.dominant_counts(tokens), valid, t)
+        roles = torch.where(dominant, int(Role.IMPORTANT), 0).to(torch.int32)
+        extra = extra_valid = None
+        if self.config.contextual > 0:
+            rows, valid_slots = contextual_tokens(
+                frame_rows(tokens.flat_features(), t), frame_rows(tokens.flat_signal("keys"), t),
+                frame_rows(valid & ~dominant, t), self.config.contextual)
+            extra, extra_valid = frame_slots_as_extra(rows.reshape(batch, t, self.config.contextual, -1),
+                                                      valid_slots.reshape(batch, t, -1))
+            roles |= torch.where(valid & ~dominant, int(Role.ABSORBED), 0).to(torch.int32)
+        return Reduction(dominant, roles, grid=tokens.grid, valid=valid, extra=extra,
+                         extra_valid=extra_valid, info={"cls_token": self.config.cls_token})
