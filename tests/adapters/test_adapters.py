@@ -21,14 +21,15 @@ GRID = (2, 4, 6)  # 12 LLM tokens for the Qwen families
 class Family:
     """How to build a tiny model of one family and its video inputs."""
 
-    def __init__(self, build, inputs, sample_of, grid, small_grid, tokens, batch_grids):
+    def __init__(self, build, inputs, sample_of, grid, small_grid, tokens, batch_grids, encoder=False):
         self.build, self.inputs, self.sample_of = build, inputs, sample_of
         self.grid, self.small_grid, self.tokens, self.batch_grids = grid, small_grid, tokens, batch_grids
+        self.encoder = encoder  # supports encoder-stage steps
 
 
-def _qwen(build, per_frame=False):
+def _qwen(build, per_frame=False, encoder=True):
     return Family(build, lambda grids, seed=0: tm.qwen_inputs(grids, seed=seed, per_frame=per_frame),
-                  tm.sample_of, GRID, (2, 4, 4), lambda g: g[0] * g[1] * g[2] // 4, [GRID, (2, 4, 4)])
+                  tm.sample_of, GRID, (2, 4, 4), lambda g: g[0] * g[1] * g[2] // 4, [GRID, (2, 4, 4)], encoder)
 
 
 def _llava(build, extra):
@@ -39,7 +40,7 @@ def _llava(build, extra):
 
 FAMILIES = {
     "qwen2_vl": _qwen(tm.qwen2_vl),
-    "qwen2_5_vl": _qwen(tm.qwen2_5_vl),
+    "qwen2_5_vl": _qwen(tm.qwen2_5_vl, encoder=False),
     "qwen3_vl": _qwen(tm.qwen3_vl, per_frame=True),
     "llava_onevision": _llava(tm.llava_onevision, 1),
     "llava_next_video": _llava(tm.llava_next_video, 0),
@@ -78,27 +79,43 @@ def _hook_state(model):
     return {name: (dict(m._forward_pre_hooks), dict(m._forward_hooks)) for name, m in model.named_modules()}
 
 
-def _strategies():
-    """Every registered strategy that runs with defaults, at ratio 0.3 (in-LLM ones before layer 1)."""
-    cases = [("keep_all", {})]
-    for name, cls in tr.STRATEGIES.items():
-        if name in ("keep_all", "pipeline"):
-            continue
-        kw = {"ratio": 0.3} if "ratio" in {f.name for f in dataclasses.fields(cls.Config)} else {}
-        if cls.stage is tr.Stage.IN_LLM:
-            kw["layer"] = 1
-        cases.append((name, kw))
-    return cases
+def _kwargs(name):
+    """Default config at ratio 0.3 (when the strategy has one); in-LLM steps before layer 1."""
+    fields = {f.name for f in dataclasses.fields(tr.STRATEGIES.get(name).Config)}
+    kw = {"ratio": 0.3} if "ratio" in fields else {}
+    if "cost" in fields and not kw:  # FLOP-style budgets only: a cost the 3-layer test models can meet
+        kw["cost"] = 0.5
+    if all(step.stage is tr.Stage.IN_LLM for step in tr.build(name, **kw).steps()) and name != "framefusion":
+        kw["layer"] = 1
+    return kw
 
 
-def _cases(with_keep_all):
-    """(attn, name, kw): every strategy under sdpa; the in-LLM ones and random under eager too."""
-    out = []
-    for name, kw in _strategies()[0 if with_keep_all else 1:]:
-        out.append(("sdpa", name, kw))
-        if name == "random" or "layer" in kw:
-            out.append(("eager", name, kw))
-    return out
+def _runs_on(family_name, name):
+    stages = {step.stage for step in tr.build(name, **_kwargs(name)).steps()}
+    return tr.Stage.ENCODER not in stages or FAMILIES[family_name].encoder
+
+
+ALL_STRATEGIES = [n for n in tr.list_strategies() if n != "pipeline"]
+
+# one-step selections at an exact budget: checked against the uncached oracle
+ORACLE = [n for n in ("random", "uniform", "attention_prune", "fastv") if n in tr.STRATEGIES]
+
+
+def _matrix(names, attns_for, families=None):
+    return [pytest.param(fam, attn, name, _kwargs(name), id=f"{fam}-{attn}-{name}")
+            for fam in sorted(families or FAMILIES) for name in names if _runs_on(fam, name)
+            for attn in attns_for(name)]
+
+
+def _attns(name):
+    """Every strategy under sdpa; in-LLM ones and random under eager too."""
+    in_llm = any(step.stage is tr.Stage.IN_LLM for step in tr.build(name, **_kwargs(name)).steps())
+    return ["sdpa", "eager"] if in_llm or name == "random" else ["sdpa"]
+
+
+# every registered strategy on one family per kind (M-RoPE, deepstack, 1-D), the oracle ones on all
+BATCH_CASES = (_matrix(ALL_STRATEGIES, _attns, ["qwen2_vl", "qwen3_vl", "llava_onevision"])
+               + _matrix(ORACLE, lambda name: ["sdpa"], ["qwen2_5_vl", "llava_next_video"]))
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
@@ -123,16 +140,19 @@ def test_keep_all_is_exact_and_model_restored(family, attn):
         assert torch.equal(model(**inputs).logits, ref)
 
 
-@pytest.mark.parametrize("attn,name,kw", _cases(with_keep_all=False))
-def test_decoder_sees_reduced_length_and_generate_matches_uncached(family, name, kw, attn):
+@pytest.mark.parametrize("family_name,attn,name,kw", _matrix(ORACLE, _attns))
+def test_decoder_sees_reduced_length_and_generate_matches_uncached(family_name, attn, name, kw):
+    family = FAMILIES[family_name]
     model = family.build(attn)
     inputs = family.inputs([family.grid])
     n_video = family.tokens(family.grid)
-    keep_count = -(-3 * n_video // 10)  # ceil(0.3 * n)
+    reducer = tr.build(name, **kw)
+    planned = reducer.planned_counts(tr.VisualTokens(torch.zeros(1, n_video, 1, 1, 1)))
+    keep_count = int(planned[0])
     lm = model.model.language_model
     captured = capture_lm_inputs(model, lm, inputs)
     seq = inputs["input_ids"].shape[1]
-    with torch.no_grad(), tr.apply(model, tr.build(name, **kw)) as session:
+    with torch.no_grad(), tr.apply(model, reducer) as session:
         with layer_lengths(lm.layers) as rec:
             out = model.generate(**inputs, max_new_tokens=4, do_sample=False, output_logits=True,
                                  return_dict_in_generate=True)
@@ -142,8 +162,8 @@ def test_decoder_sees_reduced_length_and_generate_matches_uncached(family, name,
         full = model.generate(**inputs, max_new_tokens=1, do_sample=False, output_logits=True,
                               return_dict_in_generate=True).logits[0][0]
     assert not torch.allclose(gen_logits[0], full, atol=1e-4)  # pruning changed the model's view
-    assert len(kept) == 1 and kept[0].numel() == keep_count
-    prune_layer = kw.get("layer", 0)
+    assert len(kept) == 1 and kept[0].numel() == keep_count < n_video
+    prune_layer = reducer.steps()[0].layer or 0
     expected = {i: seq - (n_video - keep_count if i >= prune_layer else 0) for i in range(len(lm.layers))}
     assert rec.prefill() == expected
     # decode steps feed one token per layer
@@ -202,8 +222,9 @@ def test_probe_equals_eager_attention(family, queries):
         torch.testing.assert_close(probe, expected_heads.float(), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("attn,name,kw", _cases(with_keep_all=True))
-def test_batch_equals_single_runs(family, name, kw, attn):
+@pytest.mark.parametrize("family_name,attn,name,kw", BATCH_CASES)
+def test_batch_equals_single_runs(family_name, attn, name, kw):
+    family = FAMILIES[family_name]
     model = family.build(attn)
     batch = family.inputs(family.batch_grids)
     reducer = tr.build(name, **kw)

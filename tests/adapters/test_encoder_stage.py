@@ -90,3 +90,49 @@ def test_encoder_stage_unsupported_models_raise():
         tr.apply(tm.qwen2_5_vl(), TopEncoderAttention())
     with pytest.raises(NotImplementedError, match="encoder"):
         tr.apply(tm.llava_onevision(), TopEncoderAttention())
+
+
+class KeepTopAddMean(TopEncoderAttention):
+    """Test reducer: top-k by encoder attention plus one new token (the mean of the dropped ones)
+    for the first video of the batch and two for the others (extra_valid masks the unused one)."""
+
+    def reduce(self, tokens):
+        red = super().reduce(tokens)
+        feats = tokens.flat_features()
+        dropped = (~red.keep_mask & tokens.flat_valid()).float()
+        mean = (dropped[..., None] * feats).sum(1) / dropped.sum(1, keepdim=True).clamp(min=1)
+        extra = torch.stack([mean, -mean], dim=1)
+        extra_valid = torch.ones(extra.shape[:2], dtype=torch.bool)
+        extra_valid[0, 1] = False
+        return Reduction(red.keep_mask, grid=tokens.grid, valid=red.valid, extra=extra, extra_valid=extra_valid)
+
+
+def test_extra_tokens_are_inserted_after_their_video():
+    model = tm.qwen2_vl()
+    inputs = tm.qwen_inputs([(2, 4, 6)])
+    lm = model.model.language_model
+    seen = {}
+    with torch.no_grad(), tr.apply(model, KeepTopAddMean(ratio=0.3)) as session:
+        handle = lm.register_forward_pre_hook(lambda m, a, k: None if seen else seen.update(k), with_kwargs=True)
+        out = model.generate(**inputs, max_new_tokens=2, do_sample=False)
+        handle.remove()
+        kept = session.kept_indices()[0]
+    ids = inputs["input_ids"][0]
+    video = (ids == tm.VIDEO).nonzero().flatten()
+    unpatched = {}
+    h = lm.register_forward_pre_hook(lambda m, a, k: unpatched.update(k), with_kwargs=True)
+    with torch.no_grad():
+        model(**inputs)
+    h.remove()
+    embeds, pos = unpatched["inputs_embeds"][0], unpatched["position_ids"][:, 0]
+    dropped = torch.ones(video.numel(), dtype=torch.bool)
+    dropped[kept] = False
+    mean = embeds[video[dropped]].mean(0)
+    last = int(video[-1])
+    order = list(range(0, int(video[0]))) + video[kept].tolist()
+    expected_embeds = torch.cat([embeds[order], mean[None], embeds[last + 1:]])
+    expected_pos = torch.cat([pos[:, order], pos[:, last:last + 1], pos[:, last + 1:]], dim=1)
+    assert seen["inputs_embeds"].shape[1] == ids.numel() - 12 + 4 + 1  # first video: one valid new token
+    torch.testing.assert_close(seen["inputs_embeds"][0], expected_embeds)
+    assert torch.equal(seen["position_ids"][-3:, 0], expected_pos)
+    assert out.shape[1] == ids.numel() + 2

@@ -78,10 +78,16 @@ def reduce_llm_input(
         return ReducedInput(embeds, positions, unchanged, layout, None, False, following, None)
     index = None
     new_layout = layout
-    if edit is not None and edit.drops:
+    if edit is not None and (edit.drops or edit.extras):
         new_layout, index = layout.keep(edit.keep)
+        new_slots: list[torch.Tensor] = []
+        if edit.extras:
+            new_layout, index, new_slots = _insert_extras(new_layout, index, edit, batch)
+        original_positions = positions
         embeds = gather_slots(embeds, index, dim=1, fill=0.0)
         positions = gather_slots(positions, index, dim=positions.ndim - 1, fill=1)
+        if edit.extras:
+            embeds, positions = _write_extras(embeds, positions, original_positions, edit, new_slots)
     if edit is not None:
         embeds = edit.apply_features(embeds, new_layout)
     shift = None
@@ -91,3 +97,32 @@ def reduce_llm_input(
         shift = following - next_position(positions, new_layout.valid)
     return ReducedInput(embeds, positions, new_layout.valid.to(mask_dtype), new_layout, index, True, following,
                         shift)
+
+
+def _insert_extras(layout: SequenceLayout, index: torch.Tensor, edit, batch: int):
+    """New tokens of ``Reduction.extra`` go right after their video's last grid position."""
+    anchors = []
+    for b in range(batch):
+        per = [torch.full((t.shape[0],), anchor, dtype=torch.long) for sample, anchor, t in edit.extras if sample == b]
+        anchors.append(torch.cat(per) if per else torch.zeros(0, dtype=torch.long))
+    inserted, inner, new_slots = layout.insert_after(anchors)
+    total = torch.where(inner >= 0, index.gather(1, inner.clamp(min=0)), -1)
+    return inserted, total, new_slots
+
+
+def _write_extras(embeds: torch.Tensor, positions: torch.Tensor, original: torch.Tensor, edit,
+                  new_slots: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Write the new tokens into their slots; they take the position ids of their anchor (the
+    video's last grid token)."""
+    embeds, positions = embeds.clone(), positions.clone()
+    for b, slots in enumerate(new_slots):  # a loop over samples
+        mine = [(anchor, tokens) for sample, anchor, tokens in edit.extras if sample == b]
+        if not mine:
+            continue
+        embeds[b, slots] = torch.cat([tokens for _, tokens in mine]).to(embeds.dtype)
+        where = torch.cat([torch.full((t.shape[0],), a, dtype=torch.long) for a, t in mine]).to(original.device)
+        if original.ndim == 3:
+            positions[:, b, slots] = original.expand(-1, positions.shape[1], -1)[:, b, where]
+        else:
+            positions[b, slots] = original.expand(positions.shape[0], -1)[b, where]
+    return embeds, positions

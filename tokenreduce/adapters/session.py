@@ -116,8 +116,9 @@ class ReductionSession:
             self.pre_steps.append(step)
             return
         layer = step.layer
-        if layer is None or not 1 <= layer < self.num_layers:
-            raise ValueError(f"{step.registered_name or type(step).__name__}.layer must be in [1, "
+        first = 0 if isinstance(step, LayerwiseReducer) else 1  # layer 0 has no previous layer to probe
+        if layer is None or not first <= layer < self.num_layers:
+            raise ValueError(f"{step.registered_name or type(step).__name__}.layer must be in [{first}, "
                              f"{self.num_layers - 1}] for a decoder with {self.num_layers} layers, got {layer}")
         self.in_steps.setdefault(layer, []).append(step)
 
@@ -301,7 +302,10 @@ class ReductionSession:
     def _needs_probe(self, layer: int) -> bool:
         if layer in self.in_steps:
             return True
-        return self.layerwise_from is not None and layer > self.layerwise_from and self._layerwise_active()
+        if self.layerwise_from is None or layer <= self.layerwise_from or self.state is None:
+            return False
+        states = [s for g in self.state.groups for s in g.layerwise.values() if not getattr(s, "done", False)]
+        return any(getattr(s, "wants_importance", True) for s in states)
 
     def _layerwise_active(self) -> bool:
         state = self.state
@@ -322,9 +326,11 @@ class ReductionSession:
         steps = self._steps_at(index)
         if steps:
             current = state.current.layout if state.current is not None else state.lm_layout
-            probe = last_query_attention(self.adapter.attention_of(self.adapter.layers[index - 1]),
-                                         state.probe_inputs.pop(index - 1), self.probe_queries)
-            edit = run_steps(steps, state.groups, hidden, current, importance=probe.mean(dim=1),
+            importance = None
+            if index - 1 in state.probe_inputs:
+                importance = last_query_attention(self.adapter.attention_of(self.adapter.layers[index - 1]),
+                                                  state.probe_inputs.pop(index - 1), self.probe_queries).mean(dim=1)
+            edit = run_steps(steps, state.groups, hidden, current, importance=importance,
                              num_layers=self.num_layers)
             hidden = self._apply_in_llm(edit, current, hidden, kwargs)
         state.layer_counts[index] = int(hidden.shape[1])
@@ -342,6 +348,9 @@ class ReductionSession:
         return args, kwargs
 
     def _apply_in_llm(self, edit: SequenceEdit, layout: SequenceLayout, hidden: torch.Tensor, kwargs) -> torch.Tensor:
+        if edit.extras:
+            raise NotImplementedError("new tokens (Reduction.extra) are inserted before the LLM only; an in-LLM "
+                                      "step returned some")
         if not edit.changes:
             return hidden
         state = self.state

@@ -43,6 +43,7 @@ class SequenceEdit:
     rows: list[torch.Tensor] = field(default_factory=list)
     cols: list[torch.Tensor] = field(default_factory=list)
     values: list[torch.Tensor] = field(default_factory=list)
+    extras: list[tuple[int, int, torch.Tensor]] = field(default_factory=list)  # (sample, anchor, [E, D])
 
     @property
     def drops(self) -> bool:
@@ -50,7 +51,7 @@ class SequenceEdit:
 
     @property
     def changes(self) -> bool:
-        return self.drops or bool(self.values)
+        return self.drops or bool(self.values) or bool(self.extras)
 
     def apply_features(self, hidden: torch.Tensor, layout: SequenceLayout) -> torch.Tensor:
         """``hidden`` (laid out as ``layout``) with the merged features written at their slots."""
@@ -128,9 +129,6 @@ def run_steps(
             reduction = _call_step(step, layer, group, tokens)
             if reduction is None:
                 continue
-            if reduction.extra is not None:
-                raise NotImplementedError(f"{step.registered_name or type(step).__name__} returned extra tokens "
-                                          "(Reduction.extra); model adapters do not insert new tokens yet")
             _record(edit, group, rows, present, reduction)
             merged = reduction.features if reduction.features is not None else merged
     return edit
@@ -139,14 +137,13 @@ def run_steps(
 def _call_step(step: Reducer, layer: int | None, group: VideoGroup, tokens: VisualTokens) -> Reduction | None:
     if not isinstance(step, LayerwiseReducer):
         return step(tokens)
+    # a layerwise reducer checks its own signals: it needs importance only at some layers
     key = id(step)
     if key not in group.layerwise:
-        step.check_signals(tokens)
         group.layerwise[key] = step.start(tokens)
     state = group.layerwise[key]
     if getattr(state, "done", False):
         return None
-    step.check_signals(tokens)
     return step.step(state, layer, tokens)
 
 
@@ -160,3 +157,8 @@ def _record(edit: SequenceEdit, group: VideoGroup, rows: torch.Tensor, present: 
         edit.cols.append(group.positions[kept])
         edit.values.append(reduction.features[kept])
     group.present = kept
+    if reduction.extra is not None:
+        extra_valid = getattr(reduction, "extra_valid", None)
+        for row in range(reduction.extra.shape[0]):  # a loop over the videos of the group
+            tokens = reduction.extra[row] if extra_valid is None else reduction.extra[row][extra_valid[row]]
+            edit.extras.append((int(group.samples[row]), int(group.positions[row, -1]), tokens))
