@@ -267,3 +267,19 @@ def test_unsupported_model_and_bad_layer_errors():
         tr.apply(model, tr.build("attention_prune", layer=3))
     with pytest.raises(TypeError, match="Reducer"):
         tr.apply(model, "random")
+
+
+def test_two_videos_in_one_sample_are_reduced_separately():
+    model = tm.qwen2_vl()
+    a, b = tm.qwen_video((2, 4, 6), 0), tm.qwen_video((2, 4, 4), 1)
+    row = [5, 6, tm.V_START] + [tm.VIDEO] * 12 + [tm.V_END, 7, tm.V_START] + [tm.VIDEO] * 8 + [tm.V_END, 40, 41]
+    ids = torch.tensor([row])
+    inputs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values_videos=torch.cat([a[0], b[0]]),
+                  video_grid_thw=torch.cat([a[1], b[1]]), mm_token_type_ids=(ids == tm.VIDEO).int() * 2)
+    lm = model.model.language_model
+    with torch.no_grad(), tr.apply(model, tr.build("random", ratio=0.5)) as session:
+        with layer_lengths(lm.layers) as rec:
+            model.generate(**inputs, max_new_tokens=2, do_sample=False)
+        kept = session.kept_indices()
+    assert [k.numel() for k in kept] == [6, 4]
+    assert rec.prefill()[0] == ids.shape[1] - 6 - 4
