@@ -35,7 +35,7 @@ def _qwen(build, per_frame=False, encoder=True):
 def _llava(build, extra):
     # a grid is a frame count: 8x8 frames, 4x4 patches, pooled to 2x2
     return Family(build, lambda frames, seed=0: tm.llava_inputs(frames, 2, extra, seed=seed),
-                  tm.llava_sample_of, 3, 2, lambda f: 4 * f, [3, 3])
+                  tm.llava_sample_of, 3, 2, lambda f: 4 * f, [3, 3], encoder=True)
 
 
 FAMILIES = {

@@ -85,11 +85,9 @@ def test_encoder_step_gets_vision_attention_and_prunes_llm_input(attn):
     assert out.shape[1] == seq + 2
 
 
-def test_encoder_stage_unsupported_models_raise():
+def test_encoder_stage_unsupported_model_raises():
     with pytest.raises(NotImplementedError, match="encoder"):
         tr.apply(tm.qwen2_5_vl(), TopEncoderAttention())
-    with pytest.raises(NotImplementedError, match="encoder"):
-        tr.apply(tm.llava_onevision(), TopEncoderAttention())
 
 
 class KeepTopAddMean(TopEncoderAttention):
@@ -136,3 +134,28 @@ def test_extra_tokens_are_inserted_after_their_video():
     torch.testing.assert_close(seen["inputs_embeds"][0], expected_embeds)
     assert torch.equal(seen["position_ids"][-3:, 0], expected_pos)
     assert out.shape[1] == ids.numel() + 2
+
+
+@pytest.mark.parametrize("build,pool", [(tm.llava_onevision, "bilinear"), (tm.llava_next_video, "avg")])
+def test_llava_encoder_signals_equal_eager_vision_attention(build, pool):
+    model = build("eager")
+    inputs = tm.llava_inputs([3], 2, 1 if build is tm.llava_onevision else 0)
+    tower = model.model.vision_tower
+    pixels = inputs["pixel_values_videos"].flatten(0, 1)
+    with torch.no_grad():
+        out = tower(pixels, output_attentions=True, output_hidden_states=True)
+    weights = out.attentions[-2]  # [F, heads, P, P] from the eager implementation itself
+    received = weights.mean(dim=(1, 2)).view(3, 1, 4, 4)  # SigLIP: no CLS, mean over queries and heads
+    if pool == "bilinear":
+        expected = torch.nn.functional.interpolate(received, size=[2, 2], mode="bilinear")
+    else:
+        expected = torch.nn.functional.avg_pool2d(received, 2, 2)
+    TopEncoderAttention.seen = []
+    seq = inputs["input_ids"].shape[1]
+    lm = model.model.language_model
+    with torch.no_grad(), tr.apply(model, TopEncoderAttention(ratio=0.25)):
+        with layer_lengths(lm.layers) as rec:
+            model.generate(**inputs, max_new_tokens=2, do_sample=False)
+    torch.testing.assert_close(TopEncoderAttention.seen[-1].flat_importance()[0], expected.flatten(),
+                               rtol=1e-5, atol=1e-6)
+    assert rec.prefill()[0] == seq - 9

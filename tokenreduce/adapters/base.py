@@ -101,8 +101,9 @@ class ModelAdapter:
     def vision_attention_of(self, block: nn.Module) -> nn.Module:
         raise NotImplementedError
 
-    def encoder_token_signals(self, record: Any, layer: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per video of the recorded call: ``(importance [N], keys [N, Dk])`` on its LLM grid."""
+    def encoder_token_signals(self, record: Any, layer: int, num_videos: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per video of the recorded call (``num_videos`` of them): ``(importance [N], keys [N, Dk])``
+        on its LLM grid."""
         raise NotImplementedError
 
     def install(self, session: Any) -> list[Any]:

@@ -94,3 +94,25 @@ def qwen_patch_signals(attention: nn.Module, inputs: dict[str, Any]) -> tuple[to
         weights = torch.softmax(qs @ ks.transpose(1, 2) * float(attention.scaling), dim=-1)
         received.append(weights.mean(dim=(0, 1)))
     return torch.cat(received), keys
+
+
+def vit_patch_signals(attention: nn.Module, inputs: dict[str, Any], cls_token: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Importance ``[F, P]`` and head-averaged keys ``[F, P, d]`` for a CLIP/SigLIP attention layer.
+
+    ``inputs`` hold its hidden states ``[F, P(+1), C]`` (one row per frame). With a CLS token
+    (``cls_token``, CLIP) the importance is the CLS query's attention to each patch, averaged over
+    heads (VisionZip / FasterVLM); without one (SigLIP) the attention each patch receives, averaged
+    over queries and heads. The CLS position itself is dropped from both outputs.
+    """
+    hidden = inputs["hidden_states"]
+    frames, length = hidden.shape[:2]
+    head_dim = int(attention.head_dim)
+    q = attention.q_proj(hidden).view(frames, length, -1, head_dim).transpose(1, 2).float()
+    k = attention.k_proj(hidden).view(frames, length, -1, head_dim).transpose(1, 2).float()
+    scale = float(getattr(attention, "scale", getattr(attention, "scaling", head_dim ** -0.5)))
+    queries = q[:, :, :1] if cls_token else q
+    weights = torch.softmax(queries @ k.transpose(2, 3) * scale, dim=-1)  # [F, heads, q, P(+1)]
+    importance = weights.mean(dim=(1, 2))
+    keys = k.mean(dim=1)
+    start = 1 if cls_token else 0
+    return importance[:, start:], keys[:, start:]

@@ -66,7 +66,7 @@ class Qwen2VLAdapter(ModelAdapter):
     def vision_attention_of(self, block: nn.Module) -> nn.Module:
         return block.attn
 
-    def encoder_token_signals(self, record: Any, layer: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def encoder_token_signals(self, record: Any, layer: int, num_videos: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         inputs = self.capture.layer_inputs(record, layer)
         attention = self.vision_attention_of(self.vision_blocks()[layer])
         importance, keys = qwen_patch_signals(attention, inputs)

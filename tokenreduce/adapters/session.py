@@ -257,7 +257,8 @@ class ReductionSession:
         if record is None:
             raise RuntimeError("encoder steps need the vision tower to run while the reducer is applied (pass "
                                "pixel values, not features encoded before tr.apply)")
-        return {id(step): self.adapter.encoder_token_signals(record, encoder_layer(step))
+        videos = len(self.state.visual.spans)
+        return {id(step): self.adapter.encoder_token_signals(record, encoder_layer(step), videos)
                 for step in self.encoder_steps}
 
     def _decode_lm(self, args, kwargs):
