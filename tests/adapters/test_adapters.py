@@ -113,9 +113,14 @@ def _attns(name):
     return ["sdpa", "eager"] if in_llm or name == "random" else ["sdpa"]
 
 
-# every registered strategy on one family per kind (M-RoPE, deepstack, 1-D), the oracle ones on all
-BATCH_CASES = (_matrix(ALL_STRATEGIES, _attns, ["qwen2_vl", "qwen3_vl", "llava_onevision"])
-               + _matrix(ORACLE, lambda name: ["sdpa"], ["qwen2_5_vl", "llava_next_video"]))
+# every registered strategy on Qwen2-VL (M-RoPE; eager too for in-LLM ones) and LLaVA-OneVision
+# (1-D positions, newline token); the merging/inserting ones with Qwen3-VL's deepstack; the
+# oracle ones everywhere
+SDPA = lambda name: ["sdpa"]  # noqa: E731
+BATCH_CASES = (_matrix(ALL_STRATEGIES, _attns, ["qwen2_vl"]) + _matrix(ALL_STRATEGIES, SDPA, ["llava_onevision"])
+               + _matrix(ORACLE + [n for n in ("framefusion", "visionzip") if n in tr.STRATEGIES], SDPA,
+                         ["qwen3_vl"])
+               + _matrix(ORACLE, SDPA, ["qwen2_5_vl", "llava_next_video"]))
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
@@ -229,13 +234,13 @@ def test_batch_equals_single_runs(family_name, attn, name, kw):
     batch = family.inputs(family.batch_grids)
     reducer = tr.build(name, **kw)
     with torch.no_grad(), tr.apply(model, reducer) as session:
-        gen = model.generate(**batch, max_new_tokens=3, do_sample=False)
+        gen = model.generate(**batch, max_new_tokens=2, do_sample=False)
         kept = session.kept_indices()
         logits = model(**batch).logits[:, -1]
         singles = []
         for b in range(2):
             single = family.sample_of(batch, b)
-            g = model.generate(**single, max_new_tokens=3, do_sample=False)
+            g = model.generate(**single, max_new_tokens=2, do_sample=False)
             singles.append((g[0, single["input_ids"].shape[1]:], session.kept_indices()[0],
                             model(**single).logits[0, -1]))
     for b, (tokens, kept_single, last) in enumerate(singles):
