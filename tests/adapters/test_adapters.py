@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import tokenreduce as tr
-from tokenreduce.adapters.probe import AttentionInputs, last_query_attention
 from tests.adapters import tiny_models as tm
 from tests.adapters.oracle import capture_lm_inputs, layer_lengths, manual_greedy
+from tokenreduce.adapters.probe import AttentionInputs, last_query_attention
 
 pytest.importorskip("transformers")
 
@@ -116,7 +116,7 @@ def _attns(name):
 # every registered strategy on Qwen2-VL (M-RoPE; eager too for in-LLM ones) and LLaVA-OneVision
 # (1-D positions, newline token); the merging/inserting ones with Qwen3-VL's deepstack; the
 # oracle ones everywhere
-SDPA = lambda name: ["sdpa"]  # noqa: E731
+SDPA = lambda name: ["sdpa"]
 BATCH_CASES = (_matrix(ALL_STRATEGIES, _attns, ["qwen2_vl"]) + _matrix(ALL_STRATEGIES, SDPA, ["llava_onevision"])
                + _matrix(ORACLE + [n for n in ("framefusion", "visionzip") if n in tr.STRATEGIES], SDPA,
                          ["qwen3_vl"])
@@ -132,10 +132,9 @@ def test_keep_all_is_exact_and_model_restored(family, attn):
         ref = model(**inputs).logits
         ref_gen = model.generate(**inputs, max_new_tokens=3, do_sample=False)
     hooks = _hook_state(model)  # after a first forward: transformers adds its own capture hooks lazily
-    with torch.no_grad():
-        with tr.apply(model, tr.build("keep_all")):
-            out = model(**inputs).logits
-            gen = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    with torch.no_grad(), tr.apply(model, tr.build("keep_all")):
+        out = model(**inputs).logits
+        gen = model.generate(**inputs, max_new_tokens=3, do_sample=False)
     assert torch.equal(out, ref)
     assert torch.equal(gen, ref_gen)
     assert _hook_state(model) == hooks
@@ -213,7 +212,7 @@ def test_probe_equals_eager_attention(family, queries):
         seen = {}
         attn = model.model.language_model.layers[layer].self_attn
         handle = attn.register_forward_pre_hook(
-            lambda m, a, k: seen.update(k), with_kwargs=True)
+            lambda m, a, k, seen=seen: seen.update(k), with_kwargs=True)
         with torch.no_grad():
             out = model(**inputs, output_attentions=(model is eager), use_cache=False)
         handle.remove()

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 import tokenreduce as tr
+from tests.adapters import tiny_models as tm
+from tests.adapters.oracle import layer_lengths
 from tokenreduce.interfaces import BudgetConfig, BudgetedReducer, Signal, Stage
 from tokenreduce.selection import top_k_mask
 from tokenreduce.tokens import Reduction
-from tests.adapters import tiny_models as tm
-from tests.adapters.oracle import layer_lengths
 
 pytest.importorskip("transformers")
 
@@ -127,7 +127,7 @@ def test_extra_tokens_are_inserted_after_their_video():
     dropped[kept] = False
     mean = embeds[video[dropped]].mean(0)
     last = int(video[-1])
-    order = list(range(0, int(video[0]))) + video[kept].tolist()
+    order = list(range(int(video[0]))) + video[kept].tolist()
     expected_embeds = torch.cat([embeds[order], mean[None], embeds[last + 1:]])
     expected_pos = torch.cat([pos[:, order], pos[:, last:last + 1], pos[:, last + 1:]], dim=1)
     assert seen["inputs_embeds"].shape[1] == ids.numel() - 12 + 4 + 1  # first video: one valid new token
@@ -153,9 +153,8 @@ def test_llava_encoder_signals_equal_eager_vision_attention(build, pool):
     TopEncoderAttention.seen = []
     seq = inputs["input_ids"].shape[1]
     lm = model.model.language_model
-    with torch.no_grad(), tr.apply(model, TopEncoderAttention(ratio=0.25)):
-        with layer_lengths(lm.layers) as rec:
-            model.generate(**inputs, max_new_tokens=2, do_sample=False)
+    with torch.no_grad(), tr.apply(model, TopEncoderAttention(ratio=0.25)), layer_lengths(lm.layers) as rec:
+        model.generate(**inputs, max_new_tokens=2, do_sample=False)
     torch.testing.assert_close(TopEncoderAttention.seen[-1].flat_importance()[0], expected.flatten(),
                                rtol=1e-5, atol=1e-6)
     assert rec.prefill()[0] == seq - 9

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import tokenreduce as tr
-from tokenreduce.adapters import VisualLayout, contiguous_video, reduce_sequence
 from tests.adapters import tiny_models as tm
 from tests.adapters.oracle import layer_lengths, manual_greedy
+from tokenreduce.adapters import VisualLayout, contiguous_video, reduce_sequence
 
 pytest.importorskip("transformers")
 

@@ -47,7 +47,7 @@ def qwen_inputs(grids, prompt_lens=(2, 3), seed=0, per_frame=False):
         text_b = list(range(40, 40 + prompt_lens[1]))
         if per_frame:
             frame = n // grid[0]
-            video = sum(([60 + f, V_START] + [VIDEO] * frame + [V_END] for f in range(grid[0])), [])
+            video = [tok for f in range(grid[0]) for tok in [60 + f, V_START, *[VIDEO] * frame, V_END]]
         else:
             video = [V_START] + [VIDEO] * n + [V_END]
         rows.append(text_a + video + text_b)
@@ -143,7 +143,6 @@ def llava_inputs(frames_list, side, extra, seed=0):
         pixels.append(torch.randn(1, frames, 3, 8, 8, generator=generator))
         rows.append(list(range(5, 7 + i)) + [VIDEO] * (frames * side * side + extra) + list(range(40, 43)))
     length = max(map(len, rows))
-    frames_max = max(frames_list)
     ids = torch.full((len(rows), length), PAD)
     mask = torch.zeros((len(rows), length), dtype=torch.long)
     for b, row in enumerate(rows):

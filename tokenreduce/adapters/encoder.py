@@ -12,6 +12,7 @@ projector merges into it.
 
 from __future__ import annotations
 
+import itertools
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -84,12 +85,12 @@ def qwen_patch_signals(attention: nn.Module, inputs: dict[str, Any]) -> tuple[to
     heads = int(attention.num_heads)
     q, k, _ = attention.qkv(hidden).reshape(length, 3, heads, -1).permute(1, 0, 2, 3).unbind(0)
     keys = k.float().mean(dim=1)
-    rotary = getattr(sys.modules[type(attention).__module__], "apply_rotary_pos_emb_vision")
+    rotary = sys.modules[type(attention).__module__].apply_rotary_pos_emb_vision
     cos, sin = inputs["position_embeddings"]
     q, k = rotary(q, k, cos, sin)
     bounds = inputs["cu_seqlens"].tolist()
     received = []
-    for start, end in zip(bounds[:-1], bounds[1:]):  # one attention segment (a frame) at a time
+    for start, end in itertools.pairwise(bounds):  # one attention segment (a frame) at a time
         qs, ks = q[start:end].transpose(0, 1).float(), k[start:end].transpose(0, 1).float()
         weights = torch.softmax(qs @ ks.transpose(1, 2) * float(attention.scaling), dim=-1)
         received.append(weights.mean(dim=(0, 1)))

@@ -160,7 +160,7 @@ class SequenceLayout:
         return torch.where(self.source >= 0, found, -1)
 
 
-def gather_slots(values: torch.Tensor, index: torch.Tensor, dim: int, fill: float | int | None = None) -> torch.Tensor:
+def gather_slots(values: torch.Tensor, index: torch.Tensor, dim: int, fill: float | None = None) -> torch.Tensor:
     """``values`` re-indexed along ``dim`` (the sequence axis) by ``index`` ``[B, L']``.
 
     ``values`` has the batch axis at ``dim - 1`` (``[B, L, ...]`` with ``dim=1``, or

@@ -53,7 +53,7 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
 
         def deepstack_process(hidden_states, visual_pos_masks, visual_embeds):
             state = session.state
-            if session._phase == "prefill" and state is not None and state.current is not None:
+            if session.phase == "prefill" and state is not None and state.current is not None:
                 index = state.current.layout.slots_in(state.lm_layout)
                 visual_pos_masks, rows = select_visual(visual_pos_masks.to(index.device), index)
                 visual_embeds = visual_embeds[rows.to(visual_embeds.device)]

@@ -20,7 +20,6 @@ from tokenreduce.adapters.layout import VisualLayout
 from tokenreduce.registry import register_adapter
 
 
-
 @register_adapter("qwen2_vl")
 class Qwen2VLAdapter(ModelAdapter):
     """``Qwen2VLForConditionalGeneration`` and ``Qwen2_5_VLForConditionalGeneration``."""

@@ -161,6 +161,11 @@ class ReductionSession:
         return out  # type: ignore[return-value]
 
     @property
+    def phase(self) -> str | None:
+        """``"prefill"`` or ``"decode"`` while the model runs a reduced forward, else ``None``."""
+        return self._phase
+
+    @property
     def layer_lengths(self) -> dict[int, int]:
         """Sequence length each decoder layer received in the last prefill."""
         return {} if self.state is None else dict(self.state.layer_counts)
@@ -205,7 +210,6 @@ class ReductionSession:
                 call.setdefault("input_ids", args[0])
             state.decoded += self.adapter.query_length(call)
         self._phase = None
-        return None
 
     def _decode_positions(self, query_length: int) -> torch.Tensor:
         state = self.state
@@ -297,7 +301,6 @@ class ReductionSession:
                 hidden = kwargs.get("hidden_states", args[0] if args else None)
                 self.state.probe_inputs[index] = AttentionInputs(
                     hidden, kwargs["position_embeddings"], kwargs.get("attention_mask"))
-            return None
         return hook
 
     def _needs_probe(self, layer: int) -> bool:
