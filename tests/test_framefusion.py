@@ -333,3 +333,17 @@ def test_documented_driving_loop_runs():
     exec(compile(block, "strategies.md", "exec"), namespace)  # noqa: S102
     assert namespace["state"].done
     assert int(namespace["valid"].sum()) < 36
+
+
+def test_top_k_branch_ranks_float64_similarities_exactly():
+    # unit vectors at 0, 2e-6, 3e-6 and 0.3 + 3e-6 rad: similarities cos(2e-6) < cos(1e-6) (both 1.0
+    # in float32) and cos(0.3). cost 0.6 gives s_max = 0.4 <= above = 3/4, so int(0.4 * 4) = 1 token
+    # merges: upstream's topk on the float64 similarities picks token 2 (into token 1).
+    angles = [0.0, 2e-6, 3e-6, 0.3 + 3e-6]
+    x = torch.tensor([[math.cos(a), math.sin(a)] for a in angles], dtype=torch.float64).reshape(1, 4, 1, 1, 2)
+    red = tr.build("framefusion", cost=0.6)(tr.VisualTokens(x, importance=torch.zeros(1, 4, 1, 1), num_layers=28))
+    assert red.keep_indices(0).tolist() == [0, 1, 3]
+    torch.testing.assert_close(red.features[0, 1], x[0, 1:3].mean(dim=0).flatten())
+    oracle = OracleFrameFusion(enumerate(x.reshape(4, 2).tolist()), 1, 0.6, 0.6, 0.1, 28)
+    oracle.point({})
+    assert oracle.events == ["top-k"] and [tok[0] for tok in oracle.tokens] == [0, 1, 3]
