@@ -171,3 +171,15 @@ def test_pipeline_carries_contextual_tokens_and_their_layout():
     torch.testing.assert_close(both.extra, alone.extra)
     assert torch.equal(both.extra_valid, alone.extra_valid)
     assert both.stats.extra == 4
+
+
+def test_float64_keys_assign_in_their_own_precision():
+    # remaining patches 0, 2, 3 with contextual=2: targets 0 and 2 (keys at angles 0 and 1e-6);
+    # patch 3's key (angle 2e-6) is closer to target 2 in float64, a tie (-> target 0) in float32.
+    angles = [0.0, 1.0, 1e-6, 2e-6]
+    keys = torch.tensor([[math.cos(a), math.sin(a)] for a in angles], dtype=torch.float64).reshape(1, 1, 1, 4, 2)
+    x = torch.tensor([[1.0, 0], [0, 1], [2, 2], [4, 0]], dtype=torch.float64).reshape(1, 1, 1, 4, 2)
+    importance = torch.tensor([0.1, 0.9, 0.2, 0.3], dtype=torch.float64).reshape(1, 1, 1, 4)
+    red = tr.build("visionzip", dominant=2, contextual=2)(tr.VisualTokens(x, importance=importance,
+                                                                          signals={"keys": keys}))
+    torch.testing.assert_close(red.extra[0], torch.tensor([[1.0, 0.0], [6.0, 2.0]], dtype=torch.float64))
