@@ -24,8 +24,9 @@ interleaves by frame). The CLS token is not on the grid: an adapter keeps it in 
 frame's tokens when ``info["cls_token"]``.
 
 Small frames clip: a frame with ``v`` valid patches keeps ``min(dominant - 1, v)`` (or
-``min(dominant, v)`` without CLS) and makes ``min(contextual, M)`` contextual tokens -- what the
-official indexing gives when ``M < contextual`` (every remaining patch becomes a target).
+``min(dominant, v)`` without CLS) and makes ``min(contextual, M)`` contextual tokens: when ``M <
+contextual`` every remaining patch is a target and stands alone (upstream has no rule there: its
+sum fails on a shape mismatch, or repeats the one target when ``M = 1``).
 Presets: ``preset=64 / 128 / 192`` means ``dominant, contextual = 54, 10 / 108, 20 / 162, 30``.
 """
 
