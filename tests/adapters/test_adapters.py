@@ -228,3 +228,14 @@ def test_unsupported_model_and_bad_layer_errors():
         tr.apply(model, tr.build("attention_prune", layer=3))
     with pytest.raises(TypeError, match="Reducer"):
         tr.apply(model, "random")
+
+
+def test_video_grids_name_each_videos_sample_and_grid():
+    model = tm.qwen2_vl()
+    with torch.no_grad(), tr.apply(model, tr.build("random", ratio=0.3)) as session:
+        assert session.video_grids() == []
+        model.generate(**tm.qwen_inputs([GRID, (2, 4, 4)]), max_new_tokens=1, do_sample=False)
+        grids = session.video_grids()
+        kept = session.kept_indices()
+    assert grids == [(0, (2, 2, 3)), (1, (2, 2, 2))]
+    assert [k.numel() for k in kept] == [4, 3]  # ceil(0.3 * 12), ceil(0.3 * 8)
