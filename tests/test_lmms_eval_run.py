@@ -504,17 +504,41 @@ def _has_adapters() -> bool:
 needs_adapters = pytest.mark.skipif(not _has_adapters(), reason="tr.apply (model adapters) not available")
 
 
+CONFIG_MODELS = ("qwen2_5_vl", "qwen3_vl", "llava_onevision", "llava_next_video")
+BATCHED_TASKS = (TASK, MULTI_TASK, IMAGE_TASK)
+
+
+@pytest.fixture(scope="module")
+def config_file_run(workspace: Path) -> tuple[Path, subprocess.CompletedProcess]:
+    """One lmms-eval process running a ``--config`` list (one import of lmms-eval for many runs):
+    ``random`` at ratio 0.3 in batches of two on Qwen2-VL over ``BATCHED_TASKS``, and on each model of
+    ``CONFIG_MODELS`` over the video task, then a run whose reducer always fails. ``output_path`` is
+    set in the file only, never on the command line."""
+    root = workspace / "config_runs"
+    runs = [("qwen2_vl", BATCHED_TASKS, {"seed": 3}), *[(name, (TASK,), {}) for name in CONFIG_MODELS]]
+    entries = [{"model": "tokenreduce", "tasks": ",".join(tasks), "batch_size": 2, "log_samples": True,
+                "output_path": str(root / name),
+                "model_args": model_args(workspace, name, model_class=TINY_MODELS[name].model_class,
+                                         strategy="random", ratio=0.3, **extra)}
+               for name, tasks, extra in runs]
+    entries.append({"model": "tokenreduce", "tasks": TASK, "batch_size": 2, "output_path": str(root / "failing"),
+                    "model_args": model_args(workspace, "qwen2_vl", strategy=FAILING_STRATEGY, ratio=0.3)})
+    config = workspace / "lmms_eval_config.yaml"
+    config.write_text(yaml.safe_dump(entries))
+    return root, lmms_eval(workspace, ["--config", str(config)])
+
+
 @pytest.mark.slow
 @needs_adapters
-def test_reduced_batched_run_attributes_kept_counts_to_each_sample(workspace: Path) -> None:
-    tasks = (TASK, MULTI_TASK, IMAGE_TASK)
-    args = model_args(workspace, "qwen2_vl", model_class="Qwen2VLForConditionalGeneration", strategy="random",
-                      ratio=0.3, seed=3)
-    output = run_lmms_eval(workspace, args, "random_r03", tasks=tasks, batch_size=2)
-    results, samples, header, records = read_outputs(output, tasks)
+def test_reduced_batched_run_attributes_kept_counts_to_each_sample(
+        config_file_run: tuple[Path, subprocess.CompletedProcess]) -> None:
+    root, completed = config_file_run
+    tasks = BATCHED_TASKS
+    assert (root / "qwen2_vl").is_dir(), _tail(completed)
+    results, samples, header, records = read_outputs(root / "qwen2_vl", tasks)
     assert all("exact_match,none" in results["results"][task] for task in tasks)
     assert [len(samples[task]) for task in tasks] == [NUM_VIDEOS, len(MULTI_VIDEOS), NUM_IMAGES]
-    assert header["reducer"]["name"] == "random" and header["reducer"]["ratio"] == 0.3
+    assert header["reducer"] == {**header["reducer"], "name": "random", "ratio": 0.3, "seed": 3}
     by_task = {task: {r["doc_id"]: r for r in records if r["task"] == task} for task in tasks}
     assert [sorted(by_task[task]) for task in tasks] == [list(range(n)) for n in (NUM_VIDEOS, len(MULTI_VIDEOS),
                                                                                    NUM_IMAGES)]
@@ -550,27 +574,6 @@ def test_unreduced_data_parallel_batched_run_of_video_and_image_tasks(workspace:
     image_prompts = [r["prompt_tokens"] for r in records if r["task"] == IMAGE_TASK]
     # every video prompt holds its 16 merged video tokens; the image prompts hold fewer visual tokens
     assert min(video_prompts) > qwen_video_tokens(MAX_FRAMES) and max(image_prompts) < min(video_prompts)
-
-
-CONFIG_MODELS = ("qwen2_5_vl", "qwen3_vl", "llava_onevision", "llava_next_video")
-
-
-@pytest.fixture(scope="module")
-def config_file_run(workspace: Path) -> tuple[Path, subprocess.CompletedProcess]:
-    """One lmms-eval process running a ``--config`` list: each model of ``CONFIG_MODELS`` reduced by
-    ``random`` in batches of two, then a run whose reducer always fails. ``output_path`` is set in the
-    file only, never on the command line."""
-    root = workspace / "config_runs"
-    entries = [{"model": "tokenreduce", "tasks": TASK, "batch_size": 2, "log_samples": True,
-                "output_path": str(root / name),
-                "model_args": model_args(workspace, name, model_class=TINY_MODELS[name].model_class,
-                                         strategy="random", ratio=0.3)}
-               for name in CONFIG_MODELS]
-    entries.append({"model": "tokenreduce", "tasks": TASK, "batch_size": 2, "output_path": str(root / "failing"),
-                    "model_args": model_args(workspace, "qwen2_vl", strategy=FAILING_STRATEGY, ratio=0.3)})
-    config = workspace / "lmms_eval_config.yaml"
-    config.write_text(yaml.safe_dump(entries))
-    return root, lmms_eval(workspace, ["--config", str(config)])
 
 
 @pytest.mark.slow

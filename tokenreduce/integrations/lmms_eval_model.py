@@ -76,6 +76,10 @@ class EvaluationFailed(SystemExit):
     """
 
 
+def _traceback(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(exc))
+
+
 def _running_evaluation() -> tuple[Any, str | None] | None:
     """The ``EvaluationTracker`` and ``datetime_str`` of the lmms-eval ``simple_evaluate`` running this model.
 
@@ -103,8 +107,9 @@ class TokenReduceLMM(lmms):
         try:
             self._setup(model_args)
         except Exception as exc:
-            eval_logger.opt(exception=exc).error("tokenreduce: the model could not be set up")
-            raise EvaluationFailed(f"tokenreduce: the model could not be set up: {type(exc).__name__}: {exc}") from exc
+            message = f"tokenreduce: the model could not be set up: {type(exc).__name__}: {exc}"
+            eval_logger.error(f"{message}\n{_traceback(exc)}")
+            raise EvaluationFailed(message) from exc
 
     def _setup(self, model_args: dict[str, Any]) -> None:
         model_args.pop("max_batch_size", None)  # lmms-eval passes it to every model; batching is fixed here
@@ -289,14 +294,14 @@ class TokenReduceLMM(lmms):
         _, _, _, doc_ids, tasks, splits = zip(*chunk)
         where = f"task {tasks[0]}, split {splits[0]}, doc_id(s) {list(doc_ids)}"
         message = f"tokenreduce: generation failed on rank {self.rank} ({where}): {type(exc).__name__}: {exc}"
-        eval_logger.opt(exception=exc).error(message)
+        eval_logger.error(f"{message}\n{_traceback(exc)}")
         path = self.error_path()
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps({"tokenreduce_error": {
                 **self.log.header, "rank": self.rank, "task": tasks[0], "split": splits[0],
                 "doc_ids": list(doc_ids), "error": type(exc).__name__, "message": str(exc),
-                "traceback": "".join(traceback.format_exception(exc)),
+                "traceback": _traceback(exc),
             }}, default=str) + "\n", encoding="utf-8")
             message += f"; error record written to {path}"
         return EvaluationFailed(message)
