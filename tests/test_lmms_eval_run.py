@@ -180,13 +180,22 @@ class TinyLlavaNextVideoProcessor(LlavaTokens, LlavaNextVideoProcessor):
     pass
 '''
 FAILING_STRATEGY_CODE = '''
-"""A pre-LLM strategy whose reduce always raises (test fixture for failure reporting)."""
+"""A pre-LLM strategy whose reduce raises, on every rank or on one (test fixture for failure reporting)."""
+import dataclasses
+import os
+
 from tokenreduce.strategies.random_select import RandomSelect
 
 
 class AlwaysFails(RandomSelect):
+    @dataclasses.dataclass
+    class Config(RandomSelect.Config):
+        only_rank: int = -1  # -1: every rank
+
     def reduce(self, tokens):
-        raise RuntimeError("always_fails: this reducer fails on purpose")
+        if self.config.only_rank in (-1, int(os.environ.get("RANK", "0"))):
+            raise RuntimeError("always_fails: this reducer fails on purpose")
+        return super().reduce(tokens)
 '''
 TASK_UTILS = '''
 import os
@@ -616,3 +625,17 @@ def test_a_model_that_cannot_be_set_up_stops_the_run() -> None:
         TokenReduceLMM(pretrained="unused", strategy="no_such_strategy")
     assert isinstance(failure.value.__cause__, UnknownNameError)
     assert not isinstance(failure.value, Exception), "lmms-eval's `except Exception` must not swallow it"
+
+
+@pytest.mark.slow
+@needs_adapters
+def test_failure_on_one_rank_stops_every_rank(workspace: Path) -> None:
+    output = workspace / "failing_dp"
+    args = model_args(workspace, "qwen2_vl", strategy=FAILING_STRATEGY, ratio=0.3, only_rank=1)
+    completed = lmms_eval(workspace, ["--model", "tokenreduce", "--model_args", args, "--tasks", TASK,
+                                      "--output_path", str(output)], processes=2)
+    assert completed.returncode != 0, _tail(completed)  # rank 1 exits with 1, the launcher stops rank 0
+    assert not list(output.rglob("*_results.json")) and not list(output.rglob("*_tokenreduce.jsonl"))
+    [path] = sorted(output.rglob("*_tokenreduce_error_rank*.json"))
+    error = json.loads(path.read_text())["tokenreduce_error"]
+    assert path.name.endswith("_rank1.json") and error["rank"] == 1 and error["error"] == "RuntimeError"
