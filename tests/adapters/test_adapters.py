@@ -287,3 +287,14 @@ def test_two_videos_in_one_sample_are_reduced_separately():
         kept = session.kept_indices()
     assert [k.numel() for k in kept] == [6, 4]
     assert rec.prefill()[0] == ids.shape[1] - 6 - 4
+
+
+def test_video_grids_name_each_videos_sample_and_grid():
+    model = tm.qwen2_vl()
+    with torch.no_grad(), tr.apply(model, tr.build("random", ratio=0.3)) as session:
+        assert session.video_grids() == []
+        model.generate(**tm.qwen_inputs([GRID, (2, 4, 4)]), max_new_tokens=1, do_sample=False)
+        grids = session.video_grids()
+        kept = session.kept_indices()
+    assert grids == [(0, (2, 2, 3)), (1, (2, 2, 2))]
+    assert [k.numel() for k in kept] == [4, 3]  # ceil(0.3 * 12), ceil(0.3 * 8)

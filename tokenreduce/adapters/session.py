@@ -160,6 +160,12 @@ class ReductionSession:
                 out[span_id] = group.present[row].nonzero().flatten()
         return out  # type: ignore[return-value]
 
+    def video_grids(self) -> list[tuple[int, tuple[int, int, int]]]:
+        """Per video (in the order of ``kept_indices``): its batch row and its ``(T, H, W)`` token grid."""
+        if self.state is None:
+            return []
+        return [(span.sample, span.grid) for span in self.state.visual.spans]
+
     @property
     def phase(self) -> str | None:
         """``"prefill"`` or ``"decode"`` while the model runs a reduced forward, else ``None``."""
