@@ -627,6 +627,25 @@ def test_a_model_that_cannot_be_set_up_stops_the_run() -> None:
     assert not isinstance(failure.value, Exception), "lmms-eval's `except Exception` must not swallow it"
 
 
+
+def test_a_log_that_cannot_be_written_stops_the_run(tmp_path: Path) -> None:
+    from tokenreduce.integrations.lmms_eval_args import parse_model_args
+    from tokenreduce.integrations.lmms_eval_log import ReductionLog
+    from tokenreduce.integrations.lmms_eval_model import EvaluationFailed, TokenReduceLMM
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    model = TokenReduceLMM.__new__(TokenReduceLMM)  # only what writing the log needs: no checkpoint
+    model.args = parse_model_args({"pretrained": "unused", "strategy": "none",
+                                   "reduction_log": str(blocker / "log.jsonl")})
+    model.log, model._rank, model._world_size = ReductionLog({}), 0, 1
+    with pytest.raises(EvaluationFailed, match="log could not be written: (FileExistsError|NotADirectoryError)"):
+        model.clean()
+    model.args = parse_model_args({"pretrained": "unused", "strategy": "none",
+                                   "reduction_log": str(tmp_path / "log.jsonl")})
+    assert model.write_reduction_log() == tmp_path / "log.jsonl"  # the same object writes where it can
+
+
 @pytest.mark.slow
 @needs_adapters
 def test_failure_on_one_rank_stops_every_rank(workspace: Path) -> None:
