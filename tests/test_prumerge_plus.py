@@ -179,3 +179,18 @@ def test_config_and_signals():
     assert reducer(tokens).extra is None
     with pytest.raises(tr.MissingSignalError, match="keys"):
         reducer(tr.VisualTokens(torch.randn(1, 1, 3, 3, 2), importance=torch.rand(1, 1, 3, 3)))
+
+
+def test_float64_keys_choose_neighbours_in_their_own_precision():
+    # one neighbour; keys of patches 1 and 2 at angles 2e-6 and 1e-6 from patch 0's: patch 2 is
+    # the nearer in float64 (the two cosines are both 1.0 in float32, where patch 1 would win)
+    angles = [0.0, 2e-6, 1e-6] + [0.5 + 0.3 * i for i in range(5)]
+    keys = torch.tensor([[math.cos(t), math.sin(t)] for t in angles], dtype=torch.float64)
+    attention = (torch.tensor([1.0, 1, 1, 1, 1, 1, 1, 10], dtype=torch.float64) / 17).reshape(1, 1, 1, 8)
+    x = torch.eye(8, dtype=torch.float64).reshape(1, 1, 1, 8, 8)
+    red = tr.build("prumerge_plus", neighbours=1)(tr.VisualTokens(x, importance=attention,
+                                                                  signals={"keys": keys.reshape(1, 1, 1, 8, 2)}))
+    assert 0 in red.keep_indices(0).tolist()
+    expected = torch.zeros(8, dtype=torch.float64)
+    expected[0], expected[2] = 1.0, attention.flatten()[2]
+    torch.testing.assert_close(red.features[0, 0], expected)

@@ -19,7 +19,7 @@ def qwen2_vl(attn="sdpa", num_layers=3):
     cfg = Qwen2VLConfig(
         text_config=_text(num_layers, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                                                        "mrope_section": [2, 1, 1]}),
-        vision_config=dict(depth=1, embed_dim=16, hidden_size=32, num_heads=2, patch_size=2,
+        vision_config=dict(depth=2, embed_dim=16, hidden_size=32, num_heads=2, patch_size=2,
                            spatial_merge_size=2, temporal_patch_size=2, in_channels=3),
         image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=V_START, vision_end_token_id=V_END)
     cfg._attn_implementation = attn
@@ -47,7 +47,7 @@ def qwen_inputs(grids, prompt_lens=(2, 3), seed=0, per_frame=False):
         text_b = list(range(40, 40 + prompt_lens[1]))
         if per_frame:
             frame = n // grid[0]
-            video = sum(([60 + f, V_START] + [VIDEO] * frame + [V_END] for f in range(grid[0])), [])
+            video = [tok for f in range(grid[0]) for tok in [60 + f, V_START, *[VIDEO] * frame, V_END]]
         else:
             video = [V_START] + [VIDEO] * n + [V_END]
         rows.append(text_a + video + text_b)
@@ -143,7 +143,6 @@ def llava_inputs(frames_list, side, extra, seed=0):
         pixels.append(torch.randn(1, frames, 3, 8, 8, generator=generator))
         rows.append(list(range(5, 7 + i)) + [VIDEO] * (frames * side * side + extra) + list(range(40, 43)))
     length = max(map(len, rows))
-    frames_max = max(frames_list)
     ids = torch.full((len(rows), length), PAD)
     mask = torch.zeros((len(rows), length), dtype=torch.long)
     for b, row in enumerate(rows):
@@ -158,3 +157,12 @@ def llava_sample_of(inputs, b):
     keep = inputs["attention_mask"][b].bool()
     return dict(input_ids=inputs["input_ids"][b:b + 1, keep], attention_mask=inputs["attention_mask"][b:b + 1, keep],
                 pixel_values_videos=inputs["pixel_values_videos"][b:b + 1])
+
+
+def llama(attn="sdpa", num_layers=3):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(**_text(num_layers))
+    cfg._attn_implementation = attn
+    torch.manual_seed(0)
+    return LlamaForCausalLM(cfg).eval()

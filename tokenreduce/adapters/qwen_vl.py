@@ -11,10 +11,13 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import torch
+from torch import nn
+
 from tokenreduce.adapters.base import ModelAdapter, spans_from_token_runs
+from tokenreduce.adapters.encoder import qwen_patch_signals
 from tokenreduce.adapters.layout import VisualLayout
 from tokenreduce.registry import register_adapter
-
 
 
 @register_adapter("qwen2_vl")
@@ -49,3 +52,25 @@ class Qwen2VLAdapter(ModelAdapter):
                              "video tokens")
         spans = spans_from_token_runs(input_ids, int(self.model.config.video_token_id), self.llm_grids(grid_thw))
         return VisualLayout.from_spans(input_ids.shape[0], input_ids.shape[1], spans)
+
+    # ----- encoder stage ----------------------------------------------------------------------
+    @property
+    def supports_encoder(self) -> bool:  # type: ignore[override]
+        # Qwen2.5-VL reorders patches into attention windows inside its ViT; not mapped yet.
+        return "Qwen2_5" not in type(self.model).__name__
+
+    def vision_blocks(self) -> nn.ModuleList:
+        return self.vision_tower.blocks
+
+    def vision_attention_of(self, block: nn.Module) -> nn.Module:
+        return block.attn
+
+    def encoder_token_signals(self, record: Any, layer: int, num_videos: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        inputs = self.capture.layer_inputs(record, layer)
+        attention = self.vision_attention_of(self.vision_blocks()[layer])
+        importance, keys = qwen_patch_signals(attention, inputs)
+        window = int(self.model.config.vision_config.spatial_merge_size) ** 2  # patches per LLM token
+        importance = importance.view(-1, window).mean(dim=1)
+        keys = keys.view(-1, window, keys.shape[-1]).mean(dim=1)
+        sizes = [t * h * w for t, h, w in self.llm_grids(record.info)]
+        return list(zip(importance.split(sizes), keys.split(sizes)))
