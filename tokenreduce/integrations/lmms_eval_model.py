@@ -230,11 +230,11 @@ class TokenReduceLMM(lmms):
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         with torch.inference_mode():
             if self.reducer is None:
-                return self.model.generate(**inputs, pad_token_id=pad, **kwargs), per_sample([], [], 0.0, batch)
+                return self.model.generate(**inputs, pad_token_id=pad, **kwargs), per_sample([], [], [], 0.0, batch)
             with self.recorder.recording(), tr.apply(self.model, self.reducer) as session:
                 output = self.model.generate(**inputs, pad_token_id=pad, **kwargs)
-                reductions = per_sample(session.video_grids(), session.kept_indices(), self.recorder.seconds,
-                                        batch, rows_per_sample=kwargs["num_beams"])
+                reductions = per_sample(session.video_grids(), session.kept_indices(), session.inserted_counts(),
+                                        self.recorder.seconds, batch, rows_per_sample=kwargs["num_beams"])
             return output, reductions
 
     def _answer_batch(self, chunk: list[tuple[Any, ...]]) -> list[str]:
