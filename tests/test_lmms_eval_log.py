@@ -52,25 +52,26 @@ def _kept(*counts: int) -> list[torch.Tensor]:
 def test_per_sample_attributes_each_video_to_its_row() -> None:
     # rows 0 and 2 have two videos of different grids each, row 1 none; the adapter lists them by grid
     grids = [(0, (2, 2, 2)), (2, (2, 2, 2)), (2, (4, 2, 2)), (0, (1, 3, 3))]
-    rows = per_sample(grids, _kept(3, 2, 5, 4), seconds=0.3, batch_size=3)
-    assert [(r["visual_tokens"], r["kept_tokens"]) for r in rows] == [(8 + 9, 3 + 4), (None, None), (8 + 16, 2 + 5)]
+    rows = per_sample(grids, _kept(3, 2, 5, 4), [1, 0, 2, 0], seconds=0.3, batch_size=3)
+    assert [(r["visual_tokens"], r["kept_tokens"], r["inserted_tokens"]) for r in rows] == [
+        (8 + 9, 3 + 1 + 4, 1), (None, None, None), (8 + 16, 2 + 5 + 2, 2)]
     assert all(math.isclose(r["reduction_seconds"], 0.1) for r in rows)
-    assert per_sample([], [], 0.0, batch_size=2) == [{"visual_tokens": None, "kept_tokens": None,
-                                                      "reduction_seconds": 0.0}] * 2
+    assert per_sample([], [], [], 0.0, batch_size=2) == [{
+        "visual_tokens": None, "kept_tokens": None, "inserted_tokens": None, "reduction_seconds": 0.0}] * 2
 
 
 def test_per_sample_counts_the_first_of_repeated_rows() -> None:
     # num_beams=2: rows 0, 1 are sample 0 and rows 2, 3 sample 1
     grids = [(0, (1, 2, 2)), (1, (1, 2, 2)), (2, (1, 2, 3)), (3, (1, 2, 3))]
-    rows = per_sample(grids, _kept(1, 1, 2, 2), seconds=0.0, batch_size=2, rows_per_sample=2)
+    rows = per_sample(grids, _kept(1, 1, 2, 2), [0] * 4, seconds=0.0, batch_size=2, rows_per_sample=2)
     assert [(r["visual_tokens"], r["kept_tokens"]) for r in rows] == [(4, 1), (6, 2)]
 
 
 def test_per_sample_rejects_inconsistent_reports() -> None:
-    with pytest.raises(ValueError, match="kept has 1"):
-        per_sample([(0, (1, 1, 1)), (0, (1, 1, 1))], _kept(1), 0.0, batch_size=1)
+    with pytest.raises(ValueError, match="got 2, 1 and 2"):
+        per_sample([(0, (1, 1, 1)), (0, (1, 1, 1))], _kept(1), [0, 0], 0.0, batch_size=1)
     with pytest.raises(ValueError, match="row 2"):
-        per_sample([(2, (1, 1, 1))], _kept(1), 0.0, batch_size=2)
+        per_sample([(2, (1, 1, 1))], _kept(1), [0], 0.0, batch_size=2)
 
 
 def test_log_dedupes_rank_padding_and_writes_header(tmp_path: Path) -> None:

@@ -514,6 +514,8 @@ needs_adapters = pytest.mark.skipif(not _has_adapters(), reason="tr.apply (model
 
 
 CONFIG_MODELS = ("qwen2_5_vl", "qwen3_vl", "llava_onevision", "llava_next_video")
+# per 2x2 frame of the tiny LLaVA: 2 dominant tokens kept, the other 2 merged into 1 contextual token inserted
+VISIONZIP = {"strategy": "visionzip", "dominant": 2, "contextual": 1, "cls_token": "false"}
 BATCHED_TASKS = (TASK, MULTI_TASK, IMAGE_TASK)
 
 
@@ -521,15 +523,18 @@ BATCHED_TASKS = (TASK, MULTI_TASK, IMAGE_TASK)
 def config_file_run(workspace: Path) -> tuple[Path, subprocess.CompletedProcess]:
     """One lmms-eval process running a ``--config`` list (one import of lmms-eval for many runs):
     ``random`` at ratio 0.3 in batches of two on Qwen2-VL over ``BATCHED_TASKS``, and on each model of
-    ``CONFIG_MODELS`` over the video task, then a run whose reducer always fails. ``output_path`` is
+    ``CONFIG_MODELS`` over the video task, VisionZip (an encoder stage inserting new tokens) on
+    LLaVA-OneVision, then a run whose reducer always fails. ``output_path`` is
     set in the file only, never on the command line."""
     root = workspace / "config_runs"
-    runs = [("qwen2_vl", BATCHED_TASKS, {"seed": 3}), *[(name, (TASK,), {}) for name in CONFIG_MODELS]]
+    random = {"strategy": "random", "ratio": 0.3}
+    runs = [("qwen2_vl", "qwen2_vl", BATCHED_TASKS, {**random, "seed": 3}),
+            *[(name, name, (TASK,), random) for name in CONFIG_MODELS],
+            ("llava_visionzip", "llava_onevision", (TASK,), VISIONZIP)]
     entries = [{"model": "tokenreduce", "tasks": ",".join(tasks), "batch_size": 2, "log_samples": True,
                 "output_path": str(root / name),
-                "model_args": model_args(workspace, name, model_class=TINY_MODELS[name].model_class,
-                                         strategy="random", ratio=0.3, **extra)}
-               for name, tasks, extra in runs]
+                "model_args": model_args(workspace, model, model_class=TINY_MODELS[model].model_class, **reducer)}
+               for name, model, tasks, reducer in runs]
     entries.append({"model": "tokenreduce", "tasks": TASK, "batch_size": 2, "output_path": str(root / "failing"),
                     "model_args": model_args(workspace, "qwen2_vl", strategy=FAILING_STRATEGY, ratio=0.3)})
     config = workspace / "lmms_eval_config.yaml"
@@ -599,6 +604,21 @@ def test_reduced_run_of_each_model_family_from_a_config_file(config_file_run: tu
     tokens = TINY_MODELS[name].video_tokens(MAX_FRAMES)
     for record in records:
         assert (record["visual_tokens"], record["kept_tokens"]) == (tokens, math.ceil(0.3 * tokens))
+        assert record["inserted_tokens"] == 0
+
+
+@pytest.mark.slow
+@needs_adapters
+def test_visionzip_run_counts_inserted_tokens(config_file_run: tuple[Path, subprocess.CompletedProcess]) -> None:
+    root, completed = config_file_run
+    assert (root / "llava_visionzip").is_dir(), _tail(completed)
+    results, samples, header, records = read_outputs(root / "llava_visionzip")
+    assert "exact_match,none" in results["results"][TASK] and len(samples[TASK]) == NUM_VIDEOS
+    assert header["reducer"]["name"] == "visionzip"
+    assert sorted(r["doc_id"] for r in records) == list(range(NUM_VIDEOS))
+    for record in records:  # MAX_FRAMES frames of 4 tokens: 2 kept and 1 inserted per frame
+        assert (record["visual_tokens"], record["kept_tokens"], record["inserted_tokens"]) == (
+            4 * MAX_FRAMES, 3 * MAX_FRAMES, MAX_FRAMES)
 
 
 @pytest.mark.slow
@@ -625,6 +645,25 @@ def test_a_model_that_cannot_be_set_up_stops_the_run() -> None:
         TokenReduceLMM(pretrained="unused", strategy="no_such_strategy")
     assert isinstance(failure.value.__cause__, UnknownNameError)
     assert not isinstance(failure.value, Exception), "lmms-eval's `except Exception` must not swallow it"
+
+
+
+def test_a_log_that_cannot_be_written_stops_the_run(tmp_path: Path) -> None:
+    from tokenreduce.integrations.lmms_eval_args import parse_model_args
+    from tokenreduce.integrations.lmms_eval_log import ReductionLog
+    from tokenreduce.integrations.lmms_eval_model import EvaluationFailed, TokenReduceLMM
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    model = TokenReduceLMM.__new__(TokenReduceLMM)  # only what writing the log needs: no checkpoint
+    model.args = parse_model_args({"pretrained": "unused", "strategy": "none",
+                                   "reduction_log": str(blocker / "log.jsonl")})
+    model.log, model._rank, model._world_size = ReductionLog({}), 0, 1
+    with pytest.raises(EvaluationFailed, match="log could not be written: (FileExistsError|NotADirectoryError)"):
+        model.clean()
+    model.args = parse_model_args({"pretrained": "unused", "strategy": "none",
+                                   "reduction_log": str(tmp_path / "log.jsonl")})
+    assert model.write_reduction_log() == tmp_path / "log.jsonl"  # the same object writes where it can
 
 
 @pytest.mark.slow

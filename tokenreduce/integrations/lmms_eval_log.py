@@ -94,33 +94,37 @@ class ReductionRecorder:
 
 
 def per_sample(video_grids: Sequence[tuple[int, tuple[int, int, int]]], kept: Sequence[torch.Tensor],
-               seconds: float, batch_size: int, rows_per_sample: int = 1) -> list[dict[str, Any]]:
-    """Visual tokens offered, tokens kept and reduction seconds for each of ``batch_size`` samples.
+               inserted: Sequence[int], seconds: float, batch_size: int,
+               rows_per_sample: int = 1) -> list[dict[str, Any]]:
+    """Visual tokens offered and handed on, and reduction seconds, for each of ``batch_size`` samples.
 
-    ``video_grids`` and ``kept`` are the adapter session's report of one ``generate`` call
-    (``session.video_grids()``, ``session.kept_indices()``): per video, its batch row and token grid,
-    and the grid indices the prefill kept. Each video counts for the sample of its row, so the
-    counts are exact however the adapter grouped the videos. With ``rows_per_sample`` rows per
-    sample (``generate`` repeats each sample ``num_beams`` times), row ``r`` is sample
-    ``r // rows_per_sample`` and only its first copy counts. A sample without a video has ``None``
-    counts. The reduction time of the call is split evenly over the samples.
+    ``video_grids``, ``kept`` and ``inserted`` are the adapter session's report of one ``generate``
+    call (``session.video_grids()``, ``kept_indices()``, ``inserted_counts()``): per video, its
+    batch row and token grid, the grid indices the prefill kept, and the new tokens it inserted.
+    A sample's ``visual_tokens`` is the grid tokens of its videos, its ``kept_tokens`` the tokens
+    the language model receives in their place (kept plus inserted), ``inserted_tokens`` the new
+    ones among them. Each video counts for the sample of its row, so the counts are exact however
+    the adapter grouped the videos. With ``rows_per_sample`` rows per sample (``generate`` repeats
+    each sample ``num_beams`` times), row ``r`` is sample ``r // rows_per_sample`` and only its
+    first copy counts. A sample without a video has ``None`` counts. The reduction time of the
+    call is split evenly over the samples.
     """
-    if len(video_grids) != len(kept):
-        raise ValueError(f"video_grids has {len(video_grids)} videos but kept has {len(kept)}")
-    visual: list[int | None] = [None] * batch_size
-    kept_counts: list[int | None] = [None] * batch_size
-    for (row, grid), indices in zip(video_grids, kept):
+    if not len(video_grids) == len(kept) == len(inserted):
+        raise ValueError(f"video_grids, kept and inserted must describe the same videos, got "
+                         f"{len(video_grids)}, {len(kept)} and {len(inserted)}")
+    counts: list[list[int] | None] = [None] * batch_size  # per sample: visual, kept, inserted
+    for (row, grid), indices, new in zip(video_grids, kept, inserted):
         sample, copy = divmod(row, rows_per_sample)
         if not 0 <= sample < batch_size:
             raise ValueError(f"a video of batch row {row} lies outside {batch_size} samples "
                              f"x {rows_per_sample} rows")
         if copy:
             continue
-        visual[sample] = (visual[sample] or 0) + math.prod(grid)
-        kept_counts[sample] = (kept_counts[sample] or 0) + int(indices.numel())
+        total = counts[sample] or [0, 0, 0]
+        counts[sample] = [total[0] + math.prod(grid), total[1] + int(indices.numel()) + new, total[2] + new]
     share = seconds / batch_size
-    return [{"visual_tokens": total, "kept_tokens": count, "reduction_seconds": share}
-            for total, count in zip(visual, kept_counts)]
+    names = ("visual_tokens", "kept_tokens", "inserted_tokens")
+    return [{**dict(zip(names, c if c is not None else [None] * 3)), "reduction_seconds": share} for c in counts]
 
 
 class ReductionLog:

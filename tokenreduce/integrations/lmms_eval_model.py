@@ -80,6 +80,12 @@ def _traceback(exc: BaseException) -> str:
     return "".join(traceback.format_exception(exc))
 
 
+def _stop(message: str, exc: BaseException) -> EvaluationFailed:
+    """Log ``message`` with the traceback of ``exc``; the exception that ends the run."""
+    eval_logger.error(f"{message}\n{_traceback(exc)}")
+    return EvaluationFailed(message)
+
+
 def _running_evaluation() -> tuple[Any, str | None] | None:
     """The ``EvaluationTracker`` and ``datetime_str`` of the lmms-eval ``simple_evaluate`` running this model.
 
@@ -107,9 +113,7 @@ class TokenReduceLMM(lmms):
         try:
             self._setup(model_args)
         except Exception as exc:
-            message = f"tokenreduce: the model could not be set up: {type(exc).__name__}: {exc}"
-            eval_logger.error(f"{message}\n{_traceback(exc)}")
-            raise EvaluationFailed(message) from exc
+            raise _stop(f"tokenreduce: the model could not be set up: {type(exc).__name__}: {exc}", exc) from exc
 
     def _setup(self, model_args: dict[str, Any]) -> None:
         model_args.pop("max_batch_size", None)  # lmms-eval passes it to every model; batching is fixed here
@@ -226,11 +230,11 @@ class TokenReduceLMM(lmms):
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         with torch.inference_mode():
             if self.reducer is None:
-                return self.model.generate(**inputs, pad_token_id=pad, **kwargs), per_sample([], [], 0.0, batch)
+                return self.model.generate(**inputs, pad_token_id=pad, **kwargs), per_sample([], [], [], 0.0, batch)
             with self.recorder.recording(), tr.apply(self.model, self.reducer) as session:
                 output = self.model.generate(**inputs, pad_token_id=pad, **kwargs)
-                reductions = per_sample(session.video_grids(), session.kept_indices(), self.recorder.seconds,
-                                        batch, rows_per_sample=kwargs["num_beams"])
+                reductions = per_sample(session.video_grids(), session.kept_indices(), session.inserted_counts(),
+                                        self.recorder.seconds, batch, rows_per_sample=kwargs["num_beams"])
             return output, reductions
 
     def _answer_batch(self, chunk: list[tuple[Any, ...]]) -> list[str]:
@@ -294,17 +298,19 @@ class TokenReduceLMM(lmms):
         _, _, _, doc_ids, tasks, splits = zip(*chunk)
         where = f"task {tasks[0]}, split {splits[0]}, doc_id(s) {list(doc_ids)}"
         message = f"tokenreduce: generation failed on rank {self.rank} ({where}): {type(exc).__name__}: {exc}"
-        eval_logger.error(f"{message}\n{_traceback(exc)}")
         path = self.error_path()
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"tokenreduce_error": {
-                **self.log.header, "rank": self.rank, "task": tasks[0], "split": splits[0],
-                "doc_ids": list(doc_ids), "error": type(exc).__name__, "message": str(exc),
-                "traceback": _traceback(exc),
-            }}, default=str) + "\n", encoding="utf-8")
-            message += f"; error record written to {path}"
-        return EvaluationFailed(message)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps({"tokenreduce_error": {
+                    **self.log.header, "rank": self.rank, "task": tasks[0], "split": splits[0],
+                    "doc_ids": list(doc_ids), "error": type(exc).__name__, "message": str(exc),
+                    "traceback": _traceback(exc),
+                }}, default=str) + "\n", encoding="utf-8")
+                message += f"; error record written to {path}"
+            except OSError as unwritable:
+                message += f"; the error record could not be written to {path} ({unwritable})"
+        return _stop(message, exc)
 
     # ----- where the log goes --------------------------------------------------------------------------
     def log_path(self) -> Path | None:
@@ -349,5 +355,9 @@ class TokenReduceLMM(lmms):
 
     def clean(self) -> None:
         """lmms-eval calls this on every rank once all requests ran: write the log, then free memory."""
-        self.write_reduction_log()
+        try:
+            self.write_reduction_log()
+        except Exception as exc:
+            raise _stop(f"tokenreduce: the kept-token log could not be written: {type(exc).__name__}: {exc}",
+                        exc) from exc
         super().clean()
