@@ -111,9 +111,9 @@ def run_steps(
             features = hidden[rows, where] if merged is None else merged.to(hidden.dtype)
             features = features.masked_fill(~present[..., None], 0.0)
             signals = {}
-            if Signal.EMBEDDINGS in step.requires:
-                if group.embeddings is None:
-                    raise RuntimeError("the LLM input embeddings of the visual tokens were not recorded")
+            if Signal.EMBEDDINGS in step.requires and group.embeddings is None:
+                raise RuntimeError("the LLM input embeddings of the visual tokens were not recorded")
+            if Signal.EMBEDDINGS in step.requires | step.optional and group.embeddings is not None:
                 signals[Signal.EMBEDDINGS.value] = _grid_view(group.embeddings, group.grid)
             step_importance = None if importance is None else importance[rows, where]
             if encoder_signals is not None and id(step) in encoder_signals:
