@@ -40,7 +40,7 @@ def _llava(build, extra):
 
 FAMILIES = {
     "qwen2_vl": _qwen(tm.qwen2_vl),
-    "qwen2_5_vl": _qwen(tm.qwen2_5_vl, encoder=False),
+    "qwen2_5_vl": _qwen(tm.qwen2_5_vl),
     "qwen3_vl": _qwen(tm.qwen3_vl, per_frame=True),
     "llava_onevision": _llava(tm.llava_onevision, 1),
     "llava_next_video": _llava(tm.llava_next_video, 0),
