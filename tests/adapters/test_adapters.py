@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import tokenreduce as tr
-from tests.adapters import tiny_models as tm
-from tests.adapters.oracle import capture_lm_inputs, layer_lengths, manual_greedy
+import tiny_vlms as tm
+from adapter_oracle import capture_lm_inputs, layer_lengths, manual_greedy
 from tokenreduce.adapters.probe import AttentionInputs, last_query_attention
 
 pytest.importorskip("transformers")

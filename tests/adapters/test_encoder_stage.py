@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import tokenreduce as tr
-from tests.adapters import tiny_models as tm
-from tests.adapters.oracle import layer_lengths
+import tiny_vlms as tm
+from adapter_oracle import layer_lengths
 from tokenreduce.interfaces import BudgetConfig, BudgetedReducer, Signal, Stage
 from tokenreduce.selection import top_k_mask
 from tokenreduce.tokens import Reduction

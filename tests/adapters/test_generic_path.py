@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import tokenreduce as tr
-from tests.adapters import tiny_models as tm
-from tests.adapters.oracle import layer_lengths, manual_greedy
+import tiny_vlms as tm
+from adapter_oracle import layer_lengths, manual_greedy
 from tokenreduce.adapters import VisualLayout, contiguous_video, reduce_sequence
 
 pytest.importorskip("transformers")
