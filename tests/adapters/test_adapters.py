@@ -6,11 +6,11 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import tiny_vlms as tm
 import torch
+from adapter_oracle import capture_lm_inputs, layer_lengths, manual_greedy
 
 import tokenreduce as tr
-import tiny_vlms as tm
-from adapter_oracle import capture_lm_inputs, layer_lengths, manual_greedy
 from tokenreduce.adapters.probe import AttentionInputs, last_query_attention
 
 pytest.importorskip("transformers")

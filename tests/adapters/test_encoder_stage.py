@@ -7,11 +7,11 @@ import sys
 from typing import ClassVar
 
 import pytest
+import tiny_vlms as tm
 import torch
+from adapter_oracle import layer_lengths
 
 import tokenreduce as tr
-import tiny_vlms as tm
-from adapter_oracle import layer_lengths
 from tokenreduce.interfaces import BudgetConfig, BudgetedReducer, Signal, Stage
 from tokenreduce.selection import top_k_mask
 from tokenreduce.tokens import Reduction

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+import tiny_vlms as tm
 import torch
+from adapter_oracle import layer_lengths, manual_greedy
 
 import tokenreduce as tr
-import tiny_vlms as tm
-from adapter_oracle import layer_lengths, manual_greedy
 from tokenreduce.adapters import VisualLayout, contiguous_video, reduce_sequence
 
 pytest.importorskip("transformers")

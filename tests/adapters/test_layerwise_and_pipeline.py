@@ -6,11 +6,11 @@ import dataclasses
 from typing import ClassVar
 
 import pytest
+import tiny_vlms as tm
 import torch
+from adapter_oracle import layer_lengths
 
 import tokenreduce as tr
-import tiny_vlms as tm
-from adapter_oracle import layer_lengths
 from tokenreduce.interfaces import BudgetConfig, LayerwiseReducer, Signal
 from tokenreduce.tokens import Reduction
 
