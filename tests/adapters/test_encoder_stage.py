@@ -162,3 +162,12 @@ def test_llava_encoder_signals_equal_eager_vision_attention(build, pool):
     torch.testing.assert_close(TopEncoderAttention.seen[-1].flat_importance()[0], expected.flatten(),
                                rtol=1e-5, atol=1e-6)
     assert rec.prefill()[0] == seq - 9
+
+
+@pytest.mark.parametrize("build,frames_or_grid", [(tm.qwen2_vl, None), (tm.llava_onevision, 3)])
+def test_encoder_steps_refuse_videos_repeated_by_generate(build, frames_or_grid):
+    model = build()
+    inputs = tm.qwen_inputs([(2, 4, 6)]) if frames_or_grid is None else tm.llava_inputs([3], 2, 1)
+    with torch.no_grad(), tr.apply(model, TopEncoderAttention(ratio=0.3)), \
+            pytest.raises(NotImplementedError, match="one to one"):
+        model.generate(**inputs, max_new_tokens=1, do_sample=False, num_beams=2)

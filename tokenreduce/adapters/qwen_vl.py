@@ -32,6 +32,21 @@ class Qwen2VLAdapter(ModelAdapter):
         merge = int(self.model.config.vision_config.spatial_merge_size)
         return [(int(t), int(h) // merge, int(w) // merge) for t, h, w in video_grid_thw.tolist()]
 
+    def _encoded_grids(self, encoded: Any) -> torch.Tensor | None:
+        """``video_grid_thw`` of videos ``generate`` encoded before the prefill.
+
+        The recorded grids belong to the vision-tower call; ``generate`` may have repeated videos
+        for beams or ``num_return_sequences``. Every entry of ``pooler_output`` is a view into the
+        tower's output, so its first row tells which recorded video it is.
+        """
+        grid_thw = self.encoder_info_for(encoded)
+        if grid_thw is None:
+            return None
+        merge = int(self.model.config.vision_config.spatial_merge_size) ** 2
+        starts = torch.cat([grid_thw.new_zeros(1), (grid_thw.prod(-1) // merge).cumsum(0)[:-1]]).tolist()
+        videos = [starts.index(out.storage_offset() // max(out.stride(0), 1)) for out in encoded.pooler_output]
+        return grid_thw[videos]
+
     @property
     def vision_tower(self):
         return self.model.model.visual
@@ -46,7 +61,7 @@ class Qwen2VLAdapter(ModelAdapter):
         input_ids = call.get("input_ids")
         grid_thw = call.get("video_grid_thw")
         if grid_thw is None and encoded is not None:
-            grid_thw = self.encoder_info_for(encoded)
+            grid_thw = self._encoded_grids(encoded)
         if input_ids is None or grid_thw is None:
             raise ValueError("token reduction on a video needs input_ids and video_grid_thw to locate the "
                              "video tokens")
