@@ -6,65 +6,72 @@ import json
 import math
 from pathlib import Path
 
+import pytest
 import torch
 
 import tokenreduce as tr
-from tokenreduce.integrations.lmms_eval_log import ReductionCall, ReductionLog, ReductionRecorder, per_sample
+from tokenreduce.integrations.lmms_eval_log import ReductionLog, ReductionRecorder, per_sample
 
 
 def _tokens(batch: int = 2, grid: tuple[int, int, int] = (2, 3, 4)) -> tr.VisualTokens:
     return tr.VisualTokens(torch.randn(batch, *grid, 8, generator=torch.Generator().manual_seed(0)))
 
 
-def test_recorder_sees_reductions_and_restores_the_reducer() -> None:
+def test_recorder_times_reductions_and_restores_the_reducer() -> None:
     reducer = tr.build("random", ratio=0.3)
     before = dict(vars(reducer))
     recorder = ReductionRecorder(reducer)
     with recorder.recording():
-        expected = reducer(_tokens())
+        reducer(_tokens())
+        reducer(_tokens())
     assert dict(vars(reducer)) == before, "no instance attribute left behind"
-    assert len(recorder.calls) == 1
-    call = recorder.calls[0]
-    assert call.kept == expected.kept_counts().tolist() == [math.ceil(0.3 * 24)] * 2
-    assert call.total == [24, 24] and call.seconds >= 0
+    assert [call.method for call in recorder.calls] == ["reduce", "reduce"]
+    assert all(call.seconds > 0 for call in recorder.calls)
+    assert math.isclose(recorder.seconds, sum(call.seconds for call in recorder.calls))
     reducer(_tokens())
-    assert len(recorder.calls) == 1, "nothing is recorded outside the with block"
+    assert len(recorder.calls) == 2, "nothing is recorded outside the with block"
 
 
-def test_pipeline_counts_once_at_the_outermost_call() -> None:
+def test_pipeline_is_timed_once_at_the_outermost_call() -> None:
     pipe = tr.Pipeline([tr.build("uniform", ratio=0.5), tr.build("random", ratio=0.5)])
     recorder = ReductionRecorder(pipe)
     with recorder.recording():
-        combined = pipe(_tokens(batch=1))
+        pipe(_tokens(batch=1))
     assert len(recorder.calls) == 1
-    assert recorder.calls[0].kept == combined.kept_counts().tolist()
-
-
-def test_steps_driven_one_by_one_form_one_chain_per_grid() -> None:
-    pipe = tr.Pipeline([tr.build("uniform", ratio=0.5), tr.build("random", ratio=0.5)])
     first, second = pipe.steps()
-    recorder = ReductionRecorder(pipe)
-    tokens = _tokens(batch=1)
-    with recorder.recording():
-        for _ in range(2):  # two videos of one sample, each through both steps
-            kept = first(tokens)
-            survivors = tr.VisualTokens(tokens.features, valid=kept.keep_mask.view(1, 2, 3, 4))
-            second(survivors)
-    assert [c.step for c in recorder.calls] == [1, 2, 1, 2]
-    [sample] = per_sample(recorder.calls, batch_size=1)
-    assert sample["visual_tokens"] == 2 * 24
-    assert sample["kept_tokens"] == 2 * recorder.calls[1].kept[0] == 2 * math.ceil(0.5 * 12)
+    with recorder.recording():  # an adapter driving the steps one by one: each call is timed
+        kept = first(_tokens(batch=1))
+        second(tr.VisualTokens(_tokens(batch=1).features, valid=kept.keep_mask.view(1, 2, 3, 4)))
+    assert len(recorder.calls) == 2
 
 
-def test_per_sample_attribution_rules() -> None:
-    layerwise = [ReductionCall(0, "reduce", [10, 8], [20, 20], 0.2), ReductionCall(0, "step", [5, 4], [10, 8], 0.2)]
-    rows = per_sample(layerwise, batch_size=2)
-    assert [(r["visual_tokens"], r["kept_tokens"]) for r in rows] == [(20, 5), (20, 4)]
-    assert all(math.isclose(r["reduction_seconds"], 0.2) for r in rows)
-    unsplittable = per_sample(layerwise, batch_size=2, one_visual_each=False)
-    assert all(r["kept_tokens"] is None and r["visual_tokens"] is None for r in unsplittable)
-    assert per_sample([], batch_size=3) == [{"visual_tokens": None, "kept_tokens": None,
-                                             "reduction_seconds": 0.0}] * 3
+def _kept(*counts: int) -> list[torch.Tensor]:
+    return [torch.arange(count) for count in counts]
+
+
+def test_per_sample_attributes_each_video_to_its_row() -> None:
+    # rows 0 and 2 have two videos of different grids each, row 1 none; the adapter lists them by grid
+    grids = [(0, (2, 2, 2)), (2, (2, 2, 2)), (2, (4, 2, 2)), (0, (1, 3, 3))]
+    rows = per_sample(grids, _kept(3, 2, 5, 4), [1, 0, 2, 0], seconds=0.3, batch_size=3)
+    assert [(r["visual_tokens"], r["kept_tokens"], r["inserted_tokens"]) for r in rows] == [
+        (8 + 9, 3 + 1 + 4, 1), (None, None, None), (8 + 16, 2 + 5 + 2, 2)]
+    assert all(math.isclose(r["reduction_seconds"], 0.1) for r in rows)
+    assert per_sample([], [], [], 0.0, batch_size=2) == [{
+        "visual_tokens": None, "kept_tokens": None, "inserted_tokens": None, "reduction_seconds": 0.0}] * 2
+
+
+def test_per_sample_counts_the_first_of_repeated_rows() -> None:
+    # num_beams=2: rows 0, 1 are sample 0 and rows 2, 3 sample 1
+    grids = [(0, (1, 2, 2)), (1, (1, 2, 2)), (2, (1, 2, 3)), (3, (1, 2, 3))]
+    rows = per_sample(grids, _kept(1, 1, 2, 2), [0] * 4, seconds=0.0, batch_size=2, rows_per_sample=2)
+    assert [(r["visual_tokens"], r["kept_tokens"]) for r in rows] == [(4, 1), (6, 2)]
+
+
+def test_per_sample_rejects_inconsistent_reports() -> None:
+    with pytest.raises(ValueError, match="got 2, 1 and 2"):
+        per_sample([(0, (1, 1, 1)), (0, (1, 1, 1))], _kept(1), [0, 0], 0.0, batch_size=1)
+    with pytest.raises(ValueError, match="row 2"):
+        per_sample([(2, (1, 1, 1))], _kept(1), [0], 0.0, batch_size=2)
 
 
 def test_log_dedupes_rank_padding_and_writes_header(tmp_path: Path) -> None:

@@ -1,4 +1,8 @@
-"""The ``tokenreduce`` command line: ``--version`` and ``list`` (more commands register here)."""
+"""The ``tokenreduce`` command line: ``--version``, ``list``, ``demo``, ``visualize`` and ``bench``.
+
+Commands register with ``@command(name, help)``; heavy libraries (PyAV, matplotlib, transformers)
+are imported only when a command that needs them runs.
+"""
 
 from __future__ import annotations
 
@@ -41,6 +45,136 @@ def command(name: str, help_text: str) -> Callable[[Configure], Configure]:
         return configure
 
     return decorator
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def keep_ratio(text: str) -> float:
+    """argparse type: a keep ratio in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"the ratio must be in (0, 1], got {value}")
+    return value
+
+
+def _add_showcase_options(parser: argparse.ArgumentParser, *, default_out: str) -> None:
+    parser.add_argument("--strategy", action="append", metavar="NAME|CONFIG",
+                        help="a registered strategy name or a .json/.yaml config; repeat for several rows "
+                             "(default: every registered strategy)")
+    parser.add_argument("--ratio", type=keep_ratio, default=0.3, help="fraction of tokens to keep (default 0.3)")
+    parser.add_argument("--frames", type=positive_int, default=16, help="frames to sample (default 16)")
+    parser.add_argument("--out", default=default_out, help=f"PNG to write (default {default_out})")
+    parser.add_argument("--html", action="store_true", help="also write an HTML page next to the PNG")
+    parser.add_argument("--model", metavar="PATH",
+                        help="a local vision-language checkpoint whose vision tower makes the features "
+                             "(default: the weight-free stand-in encoder)")
+    parser.add_argument("--patches", type=positive_int, default=16,
+                        help="patches per row of the stand-in encoder (default 16)")
+    parser.add_argument("--columns", type=positive_int, default=8, help="frames shown in the picture (default 8)")
+
+
+def _showcase(video: str | None, args: argparse.Namespace) -> int:
+    from tokenreduce.showcase import Showcase, show
+
+    return show(Showcase(video=video, strategies=args.strategy, ratio=args.ratio, frames=args.frames,
+                         out=args.out, html=args.html, model=args.model, patches=args.patches,
+                         columns=args.columns))
+
+
+@command("demo", "decode a real video, reduce its tokens with every strategy, print a table, draw a picture")
+def _configure_demo(parser: argparse.ArgumentParser) -> Runner:
+    parser.add_argument("--video", metavar="PATH", help="your own video (default: the bundled Big Buck Bunny clip)")
+    _add_showcase_options(parser, default_out="tokenreduce-demo.png")
+    return lambda args: _showcase(args.video, args)
+
+
+@command("visualize", "draw the tokens one or more strategies keep on a video (PNG, optional HTML)")
+def _configure_visualize(parser: argparse.ArgumentParser) -> Runner:
+    parser.add_argument("video", metavar="VIDEO", help="the video file")
+    _add_showcase_options(parser, default_out="tokenreduce-visualize.png")
+    return lambda args: _showcase(args.video, args)
+
+
+def _list_of(item: Callable[[str], object], what: str) -> Callable[[str], list]:
+    """argparse type: a comma-separated list of ``item`` values."""
+
+    def parse(text: str) -> list:
+        parts = [p.strip() for p in text.split(",") if p.strip()]
+        if not parts:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {what}, got {text!r}")
+        return [item(p) for p in parts]
+
+    return parse
+
+
+def even_frames(text: str) -> int:
+    """argparse type: a positive even frame count (the benchmark model takes frames in pairs)."""
+    value = positive_int(text)
+    if value % 2:
+        raise argparse.ArgumentTypeError(f"frame counts must be even (frames enter the model in pairs), got {value}")
+    return value
+
+
+def resolution_px(text: str) -> int:
+    """argparse type: a frame side in pixels, a multiple of 28 (the model's merged patch)."""
+    value = positive_int(text)
+    if value % 28:
+        raise argparse.ArgumentTypeError(f"the resolution must be a multiple of 28 pixels, got {value}")
+    return value
+
+
+@command("bench", "measure selection overhead and end-to-end prefill time / memory, full vs reduced")
+def _configure_bench(parser: argparse.ArgumentParser) -> Runner:
+    parser.add_argument("--part", choices=("selection", "end-to-end", "all"), default="all",
+                        help="which benchmark to run (default all)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default cpu)")
+    parser.add_argument("--strategy", action="append", metavar="NAME",
+                        help="strategy to measure; repeat for several (default: every registered one for "
+                             "selection; st_simdiff, fastv, visionzip, framefusion, uniform when registered "
+                             "for end-to-end)")
+    parser.add_argument("--ratios", type=_list_of(keep_ratio, "ratios in (0, 1]"), default=[0.3, 0.5],
+                        help="keep ratios of the reduced runs (default 0.3,0.5)")
+    parser.add_argument("--selection-frames", type=positive_int, default=64,
+                        help="frames of the selection benchmark (default 64)")
+    parser.add_argument("--selection-grid", type=positive_int, default=13,
+                        help="tokens per frame side in the selection benchmark (default 13: 169 per frame)")
+    parser.add_argument("--dim", type=positive_int, default=3584, help="feature size for selection (default 3584)")
+    parser.add_argument("--size", choices=("tiny", "small", "base"), default="base",
+                        help="end-to-end model: tiny (tests), small (~59M), base (~137M parameters; default)")
+    parser.add_argument("--frames", type=_list_of(even_frames, "even frame counts"), default=[8, 16, 32],
+                        help="frame counts of the end-to-end benchmark (default 8,16,32)")
+    parser.add_argument("--resolution", type=resolution_px, default=336,
+                        help="frame side in pixels, a multiple of 28 (default 336: 144 tokens per 2 frames)")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timed runs per measurement (default 3)")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--plot", metavar="PATH", default="tokenreduce-bench.png",
+                        help="plot of time and memory vs frames (default tokenreduce-bench.png)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    def run(args: argparse.Namespace) -> int:
+        from tokenreduce.bench import BenchOptions
+        from tokenreduce.bench import run as run_bench
+
+        parts = ("selection", "end-to-end") if args.part == "all" else (args.part,)
+        return run_bench(BenchOptions(
+            parts=parts, device=args.device, strategies=args.strategy, ratios=tuple(args.ratios),
+            selection_frames=args.selection_frames, selection_grid=args.selection_grid, dim=args.dim,
+            size=args.size, frame_counts=tuple(args.frames), resolution=args.resolution, repeats=args.repeats,
+            json_path=args.json, plot_path=args.plot, progress=not args.no_progress))
+
+    return run
 
 
 def build_parser() -> argparse.ArgumentParser:

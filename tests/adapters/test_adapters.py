@@ -307,3 +307,28 @@ def test_beam_search_and_several_return_sequences(family_name):
     assert out.shape == ref.shape
     assert len(kept) == 4  # 2 samples x 2 beams, each video reduced
     assert rec.prefill()[1] < rec.prefill()[0]
+
+
+def test_video_grids_name_each_videos_sample_and_grid():
+    model = tm.qwen2_vl()
+    with torch.no_grad(), tr.apply(model, tr.build("random", ratio=0.3)) as session:
+        assert session.video_grids() == []
+        model.generate(**tm.qwen_inputs([GRID, (2, 4, 4)]), max_new_tokens=1, do_sample=False)
+        grids = session.video_grids()
+        kept = session.kept_indices()
+    assert grids == [(0, (2, 2, 3)), (1, (2, 2, 2))]
+    assert [k.numel() for k in kept] == [4, 3]  # ceil(0.3 * 12), ceil(0.3 * 8)
+
+
+def test_inserted_counts_name_the_new_tokens_of_each_video():
+    model = tm.llava_onevision()
+    inputs = tm.llava_inputs([3, 3], 2, 1)
+    # per 2x2 frame: 2 dominant tokens kept, the other 2 merged into 1 contextual token inserted
+    reducer = tr.build("visionzip", dominant=2, contextual=1, cls_token=False)
+    with torch.no_grad(), tr.apply(model, reducer) as session:
+        assert session.inserted_counts() == []
+        model.generate(**inputs, max_new_tokens=1, do_sample=False)
+        kept, inserted, lengths = session.kept_indices(), session.inserted_counts(), session.layer_lengths
+    assert [k.numel() for k in kept] == [3 * 2, 3 * 2] and inserted == [3, 3]
+    # every sample's 12 grid tokens became 6 kept + 3 inserted in the decoder's input
+    assert lengths[0] == inputs["input_ids"].shape[1] - 3 * 2 * 2 + 6 + 3

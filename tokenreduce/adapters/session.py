@@ -160,6 +160,23 @@ class ReductionSession:
                 out[span_id] = group.present[row].nonzero().flatten()
         return out  # type: ignore[return-value]
 
+    def inserted_counts(self) -> list[int]:
+        """Per video (in the order of ``kept_indices``): the new tokens the last prefill inserted after it
+        (``Reduction.extra``, e.g. VisionZip's contextual tokens)."""
+        if self.state is None:
+            return []
+        out = [0] * len(self.state.visual.spans)
+        for group in self.state.groups:
+            for row, span_id in enumerate(group.span_ids):
+                out[span_id] = group.inserted[row]
+        return out
+
+    def video_grids(self) -> list[tuple[int, tuple[int, int, int]]]:
+        """Per video (in the order of ``kept_indices``): its batch row and its ``(T, H, W)`` token grid."""
+        if self.state is None:
+            return []
+        return [(span.sample, span.grid) for span in self.state.visual.spans]
+
     @property
     def phase(self) -> str | None:
         """``"prefill"`` or ``"decode"`` while the model runs a reduced forward, else ``None``."""

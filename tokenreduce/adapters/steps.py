@@ -29,6 +29,10 @@ class VideoGroup:
     present: torch.Tensor
     embeddings: torch.Tensor | None = None
     layerwise: dict[int, Any] = field(default_factory=dict)
+    inserted: list[int] = field(default_factory=list)  # per video: new tokens inserted (Reduction.extra)
+
+    def __post_init__(self) -> None:
+        self.inserted = self.inserted or [0] * len(self.span_ids)
 
     @property
     def num_tokens(self) -> int:
@@ -162,3 +166,4 @@ def _record(edit: SequenceEdit, group: VideoGroup, rows: torch.Tensor, present: 
         for row in range(reduction.extra.shape[0]):  # a loop over the videos of the group
             tokens = reduction.extra[row] if extra_valid is None else reduction.extra[row][extra_valid[row]]
             edit.extras.append((int(group.samples[row]), int(group.positions[row, -1]), tokens))
+            group.inserted[row] += int(tokens.shape[0])

@@ -1,12 +1,14 @@
 """Per-sample kept-token counts and reduction time during an evaluation, written as JSONL.
 
-``ReductionRecorder`` watches a reducer while a model generates: it wraps the reducer's (and its
+``ReductionRecorder`` times a reducer while a model generates: it wraps the reducer's (and its
 steps') ``reduce``/``step`` methods on the instances for the duration of a ``with`` block, so it sees
-every ``Reduction`` an adapter obtains without knowing the adapter, and restores the methods on exit.
-Nested calls (a pipeline running its steps) count once, at the outermost call.
+every call an adapter makes without knowing the adapter, and restores the methods on exit. Nested
+calls (a pipeline running its steps) count once, at the outermost call.
 
-``ReductionLog`` collects one record per evaluated sample and writes them, gathered from every
-data-parallel rank, to one JSONL file next to the lmms-eval results.
+``per_sample`` turns what the adapter session reports (each video's batch row and grid, and the
+tokens the prefill kept of it) into one record per sample; ``ReductionLog`` collects those records
+and writes them, gathered from every data-parallel rank, to one JSONL file next to the lmms-eval
+results.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -21,17 +24,12 @@ from typing import Any
 
 import torch
 
-from tokenreduce.tokens import Reduction
-
 
 @dataclasses.dataclass(frozen=True)
 class ReductionCall:
-    """One outermost reducer call: per-row kept/eligible counts and its wall time."""
+    """One outermost reducer call (``reduce``, or ``step`` of a layer-wise reducer) and its wall time."""
 
-    step: int
     method: str
-    kept: list[int]
-    total: list[int]
     seconds: float
 
 
@@ -41,12 +39,17 @@ def _synchronize() -> None:
 
 
 class ReductionRecorder:
-    """Record the reductions ``reducer`` makes inside ``with recorder.recording():``."""
+    """Time the calls ``reducer`` (and its steps) receive inside ``with recorder.recording():``."""
 
     def __init__(self, reducer: Any) -> None:
         self.reducer = reducer
         self.calls: list[ReductionCall] = []
         self._depth = 0
+
+    @property
+    def seconds(self) -> float:
+        """Wall time of the recorded calls."""
+        return sum(call.seconds for call in self.calls)
 
     def _targets(self) -> list[Any]:
         seen: dict[int, Any] = {}
@@ -54,7 +57,7 @@ class ReductionRecorder:
             seen.setdefault(id(target), target)
         return list(seen.values())
 
-    def _wrap(self, step: int, name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+    def _wrap(self, name: str, method: Callable[..., Any]) -> Callable[..., Any]:
         def recorded(*args: Any, **kwargs: Any) -> Any:
             outermost = self._depth == 0
             if outermost:
@@ -65,15 +68,9 @@ class ReductionRecorder:
                 result = method(*args, **kwargs)
             finally:
                 self._depth -= 1
-            if outermost and isinstance(result, Reduction):
+            if outermost:
                 _synchronize()
-                self.calls.append(ReductionCall(
-                    step=step,
-                    method=name,
-                    kept=[int(k) for k in result.kept_counts().tolist()],
-                    total=[int(n) for n in result.valid.sum(dim=1).tolist()],
-                    seconds=time.perf_counter() - start,
-                ))
+                self.calls.append(ReductionCall(method=name, seconds=time.perf_counter() - start))
             return result
 
         return recorded
@@ -84,11 +81,11 @@ class ReductionRecorder:
         self.calls = []
         patched: list[tuple[Any, str]] = []
         try:
-            for index, target in enumerate(self._targets()):
+            for target in self._targets():
                 for name in ("reduce", "step"):
                     method = getattr(target, name, None)
                     if callable(method) and name not in vars(target):
-                        setattr(target, name, self._wrap(index, name, method))
+                        setattr(target, name, self._wrap(name, method))
                         patched.append((target, name))
             yield self
         finally:
@@ -96,38 +93,38 @@ class ReductionRecorder:
                 delattr(target, name)
 
 
-def per_sample(calls: Sequence[ReductionCall], batch_size: int, one_visual_each: bool = True) -> list[dict[str, Any]]:
-    """Kept/total visual tokens and reduction seconds for each of ``batch_size`` samples of one ``generate``.
+def per_sample(video_grids: Sequence[tuple[int, tuple[int, int, int]]], kept: Sequence[torch.Tensor],
+               inserted: Sequence[int], seconds: float, batch_size: int,
+               rows_per_sample: int = 1) -> list[dict[str, Any]]:
+    """Visual tokens offered and handed on, and reduction seconds, for each of ``batch_size`` samples.
 
-    Calls form chains, one per token grid: a ``reduce`` call that does not come after the previous
-    call's step (in step order) starts a new chain; later steps and layer-wise ``step`` calls continue
-    it. A chain's total is its first call's eligible count and its kept count its last call's.
-    Rows are attributed to samples when there is one sample, or when every sample has one visual
-    (``one_visual_each``) and every chain has one row per sample; otherwise they cannot be split
-    safely (adapters batch the grids of one shape together) and are ``None``.
+    ``video_grids``, ``kept`` and ``inserted`` are the adapter session's report of one ``generate``
+    call (``session.video_grids()``, ``kept_indices()``, ``inserted_counts()``): per video, its
+    batch row and token grid, the grid indices the prefill kept, and the new tokens it inserted.
+    A sample's ``visual_tokens`` is the grid tokens of its videos, its ``kept_tokens`` the tokens
+    the language model receives in their place (kept plus inserted), ``inserted_tokens`` the new
+    ones among them. Each video counts for the sample of its row, so the counts are exact however
+    the adapter grouped the videos. With ``rows_per_sample`` rows per sample (``generate`` repeats
+    each sample ``num_beams`` times), row ``r`` is sample ``r // rows_per_sample`` and only its
+    first copy counts. A sample without a video has ``None`` counts. The reduction time of the
+    call is split evenly over the samples.
     """
-    seconds = sum(call.seconds for call in calls)
-    if not calls:
-        return [{"visual_tokens": None, "kept_tokens": None, "reduction_seconds": 0.0}
-                for _ in range(batch_size)]
-    chains: list[list[ReductionCall]] = []
-    for call in calls:
-        if not chains or (call.method == "reduce" and call.step <= chains[-1][-1].step):
-            chains.append([call])
-        else:
-            chains[-1].append(call)
-    totals = [chain[0].total for chain in chains]
-    kept = [chain[-1].kept for chain in chains]
-    if batch_size > 1 and one_visual_each and all(len(rows) == batch_size for rows in totals):
-        per_total = [sum(rows[i] for rows in totals) for i in range(batch_size)]
-        per_kept = [sum(rows[i] for rows in kept) for i in range(batch_size)]
-    elif batch_size == 1:
-        per_total, per_kept = [sum(map(sum, totals))], [sum(map(sum, kept))]
-    else:
-        per_total, per_kept = [None] * batch_size, [None] * batch_size
+    if not len(video_grids) == len(kept) == len(inserted):
+        raise ValueError(f"video_grids, kept and inserted must describe the same videos, got "
+                         f"{len(video_grids)}, {len(kept)} and {len(inserted)}")
+    counts: list[list[int] | None] = [None] * batch_size  # per sample: visual, kept, inserted
+    for (row, grid), indices, new in zip(video_grids, kept, inserted):
+        sample, copy = divmod(row, rows_per_sample)
+        if not 0 <= sample < batch_size:
+            raise ValueError(f"a video of batch row {row} lies outside {batch_size} samples "
+                             f"x {rows_per_sample} rows")
+        if copy:
+            continue
+        total = counts[sample] or [0, 0, 0]
+        counts[sample] = [total[0] + math.prod(grid), total[1] + int(indices.numel()) + new, total[2] + new]
     share = seconds / batch_size
-    return [{"visual_tokens": t, "kept_tokens": k, "reduction_seconds": share}
-            for t, k in zip(per_total, per_kept)]
+    names = ("visual_tokens", "kept_tokens", "inserted_tokens")
+    return [{**dict(zip(names, c if c is not None else [None] * 3)), "reduction_seconds": share} for c in counts]
 
 
 class ReductionLog:

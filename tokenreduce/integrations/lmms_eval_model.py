@@ -8,14 +8,22 @@ Loaded by lmms-eval through the ``lmms_eval.models`` entry point (see ``lmms_eva
 
 Each process loads the model on its own device (``accelerate`` sets one per process); lmms-eval
 shards the requests over the processes and gathers the results. Kept-token counts and reduction
-times are gathered to rank 0 and written to ``<output_path>/<model>/<time>_tokenreduce.jsonl``.
+times are gathered to rank 0 and written to ``<output_path>/<model>/<date>_tokenreduce.jsonl``, next
+to lmms-eval's ``<date>_results.json``.
+
+lmms-eval catches every ``Exception`` raised while it evaluates, logs it and exits with status 0;
+a failure of this model (loading, the reducer, the adapter, generation) is therefore raised as
+``EvaluationFailed``, a ``SystemExit``: the run stops with status 1, and a failed request also
+leaves an error record next to where the log would be.
 """
 
 from __future__ import annotations
 
 import datetime
+import json
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -59,14 +67,39 @@ def _load_model(settings: Any, device: torch.device) -> tuple[torch.nn.Module, A
     return model, processor
 
 
-def _cli_output_path() -> str | None:
-    """The ``--output_path`` of the running ``lmms_eval`` command line, if any."""
-    argv = sys.argv[1:]
-    for index, arg in enumerate(argv):
-        if arg == "--output_path" and index + 1 < len(argv):
-            return argv[index + 1]
-        if arg.startswith("--output_path="):
-            return arg.split("=", 1)[1]
+class EvaluationFailed(SystemExit):
+    """The tokenreduce model failed; the run must stop with a non-zero status.
+
+    A ``SystemExit`` on purpose: lmms-eval 0.7 wraps each evaluation in ``except Exception``, logs
+    the error and exits with status 0, which would let a broken reducer pass for a finished run.
+    The original exception is the ``__cause__``; the message (printed on exit) names it.
+    """
+
+
+def _traceback(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(exc))
+
+
+def _stop(message: str, exc: BaseException) -> EvaluationFailed:
+    """Log ``message`` with the traceback of ``exc``; the exception that ends the run."""
+    eval_logger.error(f"{message}\n{_traceback(exc)}")
+    return EvaluationFailed(message)
+
+
+def _running_evaluation() -> tuple[Any, str | None] | None:
+    """The ``EvaluationTracker`` and ``datetime_str`` of the lmms-eval ``simple_evaluate`` running this model.
+
+    lmms-eval resolves ``output_path`` from the command line and from its ``--config`` file into the
+    tracker, which writes ``<output_path>/<model>/<date_id>_results.json``; reading the tracker from
+    the calling ``simple_evaluate`` finds that folder however the path was given. ``None`` when the
+    model is called outside ``simple_evaluate``.
+    """
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "simple_evaluate" and frame.f_globals.get("__name__") == "lmms_eval.evaluator":
+            date = frame.f_locals.get("datetime_str")
+            return frame.f_locals.get("evaluation_tracker"), date if isinstance(date, str) else None
+        frame = frame.f_back
     return None
 
 
@@ -77,6 +110,12 @@ class TokenReduceLMM(lmms):
 
     def __init__(self, **model_args: Any) -> None:
         super().__init__()
+        try:
+            self._setup(model_args)
+        except Exception as exc:
+            raise _stop(f"tokenreduce: the model could not be set up: {type(exc).__name__}: {exc}", exc) from exc
+
+    def _setup(self, model_args: dict[str, Any]) -> None:
         model_args.pop("max_batch_size", None)  # lmms-eval passes it to every model; batching is fixed here
         self.args: EvalArgs = parse_model_args(model_args)
         settings = self.args.run
@@ -100,7 +139,6 @@ class TokenReduceLMM(lmms):
             "max_frames_num": settings.max_frames_num,
             "world_size": self._world_size,
         })
-        self.log_path = self._resolve_log_path()
         if self._world_size > 1 and self.accelerator.is_local_main_process:
             eval_logger.info(f"tokenreduce: data parallel over {self._world_size} processes")
 
@@ -187,16 +225,57 @@ class TokenReduceLMM(lmms):
                 kwargs["top_p"] = float(gen_kwargs["top_p"])
         return kwargs, until
 
-    def _generate(self, inputs: Any, kwargs: dict[str, Any], batch: int,
-                  one_visual_each: bool) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    def _generate(self, inputs: Any, kwargs: dict[str, Any], batch: int) -> tuple[torch.Tensor, list[dict[str, Any]]]:
         tokenizer = self.tokenizer
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         with torch.inference_mode():
             if self.reducer is None:
-                return self.model.generate(**inputs, pad_token_id=pad, **kwargs), per_sample([], batch)
-            with self.recorder.recording(), tr.apply(self.model, self.reducer):
+                return self.model.generate(**inputs, pad_token_id=pad, **kwargs), per_sample([], [], [], 0.0, batch)
+            with self.recorder.recording(), tr.apply(self.model, self.reducer) as session:
                 output = self.model.generate(**inputs, pad_token_id=pad, **kwargs)
-            return output, per_sample(self.recorder.calls, batch, one_visual_each)
+                reductions = per_sample(session.video_grids(), session.kept_indices(), session.inserted_counts(),
+                                        self.recorder.seconds, batch, rows_per_sample=kwargs["num_beams"])
+            return output, reductions
+
+    def _answer_batch(self, chunk: list[tuple[Any, ...]]) -> list[str]:
+        """Generate the answers of one batch of requests and log one record per request."""
+        contexts, gen_kwargs, doc_to_visual, doc_ids, tasks, splits = zip(*chunk)
+        prompts, images, videos = [], [], []  # videos: (frames, metadata) pairs
+        for context, to_visual, doc_id, task, split in zip(contexts, doc_to_visual, doc_ids, tasks, splits):
+            messages, sample_images, sample_videos = self._message(
+                context, self._visuals(to_visual, task, split, doc_id))
+            prompts.append(self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+            images.extend(sample_images)
+            videos.extend(sample_videos)
+        video_kwargs = {"videos": [frames for frames, _ in videos],
+                        "video_metadata": [metadata for _, metadata in videos],
+                        "do_sample_frames": False} if videos else {}
+        inputs = self.processor(text=prompts, images=images or None, padding=True, return_tensors="pt",
+                                **video_kwargs).to(self.device)
+        for key, value in inputs.items():
+            if torch.is_floating_point(value):
+                inputs[key] = value.to(self.model.dtype)
+        kwargs, until = self._generation_kwargs(gen_kwargs[0])
+        start = time.perf_counter()
+        output, reductions = self._generate(inputs, kwargs, len(prompts))
+        seconds = time.perf_counter() - start
+        prompt_length = inputs["input_ids"].shape[1]
+        texts = self.tokenizer.batch_decode(output[:, prompt_length:], skip_special_tokens=True)
+        answers = []
+        for row, (text, doc_id, task, split, reduction) in enumerate(zip(texts, doc_ids, tasks, splits, reductions)):
+            for stop in until:
+                if stop:
+                    text = text.split(stop)[0]
+            answers.append(text.strip())
+            self.log.add({
+                "task": task, "split": split, "doc_id": doc_id,
+                "prompt_tokens": int(inputs["attention_mask"][row].sum()),
+                **reduction,
+                "generate_seconds": seconds / len(prompts),
+                "rank": self.rank,
+            })
+            self.cache_hook.add_partial("generate_until", (contexts[row], gen_kwargs[row]), answers[-1])
+        return answers
 
     def generate_until(self, requests: list[Instance]) -> list[str]:
         def sort_key(args: tuple[Any, ...]) -> tuple[int, str]:
@@ -206,61 +285,58 @@ class TokenReduceLMM(lmms):
         progress = tqdm(total=len(requests), disable=self.rank != 0, desc="tokenreduce generating")
         answers: list[str] = []
         for chunk in collator.get_batched(n=self.batch_size, batch_fn=None):
-            contexts, gen_kwargs, doc_to_visual, doc_ids, tasks, splits = zip(*chunk)
-            prompts, images, videos, counts = [], [], [], []  # videos: (frames, metadata) pairs
-            for context, to_visual, doc_id, task, split in zip(contexts, doc_to_visual, doc_ids, tasks, splits):
-                messages, sample_images, sample_videos = self._message(
-                    context, self._visuals(to_visual, task, split, doc_id))
-                prompts.append(self.processor.apply_chat_template(messages, tokenize=False,
-                                                                  add_generation_prompt=True))
-                counts.append(len(sample_images) + len(sample_videos))
-                images.extend(sample_images)
-                videos.extend(sample_videos)
-            video_kwargs = {"videos": [frames for frames, _ in videos],
-                            "video_metadata": [metadata for _, metadata in videos],
-                            "do_sample_frames": False} if videos else {}
-            inputs = self.processor(text=prompts, images=images or None, padding=True, return_tensors="pt",
-                                    **video_kwargs).to(self.device)
-            for key, value in inputs.items():
-                if torch.is_floating_point(value):
-                    inputs[key] = value.to(self.model.dtype)
-            kwargs, until = self._generation_kwargs(gen_kwargs[0])
-            start = time.perf_counter()
-            output, reductions = self._generate(inputs, kwargs, len(prompts), all(c == 1 for c in counts))
-            seconds = time.perf_counter() - start
-            prompt_length = inputs["input_ids"].shape[1]
-            texts = self.tokenizer.batch_decode(output[:, prompt_length:], skip_special_tokens=True)
-            for row, (text, doc_id, task, split, reduction) in enumerate(zip(texts, doc_ids, tasks, splits, reductions)):
-                for stop in until:
-                    if stop:
-                        text = text.split(stop)[0]
-                answers.append(text.strip())
-                self.log.add({
-                    "task": task, "split": split, "doc_id": doc_id,
-                    "prompt_tokens": int(inputs["attention_mask"][row].sum()),
-                    **reduction,
-                    "generate_seconds": seconds / len(prompts),
-                    "rank": self.rank,
-                })
-                self.cache_hook.add_partial("generate_until", (contexts[row], gen_kwargs[row]), answers[-1])
-            progress.update(len(prompts))
+            try:
+                answers.extend(self._answer_batch(chunk))
+            except Exception as exc:
+                raise self._failed(exc, chunk) from exc
+            progress.update(len(chunk))
         progress.close()
         return collator.get_original(answers)
 
-    # ----- end of evaluation -------------------------------------------------------------------------
-    def _resolve_log_path(self) -> Path | None:
-        target = self.args.run.reduction_log
-        if target is None:
-            output = _cli_output_path()
-            if output is None:
-                return None
-            target = str(Path(output) / lmms_utils.sanitize_model_name(self.args.run.pretrained))
-        path = Path(target)
-        if path.suffix != ".jsonl":
-            stamp = datetime.datetime.now().strftime("%Y%m%d_%H%M%S")
-            path = path / f"{stamp}_tokenreduce.jsonl"
-        return path
+    def _failed(self, exc: Exception, chunk: list[tuple[Any, ...]]) -> EvaluationFailed:
+        """Log the failure of a batch, write its error record, and return the exception that stops the run."""
+        _, _, _, doc_ids, tasks, splits = zip(*chunk)
+        where = f"task {tasks[0]}, split {splits[0]}, doc_id(s) {list(doc_ids)}"
+        message = f"tokenreduce: generation failed on rank {self.rank} ({where}): {type(exc).__name__}: {exc}"
+        path = self.error_path()
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps({"tokenreduce_error": {
+                    **self.log.header, "rank": self.rank, "task": tasks[0], "split": splits[0],
+                    "doc_ids": list(doc_ids), "error": type(exc).__name__, "message": str(exc),
+                    "traceback": _traceback(exc),
+                }}, default=str) + "\n", encoding="utf-8")
+                message += f"; error record written to {path}"
+            except OSError as unwritable:
+                message += f"; the error record could not be written to {path} ({unwritable})"
+        return _stop(message, exc)
 
+    # ----- where the log goes --------------------------------------------------------------------------
+    def log_path(self) -> Path | None:
+        """``<output_path>/<model>/<date_id>_tokenreduce.jsonl`` beside lmms-eval's ``<date_id>_results.json``.
+
+        ``reduction_log=`` overrides it (a ``.jsonl`` file, or a folder for ``<date>_tokenreduce.jsonl``).
+        ``None`` when lmms-eval has no ``output_path`` (or the model runs outside ``simple_evaluate``).
+        """
+        running = _running_evaluation()
+        tracker, date = running if running is not None else (None, None)
+        stamp = date.replace(":", "-") if date else datetime.datetime.now().strftime("%Y%m%dT%H%M%S")
+        target = self.args.run.reduction_log
+        if target is not None:
+            path = Path(target)
+            return path if path.suffix == ".jsonl" else path / f"{stamp}_tokenreduce.jsonl"
+        if tracker is None or not tracker.output_path:
+            return None
+        folder = tracker.general_config_tracker.model_name_sanitized
+        return Path(tracker.output_path) / folder / f"{stamp}_tokenreduce.jsonl"
+
+    def error_path(self) -> Path | None:
+        """Where a failing rank writes its error record: ``<log stem>_error_rank<r>.json``."""
+        path = self.log_path()
+        return None if path is None else path.with_name(f"{path.stem}_error_rank{self.rank}.json")
+
+    # ----- end of evaluation -------------------------------------------------------------------------
     def write_reduction_log(self) -> Path | None:
         """Gather the per-sample records of every rank; rank 0 writes them. Called by ``clean``."""
         records = self.log.gathered(gather_object if self._world_size > 1 else None)
@@ -268,15 +344,20 @@ class TokenReduceLMM(lmms):
             return None
         summary = ReductionLog.summary(records)
         eval_logger.info(f"tokenreduce: {summary}")
-        if self.log_path is None:
-            eval_logger.warning("tokenreduce: no --output_path and no reduction_log=... given; "
+        path = self.log_path()
+        if path is None:
+            eval_logger.warning("tokenreduce: lmms-eval has no output_path and no reduction_log=... was given; "
                                 "per-sample kept-token counts are not written")
             return None
-        path = self.log.write(self.log_path, records)
+        path = self.log.write(path, records)
         eval_logger.info(f"tokenreduce: per-sample kept-token counts written to {path}")
         return path
 
     def clean(self) -> None:
         """lmms-eval calls this on every rank once all requests ran: write the log, then free memory."""
-        self.write_reduction_log()
+        try:
+            self.write_reduction_log()
+        except Exception as exc:
+            raise _stop(f"tokenreduce: the kept-token log could not be written: {type(exc).__name__}: {exc}",
+                        exc) from exc
         super().clean()

@@ -24,8 +24,8 @@ import torch
 
 from tokenreduce.budget import Budget, check_count, check_ratio, cost_prune_ratio
 from tokenreduce.errors import ConfigError
-from tokenreduce.interfaces import BudgetedReducer, Reducer, Signal, Stage
 from tokenreduce.graph.pruning import ImportancePruner
+from tokenreduce.interfaces import BudgetedReducer, Reducer, Signal, Stage
 from tokenreduce.pipeline import Pipeline
 from tokenreduce.registry import register_strategy
 from tokenreduce.strategies.st_simdiff_reference import STSimDiffReferenceStage1, STSimDiffReferenceStage2
@@ -50,8 +50,6 @@ class STSimDiff(BudgetedReducer):
         score: Literal[1, 2, 3] = 3
         layer: int = 2
         num_layers: int | None = None
-
-        rounding: ClassVar[str] = "ceil"
 
         def validate(self) -> None:
             super().validate()
@@ -102,8 +100,9 @@ class STSimDiff(BudgetedReducer):
         if self.config.variant == "paper":
             return [self]
         cfg = self.config
-        shared = dict(tau_sim=cfg.tau_sim, spatial=cfg.spatial, temporal=cfg.temporal, right=cfg.right,
-                      bottom=cfg.bottom, cost=cfg.reference_cost(), num_layers=cfg.num_layers)
+        shared = {"tau_sim": cfg.tau_sim, "spatial": cfg.spatial, "temporal": cfg.temporal,
+                  "right": cfg.right, "bottom": cfg.bottom, "cost": cfg.reference_cost(),
+                  "num_layers": cfg.num_layers}
         return [STSimDiffReferenceStage1(tau_diff=cfg.tau_diff, score=cfg.score, **shared),
                 STSimDiffReferenceStage2(layer=cfg.layer, **shared)]
 
@@ -129,8 +128,9 @@ class STSimDiff(BudgetedReducer):
         if cfg.cost is not None:
             layers = self._num_layers(tokens)
             if layers is None:
-                Budget(cost=cfg.cost).keep_count(1)  # raises the shared "needs num_layers" error
-            return [1 - cost_prune_ratio([], cfg.cost, layers)] * tokens.batch_size  # type: ignore[arg-type]
+                raise ConfigError(f"{cfg.name}: a cost budget needs the LLM's layer count: set num_layers "
+                                  "in the config or VisualTokens(num_layers=...) (tr.apply does)")
+            return [1 - cost_prune_ratio([], cfg.cost, layers)] * tokens.batch_size
         if cfg.count is not None:
             return [Fraction(cfg.count, max(int(n), 1)) for n in tokens.budget_counts().tolist()]
         return [cfg.ratio if cfg.ratio is not None else DEFAULT_RATIO] * tokens.batch_size
@@ -139,11 +139,11 @@ class STSimDiff(BudgetedReducer):
         valid = tokens.flat_valid()
         found = select_candidates(tokens, self.config, self.retention_rates(tokens))
         candidates = found.representatives | found.events
-        scored = tokens
-        if tokens.importance is None:  # documented fallback: events first, then centrality
-            fallback = found.centrality + 4.0 * found.events.float()
-            scored = tokens.replace(importance=fallback.reshape(tokens.features.shape[:4]))
-        keep = ImportancePruner().prune(scored, candidates, self.keep_counts(tokens))
+        if tokens.importance is not None:
+            importance = tokens.flat_importance()
+        else:  # documented fallback: events first, then centrality
+            importance = found.centrality + 4.0 * found.events.float()
+        keep = ImportancePruner().prune_scores(importance, valid, candidates, self.keep_counts(tokens))
         roles = found.roles() | torch.where(keep & ~candidates, int(Role.FILLED), 0).int()
         if tokens.importance is not None:
             roles |= torch.where(keep, int(Role.IMPORTANT), 0).int()

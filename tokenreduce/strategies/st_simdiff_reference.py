@@ -25,7 +25,12 @@ import torch
 
 from tokenreduce.budget import Budget, check_ratio, cost_prune_ratio
 from tokenreduce.errors import ConfigError
-from tokenreduce.graph.centrality import community_sums, component_scores, mean_member_similarity
+from tokenreduce.graph.centrality import (
+    CommunitySums,
+    community_sums,
+    component_scores,
+    mean_member_similarity,
+)
 from tokenreduce.graph.components import ConnectedComponents
 from tokenreduce.graph.events import TemporalDifference
 from tokenreduce.graph.segments import rank_in_community
@@ -88,9 +93,6 @@ class StageOneResult:
     merge_ratio: list[float]
     recorded: list[bool]  # False when the sample had no edge (nothing recorded upstream)
 
-    def sparsity(self, b: int) -> list[float]:
-        return [self.merge_ratio[b]] if self.recorded[b] else []
-
 
 def stage_one(tokens: VisualTokens, cfg: ReferenceFields, tau_diff: float, score: int) -> StageOneResult:
     """The official stage 1 on every sample at once."""
@@ -144,7 +146,7 @@ def within_sample_exclusive(running: torch.Tensor, sample: torch.Tensor, b: int)
     return running - first[sample]
 
 
-def m_per_token(sums, m: torch.Tensor, b: int, n: int) -> torch.Tensor:
+def m_per_token(sums: CommunitySums, m: torch.Tensor, b: int, n: int) -> torch.Tensor:
     """Long ``[B, N]``: each component member's ``m`` (0 elsewhere)."""
     out = torch.zeros(b * n, dtype=torch.long, device=m.device)
     out[sums.rows] = m[sums.segment]
