@@ -6,11 +6,11 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import tiny_vlms as tm
 import torch
+from adapter_oracle import capture_lm_inputs, layer_lengths, manual_greedy
 
 import tokenreduce as tr
-from tests.adapters import tiny_models as tm
-from tests.adapters.oracle import capture_lm_inputs, layer_lengths, manual_greedy
 from tokenreduce.adapters.probe import AttentionInputs, last_query_attention
 
 pytest.importorskip("transformers")
@@ -40,7 +40,7 @@ def _llava(build, extra):
 
 FAMILIES = {
     "qwen2_vl": _qwen(tm.qwen2_vl),
-    "qwen2_5_vl": _qwen(tm.qwen2_5_vl, encoder=False),
+    "qwen2_5_vl": _qwen(tm.qwen2_5_vl),
     "qwen3_vl": _qwen(tm.qwen3_vl, per_frame=True),
     "llava_onevision": _llava(tm.llava_onevision, 1),
     "llava_next_video": _llava(tm.llava_next_video, 0),
@@ -287,6 +287,26 @@ def test_two_videos_in_one_sample_are_reduced_separately():
         kept = session.kept_indices()
     assert [k.numel() for k in kept] == [6, 4]
     assert rec.prefill()[0] == ids.shape[1] - 6 - 4
+
+
+@pytest.mark.parametrize("family_name", ["qwen2_vl", "llava_onevision"])
+def test_beam_search_and_several_return_sequences(family_name):
+    family = FAMILIES[family_name]
+    model = family.build()
+    inputs = family.inputs(family.batch_grids)
+    options = dict(max_new_tokens=2, do_sample=False, num_beams=2, num_return_sequences=2)
+    lm = model.model.language_model
+    with torch.no_grad():
+        ref = model.generate(**inputs, **options)
+        with tr.apply(model, tr.build("keep_all")):
+            assert torch.equal(model.generate(**inputs, **options), ref)
+        with tr.apply(model, tr.build("attention_prune", ratio=0.3, layer=1)) as session:
+            with layer_lengths(lm.layers) as rec:
+                out = model.generate(**inputs, **options)
+            kept = session.kept_indices()
+    assert out.shape == ref.shape
+    assert len(kept) == 4  # 2 samples x 2 beams, each video reduced
+    assert rec.prefill()[1] < rec.prefill()[0]
 
 
 def test_video_grids_name_each_videos_sample_and_grid():

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import ClassVar
 
 import pytest
+import tiny_vlms as tm
 import torch
+from adapter_oracle import layer_lengths
 
 import tokenreduce as tr
-from tests.adapters import tiny_models as tm
-from tests.adapters.oracle import layer_lengths
 from tokenreduce.interfaces import BudgetConfig, BudgetedReducer, Signal, Stage
 from tokenreduce.selection import top_k_mask
 from tokenreduce.tokens import Reduction
@@ -37,7 +38,8 @@ class TopEncoderAttention(BudgetedReducer):
 
 
 def _oracle_signals(model, inputs, layer):
-    """Importance and keys per LLM token, from an all-pairs block-diagonal attention over patches."""
+    """Importance and keys per LLM token, from an all-pairs block-diagonal attention over patches
+    (Qwen2.5-VL: tokens found in the ViT's window order one by one)."""
     visual = model.model.visual
     attn = visual.blocks[layer].attn
     seen = {}
@@ -51,9 +53,8 @@ def _oracle_signals(model, inputs, layer):
     q, k, _ = attn.qkv(x).reshape(n, 3, heads, -1).permute(1, 0, 2, 3).unbind(0)
     keys = k.mean(dim=1)
     cos, sin = seen["position_embeddings"]
-    import transformers.models.qwen2_vl.modeling_qwen2_vl as q2
-
-    q, k = q2.apply_rotary_pos_emb_vision(q, k, cos, sin)
+    modeling = sys.modules[type(attn).__module__]
+    q, k = modeling.apply_rotary_pos_emb_vision(q, k, cos, sin)
     segment = torch.bucketize(torch.arange(n), seen["cu_seqlens"][1:], right=True)
     same = segment[:, None] == segment[None, :]
     scores = torch.einsum("qhd,khd->hqk", q, k) * attn.scaling
@@ -61,12 +62,20 @@ def _oracle_signals(model, inputs, layer):
     received = torch.zeros(n)
     for j in range(n):  # slow and obvious: mean over the queries of j's segment and heads
         received[j] = weights[:, same[:, j], j].mean()
-    return received.view(-1, 4).mean(1), keys.view(-1, 4, keys.shape[-1]).mean(1)
+    importance, keys = received.view(-1, 4).mean(1), keys.view(-1, 4, keys.shape[-1]).mean(1)
+    if getattr(visual, "window_size", None) is None:
+        return importance, keys
+    from transformers.vision_utils import get_vision_window_index
+
+    window_index, _ = get_vision_window_index(inputs["video_grid_thw"], spatial_merge_size=2,
+                                              window_size=visual.window_size, patch_size=visual.patch_size)
+    vit_position = [window_index.tolist().index(n) for n in range(window_index.numel())]
+    return importance[vit_position], keys[vit_position]
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_encoder_step_gets_vision_attention_and_prunes_llm_input(attn):
-    model = tm.qwen2_vl(attn)
+@pytest.mark.parametrize("build,attn", [(tm.qwen2_vl, "sdpa"), (tm.qwen2_vl, "eager"), (tm.qwen2_5_vl, "sdpa")])
+def test_encoder_step_gets_vision_attention_and_prunes_llm_input(build, attn):
+    model = build(attn)
     inputs = tm.qwen_inputs([(2, 4, 6)])
     importance, keys = _oracle_signals(model, inputs, -2)
     expected = top_k_mask(importance[None], torch.tensor([4]))[0]
@@ -83,11 +92,6 @@ def test_encoder_step_gets_vision_attention_and_prunes_llm_input(attn):
     assert torch.equal(kept, expected.nonzero().flatten())
     assert rec.prefill() == {0: seq - 8, 1: seq - 8, 2: seq - 8}
     assert out.shape[1] == seq + 2
-
-
-def test_encoder_stage_unsupported_model_raises():
-    with pytest.raises(NotImplementedError, match="encoder"):
-        tr.apply(tm.qwen2_5_vl(), TopEncoderAttention())
 
 
 class KeepTopAddMean(TopEncoderAttention):
@@ -158,3 +162,12 @@ def test_llava_encoder_signals_equal_eager_vision_attention(build, pool):
     torch.testing.assert_close(TopEncoderAttention.seen[-1].flat_importance()[0], expected.flatten(),
                                rtol=1e-5, atol=1e-6)
     assert rec.prefill()[0] == seq - 9
+
+
+@pytest.mark.parametrize("build,frames_or_grid", [(tm.qwen2_vl, None), (tm.llava_onevision, 3)])
+def test_encoder_steps_refuse_videos_repeated_by_generate(build, frames_or_grid):
+    model = build()
+    inputs = tm.qwen_inputs([(2, 4, 6)]) if frames_or_grid is None else tm.llava_inputs([3], 2, 1)
+    with torch.no_grad(), tr.apply(model, TopEncoderAttention(ratio=0.3)), \
+            pytest.raises(NotImplementedError, match="one to one"):
+        model.generate(**inputs, max_new_tokens=1, do_sample=False, num_beams=2)

@@ -6,11 +6,11 @@ import dataclasses
 from typing import ClassVar
 
 import pytest
+import tiny_vlms as tm
 import torch
+from adapter_oracle import layer_lengths
 
 import tokenreduce as tr
-from tests.adapters import tiny_models as tm
-from tests.adapters.oracle import layer_lengths
 from tokenreduce.interfaces import BudgetConfig, LayerwiseReducer, Signal
 from tokenreduce.tokens import Reduction
 

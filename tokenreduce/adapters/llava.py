@@ -91,7 +91,7 @@ class LlavaVideoAdapter(ModelAdapter):
         grid = torch.cat([importance[:, None], keys.transpose(1, 2)], dim=1).reshape(frames, -1, side, side)
         pooled = self.pool_grid(grid).flatten(2)  # [F, 1 + d, s*s]
         importance, keys = pooled[:, 0], pooled[:, 1:].transpose(1, 2)
-        per_video = frames // num_videos
+        per_video = max(frames // num_videos, 1)
         return [(importance[v * per_video:(v + 1) * per_video].reshape(-1),
                  keys[v * per_video:(v + 1) * per_video].reshape(-1, keys.shape[-1])) for v in range(num_videos)]
 

@@ -278,9 +278,15 @@ class ReductionSession:
         if record is None:
             raise RuntimeError("encoder steps need the vision tower to run while the reducer is applied (pass "
                                "pixel values, not features encoded before tr.apply)")
-        videos = len(self.state.visual.spans)
-        return {id(step): self.adapter.encoder_token_signals(record, encoder_layer(step), videos)
-                for step in self.encoder_steps}
+        grids = [span.grid for span in self.state.visual.spans]
+        signals = {id(step): self.adapter.encoder_token_signals(record, encoder_layer(step), len(grids))
+                   for step in self.encoder_steps}
+        for per_video in signals.values():
+            if [imp.numel() for imp, _ in per_video] != [t * h * w for t, h, w in grids]:
+                raise NotImplementedError("the vision-tower call does not match the videos of the prompt one to one "
+                                          "(generate repeats videos for beams / num_return_sequences); encoder "
+                                          "steps need one encoded video per video of the prompt")
+        return signals
 
     def _decode_lm(self, args, kwargs):
         state = self.state

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+import tiny_vlms as tm
 import torch
+from adapter_oracle import layer_lengths, manual_greedy
 
 import tokenreduce as tr
-from tests.adapters import tiny_models as tm
-from tests.adapters.oracle import layer_lengths, manual_greedy
 from tokenreduce.adapters import VisualLayout, contiguous_video, reduce_sequence
 
 pytest.importorskip("transformers")
