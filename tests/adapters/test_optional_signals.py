@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import tokenreduce as tr
-from tests.adapters import tiny_models as tm
-from tests.adapters.oracle import capture_lm_inputs
+import tiny_vlms as tm
+from adapter_oracle import capture_lm_inputs
 from tokenreduce.interfaces import BudgetConfig, BudgetedReducer, Signal, Stage
 from tokenreduce.tokens import Reduction
 
