@@ -28,7 +28,11 @@ from tokenreduce.graph.pruning import ImportancePruner
 from tokenreduce.interfaces import BudgetedReducer, Reducer, Signal, Stage
 from tokenreduce.pipeline import Pipeline
 from tokenreduce.registry import register_strategy
-from tokenreduce.strategies.st_simdiff_reference import STSimDiffReferenceStage1, STSimDiffReferenceStage2
+from tokenreduce.strategies.st_simdiff_reference import (
+    STSimDiffReferenceStage1,
+    STSimDiffReferenceStage2,
+    check_reference_tau_sim,
+)
 from tokenreduce.strategies.st_simdiff_select import SelectionFields, select_candidates
 from tokenreduce.tokens import Reduction, Role, VisualTokens
 
@@ -66,6 +70,7 @@ class STSimDiff(BudgetedReducer):
                 if self.count is not None:
                     raise ConfigError(f"{self.name}: variant='reference' uses a cost budget; give cost "
                                       "(or ratio, read as the cost), not count")
+                check_reference_tau_sim(self.tau_sim, self.name)
                 if self.reference_cost() >= 1:
                     raise ConfigError(f"{self.name}: variant='reference' needs cost < 1 (the official "
                                       f"code fails at cost >= 1), got {self.reference_cost()}")

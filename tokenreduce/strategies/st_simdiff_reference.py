@@ -57,6 +57,7 @@ class ReferenceFields(GraphFields):
                               f"code fails at cost >= 1), got {self.cost}")
         if self.num_layers is not None and self.num_layers < 2:
             raise ConfigError(f"{self.name}.num_layers must be >= 2, got {self.num_layers}")
+        check_reference_tau_sim(self.tau_sim, self.name)
 
     def layers(self, tokens: VisualTokens) -> int:
         """``num_layers`` from the config, else from the tokens; a clear error when neither has it."""
@@ -65,6 +66,15 @@ class ReferenceFields(GraphFields):
             raise ConfigError(f"{self.name} needs the LLM's layer count for its cost budget: set "
                               "num_layers in the config or VisualTokens(num_layers=...) (tr.apply does)")
         return layers
+
+
+def check_reference_tau_sim(tau_sim: float, name: str) -> None:
+    """The official code pads the similarity of a row's last token and a frame's last row with 0,
+    so a negative threshold would join them to the next row / frame (edges the grid does not
+    have): the reference variant needs ``tau_sim >= 0``."""
+    if tau_sim < 0:
+        raise ConfigError(f"{name}.tau_sim must be >= 0 for the reference variant (the official "
+                          f"code would add wrap-around edges), got {tau_sim}")
 
 
 def reference_edges(graph: TokenGraph, cfg: GraphFields) -> torch.Tensor:
