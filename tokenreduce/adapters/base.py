@@ -59,6 +59,13 @@ class ModelAdapter:
     def attention_of(self, layer: nn.Module) -> nn.Module:
         return layer.self_attn
 
+    def post_attention_norm_of(self, layer: nn.Module) -> nn.Module:
+        """The norm a decoder layer applies to ``residual + attention`` before its MLP."""
+        return layer.post_attention_layernorm
+
+    def mlp_of(self, layer: nn.Module) -> nn.Module:
+        return layer.mlp
+
     def language_model_device(self) -> torch.device:
         return next(self.language_model.parameters()).device
 
