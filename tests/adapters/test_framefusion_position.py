@@ -159,3 +159,30 @@ def test_framefusion_between_layers_is_a_different_model():
 def test_position_is_validated():
     with pytest.raises(tr.ConfigError, match="position"):
         tr.build("framefusion", position="after_mlp")
+
+
+def test_recorded_hidden_states_are_the_reduced_layer_outputs():
+    """``output_hidden_states`` (recorded by transformers' own hooks, installed on a first forward
+    before ``tr.apply``) holds what each layer really returned, mid-layer reductions included."""
+    model = tm.qwen2_vl(num_layers=NUM_LAYERS)
+    inputs = tm.qwen_inputs([GRID])
+    lm = model.model.language_model
+    outputs = {}
+    with torch.no_grad():
+        model(**inputs, output_hidden_states=True)
+        with tr.apply(model, tr.build("framefusion", **CONFIG)):
+            recorded = model(**inputs, output_hidden_states=True).hidden_states
+            handles = [layer.register_forward_hook(lambda m, a, o, i=i: outputs.__setitem__(i, o.clone()))
+                       for i, layer in enumerate(lm.layers)]
+            model(**inputs)
+            for handle in handles:
+                handle.remove()
+    oracle = FrameFusionOracle(model, inputs, tr.build("framefusion", **CONFIG))
+    with torch.no_grad():
+        oracle.last_logits([])
+    # a layer returns what its own mid-layer step left, i.e. what the next layer receives
+    expected = [oracle.lengths[i + 1] for i in range(NUM_LAYERS - 1)] + [oracle.lengths[NUM_LAYERS - 1]]
+    assert [outputs[i].shape[1] for i in range(NUM_LAYERS)] == expected
+    assert expected[0] < oracle.lengths[0]  # layer 0 shrank its sequence inside
+    for i in range(NUM_LAYERS - 1):  # the last entry is after the final norm
+        assert torch.equal(recorded[i + 1], outputs[i])

@@ -406,7 +406,8 @@ class ReductionSession:
         norm, mlp = self.adapter.post_attention_norm_of(layer), self.adapter.mlp_of(layer)
         self._handles.append(norm.register_forward_pre_hook(self._mid_reduce_hook(index)))
         self._handles.append(mlp.register_forward_hook(self._mid_mlp_hook))
-        self._handles.append(layer.register_forward_hook(self._mid_output_hook))
+        # prepend: hooks installed earlier (transformers records layer outputs with hooks) see the real output
+        self._handles.append(layer.register_forward_hook(self._mid_output_hook, prepend=True))
 
     def _mid_reduce_hook(self, index: int):
         def hook(module, args):
