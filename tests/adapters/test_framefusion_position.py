@@ -30,7 +30,8 @@ CONFIG = {"cost": 0.5, "similarity_lower_bound": 0.2, "ratio_lower_bound": 0.1}
 
 
 class FrameFusionOracle:
-    """Uncached decoder run of one sample (no padding) with FrameFusion at the official points."""
+    """Uncached decoder run of one sample (no padding) with FrameFusion at the official points
+    (or, for ``position="before_layer"``, after each layer's MLP)."""
 
     def __init__(self, model, inputs, reducer):
         self.model = model
@@ -93,10 +94,13 @@ class FrameFusionOracle:
                                                     position_embeddings=pe, position_ids=None,
                                                     past_key_values=None)
                 s = h + attended
-                if index + 1 < NUM_LAYERS:
-                    importance = weights[0, :, -1].mean(dim=0)
+                importance = weights[0, :, -1].mean(dim=0)
+                mid_layer = self.reducer.config.position == "after_attention"
+                if index + 1 < NUM_LAYERS and mid_layer:
                     s, alive = self._merge_point(index + 1, state, s, alive, importance)
                 h = s + layer.mlp(layer.post_attention_layernorm(s))
+                if index + 1 < NUM_LAYERS and not mid_layer:  # between the layers, after the MLP
+                    h, alive = self._merge_point(index + 1, state, h, alive, importance)
         finally:
             lm.config._attn_implementation = implementation
         return self.model.lm_head(lm.norm(h[:, -1]))[0]
@@ -111,22 +115,23 @@ class FrameFusionOracle:
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_framefusion_after_attention_matches_official_placement_oracle(attn):
+@pytest.mark.parametrize("position", ["after_attention", "before_layer"])
+def test_framefusion_matches_uncached_oracle_at_its_position(attn, position):
     model = tm.qwen2_vl(attn, num_layers=NUM_LAYERS)
     inputs = tm.qwen_inputs([GRID])
     lm = model.model.language_model
-    reducer = tr.build("framefusion", **CONFIG)
-    assert reducer.config.position == "after_attention"  # the official point is the default
+    reducer = tr.build("framefusion", position=position, **CONFIG)
+    assert tr.build("framefusion").config.position == "after_attention"  # the official point is the default
     oracle = FrameFusionOracle(model, inputs, reducer)
     with torch.no_grad():
         ref_tokens, ref_logits = oracle.greedy(4)
     roles = {point: roles for point, (_, _, roles) in oracle.decisions.items()}
-    # the case exercises a merge inside a layer (point >= 1) and an attention prune inside a layer
+    # the case exercises a merge and an attention prune at merge points >= 1 (inside a layer or between)
     assert any(bool((r & int(tr.Role.ABSORBED)).any()) for p, r in roles.items() if p >= 1)
     assert any(bool((r & int(tr.Role.IMPORTANT)).any()) for p, r in roles.items() if p >= 1)
 
     seq = inputs["input_ids"].shape[1]
-    with torch.no_grad(), tr.apply(model, tr.build("framefusion", **CONFIG)):
+    with torch.no_grad(), tr.apply(model, tr.build("framefusion", position=position, **CONFIG)):
         with layer_lengths(lm.layers) as rec:
             out = model.generate(**inputs, max_new_tokens=4, do_sample=False, output_logits=True,
                                  return_dict_in_generate=True)
@@ -135,8 +140,8 @@ def test_framefusion_after_attention_matches_official_placement_oracle(attn):
     assert out.sequences[0, seq:].tolist() == ref_tokens
     torch.testing.assert_close(torch.stack(out.logits, dim=1)[0], ref_logits, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(prefill.logits[0, -1], ref_logits[0], rtol=1e-4, atol=1e-5)
-    # each layer's cache holds every token that layer attended over (layer l keeps the tokens its
-    # own mid-layer step dropped)
+    # each layer's cache holds every token that layer attended over (after_attention: layer l keeps
+    # the tokens its own mid-layer step dropped)
     cache = prefill.past_key_values
     assert {i: cache.layers[i].keys.shape[-2] for i in range(NUM_LAYERS)} == oracle.lengths
 
