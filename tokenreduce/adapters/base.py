@@ -59,6 +59,13 @@ class ModelAdapter:
     def attention_of(self, layer: nn.Module) -> nn.Module:
         return layer.self_attn
 
+    def post_attention_norm_of(self, layer: nn.Module) -> nn.Module:
+        """The norm a decoder layer applies to ``residual + attention`` before its MLP."""
+        return _child(layer, "post_attention_layernorm")
+
+    def mlp_of(self, layer: nn.Module) -> nn.Module:
+        return _child(layer, "mlp")
+
     def language_model_device(self) -> torch.device:
         return next(self.language_model.parameters()).device
 
@@ -128,6 +135,15 @@ class ModelAdapter:
             self.capture = None
 
         return [undo]
+
+
+def _child(layer: nn.Module, name: str) -> nn.Module:
+    module = getattr(layer, name, None)
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"{type(layer).__name__} has no {name}: steps with position='after_attention' need "
+                        "Llama/Qwen-style decoder layers (attention, residual, post_attention_layernorm, mlp, "
+                        "residual); use position='before_layer'")
+    return module
 
 
 def spans_from_token_runs(input_ids: torch.Tensor, token_id: int, grids: list[tuple[int, int, int]],

@@ -9,7 +9,12 @@ One ``ReductionSession`` drives one reducer on one model through forward hooks:
   the 2-D mask is sliced to the pruned cache;
 * on each decoder layer: in-LLM steps run before layer K with the probe of layer K-1, the hidden
   states shrink and every later layer gets the matching mask and rotary embeddings; during
-  decoding these layers get masks sized to their shorter cache.
+  decoding these layers get masks sized to their shorter cache;
+* inside a decoder layer, for steps whose ``position`` is ``"after_attention"`` (FrameFusion): a
+  pre-hook on layer K-1's post-attention norm reduces ``residual + attention`` with layer K-1's
+  probe, so its MLP runs on the kept tokens only; a hook on the MLP hands the layer a zero to add
+  to its (full-length) residual and a hook on the layer returns ``reduced + MLP output``, exactly
+  what the layer computes for the reduced tokens. Layer K-1's cache keeps every token it saw.
 
 Kept tokens keep their original position ids, so generated tokens continue from the original
 length. A step that drops nothing changes nothing: ``keep_all`` runs the unmodified model.
@@ -27,7 +32,7 @@ from tokenreduce.adapters.llm_input import reduce_llm_input
 from tokenreduce.adapters.masks import causal_mask_for
 from tokenreduce.adapters.probe import AttentionInputs, last_query_attention
 from tokenreduce.adapters.steps import SequenceEdit, VideoGroup, run_steps, video_groups
-from tokenreduce.interfaces import LayerwiseReducer, Reducer, Stage
+from tokenreduce.interfaces import LayerwiseReducer, Reducer, Stage, in_llm_position
 
 POSITION_POLICIES = ("original", "contiguous")
 
@@ -60,7 +65,10 @@ class ForwardState:
     decoded: int = 0
     tail_valid: torch.Tensor | None = None
     probe_inputs: dict[int, AttentionInputs] = field(default_factory=dict)
+    importance: dict[int, torch.Tensor] = field(default_factory=dict)  # probe results by layer
     layer_counts: dict[int, int] = field(default_factory=dict)  # sequence length each layer saw
+    layer_kwargs: dict[str, Any] | None = None  # what the running decoder layer received
+    mid: list[torch.Tensor] = field(default_factory=list)  # [reduced residual, MLP output] inside a layer
 
 
 class ReductionSession:
@@ -91,6 +99,7 @@ class ReductionSession:
         self.encoder_steps: list[Reducer] = []
         self.pre_steps: list[Reducer] = []
         self.in_steps: dict[int, list[Reducer]] = {}
+        self.after_attention: set[int] = set()  # id() of in-LLM steps running after the attention block
         for step in reducer.steps():
             self._schedule(step)
         self.layerwise_from = min((s.layer for s in reducer.steps() if isinstance(s, LayerwiseReducer)),
@@ -121,6 +130,8 @@ class ReductionSession:
             raise ValueError(f"{step.registered_name or type(step).__name__}.layer must be in [{first}, "
                              f"{self.num_layers - 1}] for a decoder with {self.num_layers} layers, got {layer}")
         self.in_steps.setdefault(layer, []).append(step)
+        if in_llm_position(step) == "after_attention":
+            self.after_attention.add(id(step))
 
     # ----- install / remove ------------------------------------------------------------------
     def attach(self) -> None:
@@ -135,6 +146,8 @@ class ReductionSession:
                 self._handles.append(layer.register_forward_pre_hook(self._layer_hook(index), with_kwargs=True))
                 attention = self.adapter.attention_of(layer)
                 self._handles.append(attention.register_forward_pre_hook(self._probe_hook(index), with_kwargs=True))
+                if self.after_attention:
+                    self._attach_mid_layer(index, layer)
         except BaseException:
             self.detach()
             raise
@@ -220,6 +233,7 @@ class ReductionSession:
             state.cache = getattr(output, "past_key_values", None)
             state.decoded = 0
             state.probe_inputs.clear()
+            state.importance.clear()
             state.current = None
         elif state is not None and self._phase == "decode":
             call = dict(kwargs)
@@ -339,6 +353,10 @@ class ReductionSession:
         return state is not None and any(
             not getattr(s, "done", False) for g in state.groups for s in g.layerwise.values())
 
+    def _runs_mid_layer(self, step: Reducer, layer: int) -> bool:
+        """Step ``layer`` of ``step`` runs inside layer ``layer - 1``, after its attention block."""
+        return layer >= 1 and id(step) in self.after_attention
+
     def _steps_at(self, layer: int) -> list[tuple[Reducer, int]]:
         steps = [(s, layer) for s in self.in_steps.get(layer, [])]
         if self.layerwise_from is not None and layer > self.layerwise_from and self._layerwise_active():
@@ -350,13 +368,11 @@ class ReductionSession:
     def _prefill_layer(self, index: int, args, kwargs):
         state = self.state
         hidden = args[0] if args else kwargs["hidden_states"]
-        steps = self._steps_at(index)
+        steps = [(s, layer) for s, layer in self._steps_at(index) if not self._runs_mid_layer(s, layer)]
+        state.layer_kwargs = kwargs
         if steps:
             current = state.current.layout if state.current is not None else state.lm_layout
-            importance = None
-            if index - 1 in state.probe_inputs:
-                importance = last_query_attention(self.adapter.attention_of(self.adapter.layers[index - 1]),
-                                                  state.probe_inputs.pop(index - 1), self.probe_queries).mean(dim=1)
+            importance = self._probe_importance(index - 1)
             edit = run_steps(steps, state.groups, hidden, current, importance=importance,
                              num_layers=self.num_layers)
             hidden = self._apply_in_llm(edit, current, hidden, kwargs)
@@ -369,10 +385,63 @@ class ReductionSession:
         kwargs["position_embeddings"] = state.current.position_embeddings
         if kwargs.get("position_ids") is not None:
             kwargs["position_ids"] = state.current.position_ids
+        state.layer_kwargs = kwargs
         if args:
             return (hidden, *args[1:]), kwargs
         kwargs["hidden_states"] = hidden
         return args, kwargs
+
+    def _probe_importance(self, layer: int) -> torch.Tensor | None:
+        """``[B, L]`` head-averaged probe of decoder layer ``layer``, if it was recorded (computed once,
+        for the steps after that layer's attention and those before the next layer alike)."""
+        state = self.state
+        inputs = state.probe_inputs.pop(layer, None)
+        if inputs is not None:
+            attention = self.adapter.attention_of(self.adapter.layers[layer])
+            state.importance[layer] = last_query_attention(attention, inputs, self.probe_queries).mean(dim=1)
+        return state.importance.get(layer)
+
+    # ----- inside a decoder layer (steps at "after_attention") ---------------------------------
+    def _attach_mid_layer(self, index: int, layer) -> None:
+        norm, mlp = self.adapter.post_attention_norm_of(layer), self.adapter.mlp_of(layer)
+        self._handles.append(norm.register_forward_pre_hook(self._mid_reduce_hook(index)))
+        self._handles.append(mlp.register_forward_hook(self._mid_mlp_hook))
+        # prepend: hooks installed earlier (transformers records layer outputs with hooks) see the real output
+        self._handles.append(layer.register_forward_hook(self._mid_output_hook, prepend=True))
+
+    def _mid_reduce_hook(self, index: int):
+        def hook(module, args):
+            state = self.state
+            if self._phase != "prefill" or index + 1 >= self.num_layers:
+                return None
+            steps = [(s, layer) for s, layer in self._steps_at(index + 1) if self._runs_mid_layer(s, layer)]
+            if not steps:
+                return None
+            residual = args[0]
+            current = state.current.layout if state.current is not None else state.lm_layout
+            edit = run_steps(steps, state.groups, residual, current, importance=self._probe_importance(index),
+                             num_layers=self.num_layers)
+            reduced = self._apply_in_llm(edit, current, residual, state.layer_kwargs)
+            if reduced is residual:
+                return None
+            state.mid = [reduced]
+            return (reduced, *args[1:])
+        return hook
+
+    def _mid_mlp_hook(self, module, args, output):
+        state = self.state
+        if self._phase != "prefill" or len(state.mid) != 1:
+            return None
+        state.mid.append(output)
+        return output.new_zeros(())  # the layer adds it to its full-length residual; its output is replaced
+
+    def _mid_output_hook(self, module, args, output):
+        state = self.state
+        if self._phase != "prefill" or not state.mid:
+            return None
+        reduced, mlp_output = state.mid
+        state.mid = []
+        return reduced + mlp_output
 
     def _apply_in_llm(self, edit: SequenceEdit, layout: SequenceLayout, hidden: torch.Tensor, kwargs) -> torch.Tensor:
         if edit.extras:

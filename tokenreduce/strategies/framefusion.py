@@ -21,10 +21,11 @@ The official schedule (thu-nics/FrameFusion, ``framefusion/main.py``), per sampl
 
 Adapters drive it with ``start``/``step`` (see ``LayerwiseReducer``): ``step(state, 0, tokens)``
 before decoder layer 0 on the input embeddings, then ``step(state, l, tokens)`` for l = 1, 2, ...
-with the current hidden states -- the official placement is right after decoder layer l-1's
-attention block (before its MLP) -- and, when ``state.wants_importance``, the last-query
-attention of layer l-1 as ``importance``. ``reduce(tokens)`` runs the same schedule on fixed
-features and importance.
+with the current hidden states and, when ``state.wants_importance``, the last-query attention of
+layer l-1 as ``importance``. With ``position="after_attention"`` (the default, as upstream) step
+l runs inside layer l-1, right after its attention block (residual added) and before its MLP;
+``"before_layer"`` runs it between the layers, after layer l-1's MLP. ``reduce(tokens)`` runs
+the same schedule on fixed features and importance.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import torch
 from tokenreduce.budget import check_ratio, cost_prune_ratio, scaled_count
 from tokenreduce.config import Config
 from tokenreduce.errors import ConfigError, MissingSignalError
-from tokenreduce.interfaces import LayerwiseReducer, Signal
+from tokenreduce.interfaces import IN_LLM_POSITIONS, LayerwiseReducer, Signal
 from tokenreduce.pipeline import combine
 from tokenreduce.registry import register_strategy
 from tokenreduce.selection import top_k_mask
@@ -118,7 +119,8 @@ class FrameFusion(LayerwiseReducer):
     Parameters: ``cost`` (the FLOP-style budget, default 0.3), ``similarity_lower_bound``
     (default 0.6), ``ratio_lower_bound`` (default 0.1), ``num_layers`` (the LLM's layer count
     used by the cost formula; default: ``VisualTokens.num_layers``), ``layer`` (the first merge
-    point, default 0 = before the first decoder layer).
+    point, default 0 = before the first decoder layer), ``position`` (where a model runs merge
+    points >= 1: ``"after_attention"`` of the previous layer, default, or ``"before_layer"``).
     """
 
     requires = frozenset({Signal.IMPORTANCE})
@@ -130,6 +132,7 @@ class FrameFusion(LayerwiseReducer):
         ratio_lower_bound: float = 0.1
         num_layers: int | None = None
         layer: int = 0
+        position: str = "after_attention"
 
         def validate(self) -> None:
             check_ratio(self.cost, f"{self.name}.cost")
@@ -142,6 +145,8 @@ class FrameFusion(LayerwiseReducer):
                 raise ConfigError(f"{self.name}.num_layers must be >= 1, got {self.num_layers}")
             if self.layer < 0:
                 raise ConfigError(f"{self.name}.layer must be >= 0, got {self.layer}")
+            if self.position not in IN_LLM_POSITIONS:
+                raise ConfigError(f"{self.name}.position must be one of {IN_LLM_POSITIONS}, got {self.position!r}")
 
     # ----- schedule ------------------------------------------------------------------------
     def start(self, tokens: VisualTokens) -> FrameFusionState:

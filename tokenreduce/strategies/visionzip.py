@@ -20,8 +20,10 @@ Output: the dominant patches are kept in place (``keep_mask``, original order); 
 tokens are new tokens in ``Reduction.extra`` ``[B, T * contextual, D]``: slot ``e`` is target
 ``e % contextual`` of frame ``e // contextual``, and ``extra_valid`` marks the slots a small frame
 does not fill (an adapter that wants upstream's per-image order ``[CLS, dominant, contextual]``
-interleaves by frame). The CLS token is not on the grid: an adapter keeps it in front of each
-frame's tokens when ``info["cls_token"]``.
+interleaves by frame). The CLS token is not on the grid; ``info["cls_token"]`` says it counted as
+a dominant token. The supported models have no CLS token in their LLM input (HF LLaVA drops it
+before the projector), so there a frame reaches the LLM as ``dominant - 1`` patches plus the
+contextual tokens (``dominant`` patches with ``cls_token=False``).
 
 Small frames clip: a frame with ``v`` valid patches keeps ``min(dominant - 1, v)`` (or
 ``min(dominant, v)`` without CLS) and makes ``min(contextual, M)`` contextual tokens: when ``M <
