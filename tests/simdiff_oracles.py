@@ -57,7 +57,7 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float | None:
 def grid_pairs(t: int, h: int, w: int):
     """(earlier, later, kind, direction) for every neighbour pair of the grid, kind in
     {"spatial", "temporal"}, direction in {"right", "bottom", "temporal"}."""
-    idx = lambda f, r, c: f * h * w + r * w + c  # noqa: E731
+    idx = lambda f, r, c: f * h * w + r * w + c
     for f in range(t):
         for r in range(h):
             for c in range(w):
@@ -155,9 +155,8 @@ def reference_stage1(x: torch.Tensor, valid: list[bool], grid, *, cost, num_laye
                 events.add(b)
             if temporal and c >= tau_sim:
                 edges.append((a, b))
-        elif spatial and (right if direction == "right" else bottom):
-            if (0.0 if c is None else c) > tau_sim:
-                edges.append((a, b))
+        elif spatial and (right if direction == "right" else bottom) and (0.0 if c is None else c) > tau_sim:
+            edges.append((a, b))
     if not edges:
         return set(), []
     uf = UnionFind({v for e in edges for v in e})

@@ -68,3 +68,14 @@ def test_matches_oracle_with_padding(ratio):
     assert torch.equal(red.kept_counts(), reducer.planned_counts(tokens))
     whole = tr.build("fastervlm", ratio=ratio, per_frame=False)(tokens)
     assert torch.equal(whole.keep_mask, tr.build("attention_prune", ratio=ratio)(tokens).keep_mask)
+
+
+def test_count_per_frame_as_upstream_video_path():
+    # upstream's video path: topk(visual_token_num) in every frame of the (heads-averaged) attention
+    g = torch.Generator().manual_seed(5)
+    importance = torch.rand(2, 8, 6, 6, generator=g, dtype=torch.float64)
+    tokens = tr.VisualTokens(torch.randn(2, 8, 6, 6, 3, generator=g), importance=importance)
+    red = tr.build("fastervlm", count=8 * 7)(tokens)
+    expected = torch.zeros(2, 8, 36, dtype=torch.bool)
+    expected.scatter_(2, importance.reshape(2, 8, 36).topk(7, dim=2).indices, True)
+    assert torch.equal(red.keep_mask, expected.reshape(2, -1))

@@ -83,3 +83,12 @@ def test_bad_configs_name_the_field():
         tr.build("fastv", layer=0)
     with pytest.raises(tr.MissingSignalError, match="importance"):
         tr.build("fastv")(tr.VisualTokens(torch.randn(1, 1, 2, 2, 3)))
+
+
+def test_float64_scores_rank_in_their_own_precision():
+    # upstream's topk ranks the attention in its own dtype: 1 + 1e-12 beats 1.0 in float64,
+    # although both are 1.0 in float32 (where the lower index would win the tie)
+    importance = torch.tensor([1.0, 1.0 + 1e-12, 0.5], dtype=torch.float64).reshape(1, 1, 1, 3)
+    tokens = tr.VisualTokens(torch.randn(1, 1, 1, 3, 2, dtype=torch.float64), importance=importance)
+    assert tr.build("fastv", count=1)(tokens).keep_indices(0).tolist() == [1]
+    assert importance.flatten().topk(1).indices.tolist() == [1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import random
@@ -128,7 +129,10 @@ def video(seed, t=6, h=3, w=3, dim=8, noise=0.35):
     return torch.cat(frames).unsqueeze(0)
 
 
+@functools.cache
 def run_both(seed, cost, threshold, lower_bound, num_layers, noise):
+    """Drive tokenreduce and the oracle side by side; assert equality at every step; return the
+    oracle's events."""
     features = video(seed, noise=noise)
     _, t, h, w, dim = features.shape
     mats, queries = layer_maps(dim, num_layers, seed + 1000)
@@ -329,3 +333,108 @@ def test_documented_driving_loop_runs():
     exec(compile(block, "strategies.md", "exec"), namespace)  # noqa: S102
     assert namespace["state"].done
     assert int(namespace["valid"].sum()) < 36
+
+
+def test_top_k_branch_ranks_float64_similarities_exactly():
+    # unit vectors at 0, 2e-6, 3e-6 and 0.3 + 3e-6 rad: similarities cos(2e-6) < cos(1e-6) (both 1.0
+    # in float32) and cos(0.3). cost 0.6 gives s_max = 0.4 <= above = 3/4, so int(0.4 * 4) = 1 token
+    # merges: upstream's topk on the float64 similarities picks token 2 (into token 1).
+    angles = [0.0, 2e-6, 3e-6, 0.3 + 3e-6]
+    x = torch.tensor([[math.cos(a), math.sin(a)] for a in angles], dtype=torch.float64).reshape(1, 4, 1, 1, 2)
+    red = tr.build("framefusion", cost=0.6)(tr.VisualTokens(x, importance=torch.zeros(1, 4, 1, 1), num_layers=28))
+    assert red.keep_indices(0).tolist() == [0, 1, 3]
+    torch.testing.assert_close(red.features[0, 1], x[0, 1:3].mean(dim=0).flatten())
+    oracle = OracleFrameFusion(enumerate(x.reshape(4, 2).tolist()), 1, 0.6, 0.6, 0.1, 28)
+    oracle.point({})
+    assert oracle.events == ["top-k"] and [tok[0] for tok in oracle.tokens] == [0, 1, 3]
+
+
+# ----- a second, independent oracle: upstream's tensor steps on a text + video sequence ----------
+def literal_official_framefusion(features, importance, cost, threshold, lower_bound, num_layers, prefix=3, suffix=2):
+    """thu-nics/FrameFusion ``FrameFusion.forward`` step by step on one sequence ``[text, video, text]``
+    (batch 1, fixed hidden states): patch types, the by-patch order from ``torch.where``, the
+    similarity chain with -2 across patches, runs of marked tokens in that order merged by adding
+    the members into the token before the run and dividing, pruning by ``round(n * (1 - p))``.
+    Returns the kept video tokens' flat indices (ascending) and their hidden states."""
+    _, t, h, w, dim = features.shape
+    patches = h * w
+    g = torch.Generator().manual_seed(99)
+    hidden = torch.cat([torch.randn(prefix, dim, generator=g, dtype=features.dtype), features.reshape(-1, dim),
+                        torch.randn(suffix, dim, generator=g, dtype=features.dtype)])
+    patch_type = torch.tensor([-1] * prefix + list(range(patches)) * t + [-1] * suffix)
+    origin = torch.tensor([-1] * prefix + list(range(t * patches)) + [-1] * suffix)
+    image_length, original_length = t * patches, hidden.shape[0]
+    sparsity, finish_merging, finish_pruning = [], False, False
+    for _ in range(num_layers):
+        if finish_pruning:
+            break
+        if finish_merging and not finish_pruning:
+            n = image_length - (original_length - hidden.shape[0])
+            scores = importance.flatten()[origin[prefix:prefix + n]]
+            p = oracle_prune_ratio(sparsity, cost, num_layers)
+            top = scores.topk(max(1, round(n * (1 - p)))).indices + prefix
+            keep = torch.cat([torch.arange(prefix), top, torch.arange(prefix + n, hidden.shape[0])]).sort().values
+            hidden, patch_type, origin = hidden[keep], patch_type[keep], origin[keep]
+            finish_pruning = True
+        if not finish_merging:
+            upper = oracle_prune_ratio(sparsity, cost, num_layers)
+            by_type, by_index = torch.where(patch_type == torch.arange(patches)[:, None])
+            a, b = hidden[by_index[:-1]], hidden[by_index[1:]]
+            similarity = (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))
+            similarity[by_type[:-1] != by_type[1:]] = -2
+            similarity = torch.cat([torch.tensor([-2.0], dtype=similarity.dtype), similarity])
+            n = int((patch_type != -1).sum())
+            merge_index = torch.where(similarity >= threshold)[0]
+            above = merge_index.shape[0] / n
+            if above < upper:
+                sparsity.append(above)
+                finish_merging = above < lower_bound
+            else:
+                merge_index = similarity.topk(int(upper * n)).indices.sort().values
+                finish_merging = finish_pruning = True
+            marked = torch.zeros(similarity.shape[0], dtype=torch.bool)
+            marked[merge_index] = True
+            keep = torch.ones(hidden.shape[0], dtype=torch.bool)
+            position = 0
+            while position < marked.shape[0]:  # runs of marked entries in the by-patch order
+                if not marked[position]:
+                    position += 1
+                    continue
+                end = position
+                while end + 1 < marked.shape[0] and marked[end + 1]:
+                    end += 1
+                anchor, members = by_index[position - 1], by_index[position:end + 1]
+                hidden[anchor] = (hidden[anchor] + hidden[members].sum(dim=0)) / (members.shape[0] + 1)
+                keep[members] = False
+                position = end + 1
+            hidden, patch_type, origin = hidden[keep], patch_type[keep], origin[keep]
+    video = origin >= 0
+    return origin[video].tolist(), hidden[video]
+
+
+@functools.cache
+def compare_with_upstream_steps(seed):
+    """Run tokenreduce and the tensor-step oracle on one random case; return tokenreduce's result."""
+    rng = random.Random(seed)
+    t, h, w, dim = rng.randint(2, 6), rng.randint(1, 3), rng.randint(1, 3), rng.randint(2, 6)
+    x = video(seed, t=t, h=h, w=w, dim=dim, noise=[0.1, 0.3, 0.6, 1.0][seed % 4])
+    importance = torch.rand(1, t, h, w, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    cost, threshold, layers = [0.3, 0.5, 0.7][seed % 3], [0.6, 0.8, 0.9][seed % 3], rng.choice([4, 8, 28])
+    red = tr.build("framefusion", cost=cost, similarity_lower_bound=threshold, num_layers=layers)(
+        tr.VisualTokens(x, importance=importance))
+    kept, hidden = literal_official_framefusion(x, importance, cost, threshold, 0.1, layers)
+    assert red.keep_indices(0).tolist() == kept
+    torch.testing.assert_close(red.features[0, red.keep_indices(0)], hidden)
+    return red
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_matches_upstream_tensor_steps_with_text_tokens(seed):
+    compare_with_upstream_steps(seed)
+
+
+def test_upstream_step_cases_cover_merging_top_k_and_pruning():
+    results = [compare_with_upstream_steps(seed) for seed in range(8)]
+    assert any(r.info["sparsity"] == [[]] for r in results)  # the top-k branch at the first point
+    assert any(len(r.info["sparsity"][0]) >= 2 and r.info["sparsity"][0][0] > 0 for r in results)
+    assert any((r.roles & int(Role.IMPORTANT)).any() for r in results)  # pruning by attention

@@ -9,8 +9,7 @@ from hypothesis import strategies as st
 from simdiff_oracles import cosine, grid_pairs
 
 import tokenreduce as tr
-from tokenreduce.graph import EdgeKind, SpatioTemporalGraphBuilder
-from tokenreduce.graph import blocked
+from tokenreduce.graph import EdgeKind, SpatioTemporalGraphBuilder, blocked
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -82,21 +81,22 @@ def test_blocked_kernels_across_block_boundaries(monkeypatch):
     g = torch.Generator().manual_seed(1)
     flat = torch.randn(50, 5, generator=g)
     flat[13] = 0
-    dots = blocked.shifted_dots(flat, [1, 6, 49, 60])
+    inverse, dots = blocked.norms_and_shifted_dots(flat, [1, 6, 49, 60])
     for k in (1, 6, 49):
         torch.testing.assert_close(dots[k], (flat[:-k] * flat[k:]).sum(1))
     assert dots[60].numel() == 0
-    inverse = blocked.inverse_norms(flat)
     assert inverse[13] == 0
     torch.testing.assert_close(inverse[:13], 1 / flat[:13].norm(dim=1))
-    rows = torch.tensor([0, 3, 4, 9, 20, 33, 34, 49])
-    segment = torch.tensor([0, 1, 0, 2, 1, 2, 2, 0])
-    sums = blocked.segment_sums(flat, inverse, rows, segment, 3)
+    segment = torch.randint(0, 4, (50,), generator=g)  # 3 = in no segment
+    sums = blocked.segment_sums(flat, inverse, segment, 3)
     normalised = flat * inverse[:, None]
+    assert sums.shape == (3, 5)
     for s in range(3):
-        torch.testing.assert_close(sums[s], normalised[rows[segment == s]].sum(0))
-    dots_s = blocked.dots_with_segment_sums(flat, inverse, rows, segment, sums)
-    torch.testing.assert_close(dots_s, (normalised[rows] * sums[segment]).sum(1))
+        torch.testing.assert_close(sums[s], normalised[segment == s].sum(0))
+    dots_s = blocked.dots_with_segment_sums(flat, inverse, segment, sums)
+    padded = torch.cat([sums, torch.zeros(1, 5)])
+    torch.testing.assert_close(dots_s, (normalised * padded[segment]).sum(1))
+    assert bool((dots_s[segment == 3] == 0).all())
 
 
 def test_graph_of_degenerate_grids_has_no_edges():

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import tokenreduce as tr
 from tokenreduce.strategies.prumerge_plus import outlier_counts
@@ -179,3 +180,65 @@ def test_config_and_signals():
     assert reducer(tokens).extra is None
     with pytest.raises(tr.MissingSignalError, match="keys"):
         reducer(tr.VisualTokens(torch.randn(1, 1, 3, 3, 2), importance=torch.rand(1, 1, 3, 3)))
+
+
+def test_float64_keys_choose_neighbours_in_their_own_precision():
+    # one neighbour; keys of patches 1 and 2 at angles 2e-6 and 1e-6 from patch 0's: patch 2 is
+    # the nearer in float64 (the two cosines are both 1.0 in float32, where patch 1 would win)
+    angles = [0.0, 2e-6, 1e-6] + [0.5 + 0.3 * i for i in range(5)]
+    keys = torch.tensor([[math.cos(t), math.sin(t)] for t in angles], dtype=torch.float64)
+    attention = (torch.tensor([1.0, 1, 1, 1, 1, 1, 1, 10], dtype=torch.float64) / 17).reshape(1, 1, 1, 8)
+    x = torch.eye(8, dtype=torch.float64).reshape(1, 1, 1, 8, 8)
+    red = tr.build("prumerge_plus", neighbours=1)(tr.VisualTokens(x, importance=attention,
+                                                                  signals={"keys": keys.reshape(1, 1, 1, 8, 2)}))
+    assert 0 in red.keep_indices(0).tolist()
+    expected = torch.zeros(8, dtype=torch.float64)
+    expected[0], expected[2] = 1.0, attention.flatten()[2]
+    torch.testing.assert_close(red.features[0, 0], expected)
+
+
+# ----- a second, independent oracle: upstream's tensor steps on one 576-patch image -----------------
+def literal_official_prumerge_plus(x, cls_attn, keys):
+    """42Shawn/LLaVA-PruMerge ``token_prune_merge_advanced_plus`` (``if_adaptive=True``) on one image:
+    ``x`` ``[1, N, C]`` patch features, ``cls_attn`` ``[1, N]``, ``keys`` ``[1, N, Ck]`` patch keys.
+    Returns ``(idx, tokens)``: the kept patch indices in upstream's order and its output
+    ``[1, len(idx) + 1, C]`` (merged kept tokens, then the extra token)."""
+    n = x.shape[1]
+    attn_np = cls_attn.to(torch.float32).numpy().flatten()
+    q1, q3 = np.percentile(attn_np, 25), np.percentile(attn_np, 75)
+    reduction_ratio = len(np.where(attn_np > q3 + 1.5 * (q3 - q1))[0]) / len(attn_np)
+    _, idx = torch.topk(cls_attn, int(n * reduction_ratio), dim=1, largest=True)
+    step_length = int(1 / reduction_ratio)
+    arithmetic_sequence = torch.arange(0, n - 1, int(step_length / 3))
+    filtered = torch.tensor([int(s) for s in arithmetic_sequence if s not in idx.flatten()], dtype=idx.dtype)
+    idx = torch.cat((idx, filtered.unsqueeze(0)), dim=1)
+    complement = torch.tensor([i for i in range(n) if i not in idx.flatten()], dtype=idx.dtype).unsqueeze(0)
+    x_kept, attn_kept, keys_kept = x[:, idx[0]], cls_attn[:, idx[0]], keys[:, idx[0]]
+    non_topk, non_topk_attn, non_topk_keys = x[:, complement[0]], cls_attn[:, complement[0]], keys[:, complement[0]]
+    keys_kept_norm = F.normalize(keys_kept, p=2, dim=-1)
+    non_topk_keys_norm = F.normalize(non_topk_keys, p=2, dim=-1)
+    updated = torch.zeros_like(x_kept)
+    for i in range(idx.shape[1]):
+        rest_x = torch.cat([x_kept[:, :i], x_kept[:, i + 1:], non_topk], dim=1)
+        rest_attn = torch.cat([attn_kept[:, :i], attn_kept[:, i + 1:], non_topk_attn], dim=1)
+        rest_keys = torch.cat([keys_kept_norm[:, :i], keys_kept_norm[:, i + 1:], non_topk_keys_norm], dim=1)
+        similarity = torch.bmm(keys_kept_norm[:, i:i + 1], rest_keys.transpose(1, 2))
+        _, cluster = torch.topk(similarity, k=32, dim=2, largest=True)
+        weighted = torch.sum(rest_x[:, cluster.squeeze()] * rest_attn[:, cluster.squeeze()].unsqueeze(-1), dim=1)
+        updated[0, i] = x_kept[0, i] + weighted
+    extra = torch.sum(non_topk * non_topk_attn.unsqueeze(-1), dim=1, keepdim=True)
+    return idx[0].tolist(), torch.cat([updated, extra], dim=1)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_matches_upstream_tensor_steps_on_576_patches(seed):
+    g = torch.Generator().manual_seed(seed)
+    attention = cls_like_attention((1, 1, 24, 24), g, spikes=4 + 6 * seed).double()
+    x, keys = torch.randn(1, 576, 8, generator=g, dtype=torch.float64), torch.randn(1, 576, 5, generator=g,
+                                                                                    dtype=torch.float64)
+    red = tr.build("prumerge_plus")(tr.VisualTokens(x.reshape(1, 1, 24, 24, 8), importance=attention,
+                                                    signals={"keys": keys.reshape(1, 1, 24, 24, 5)}))
+    idx, expected = literal_official_prumerge_plus(x, attention.reshape(1, 576), keys)
+    assert red.keep_indices(0).tolist() == sorted(idx)
+    torch.testing.assert_close(red.features[0, idx], expected[0, :-1])
+    torch.testing.assert_close(red.extra[0], expected[0, -1:])

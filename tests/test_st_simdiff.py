@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import re
 from fractions import Fraction
+from pathlib import Path
 
 import pytest
 import torch
@@ -146,8 +148,8 @@ def test_reference_matches_oracle(grid, seed, cost, tau_sim, tau_diff, switches,
     valid = random_valid(b, t, h, w, seed, padded)
     importance = torch.rand(b, t, h, w, generator=torch.Generator().manual_seed(seed))
     tokens = tr.VisualTokens(x, valid, importance, num_layers=layers)
-    options = dict(cost=cost, tau_sim=tau_sim, spatial=spatial, temporal=temporal, right=right,
-                   bottom=bottom)
+    options = {"cost": cost, "tau_sim": tau_sim, "spatial": spatial, "temporal": temporal,
+               "right": right, "bottom": bottom}
     stage1 = tr.build("st_simdiff_reference_stage1", tau_diff=tau_diff, score=strategy, **options)
     full = tr.build("st_simdiff", variant="reference", tau_diff=tau_diff, score=strategy, **options)
     flat_valid = tokens.flat_valid()
@@ -342,3 +344,43 @@ def test_sim_rows_without_events_keep_no_event_role():
     pipe = tr.build(ABLATION_ROWS["sim_spatio_temporal"])
     got = pipe(tr.VisualTokens(object_video(), importance=torch.rand(1, 4, 4, 4)))
     assert not bool(((got.roles & int(tr.Role.EVENT)) != 0).any())
+
+
+def test_docs_example_runs():
+    path = Path(__file__).resolve().parent.parent / "docs" / "st-simdiff.md"
+    block = re.findall(r"```python\n(.*?)```", path.read_text(), re.DOTALL)[0]
+    namespace: dict = {}
+    exec(compile(block, "st-simdiff.md", "exec"), namespace)
+    assert namespace["red"].kept_counts().tolist()[0] >= 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("config", [{"name": "st_simdiff", "ratio": 0.3},
+                                    {"name": "st_simdiff", "variant": "reference", "cost": 0.3},
+                                    {"name": "st_simdiff", "ratio": 0.3, "max_community_size": "sqrt",
+                                     "event_percentile": 90.0}])
+def test_cuda_equals_cpu(config):
+    x = structured_features(2, 6, 5, 5, 32, seed=13)
+    importance = torch.rand(2, 6, 5, 5, generator=torch.Generator().manual_seed(0))
+    reducer = tr.build(config)
+    cpu = reducer(tr.VisualTokens(x, importance=importance, num_layers=28))
+    gpu = reducer(tr.VisualTokens(x.cuda(), importance=importance.cuda(), num_layers=28))
+    assert torch.equal(cpu.keep_mask, gpu.keep_mask.cpu())
+
+
+@pytest.mark.parametrize("community", ["louvain", "leiden"])
+def test_modularity_communities_give_ceil_representatives_per_community(community):
+    pytest.importorskip("leidenalg")
+    from tokenreduce.graph import SpatioTemporalGraphBuilder
+
+    x = structured_features(1, 4, 4, 4, 8, seed=21)
+    tokens = tr.VisualTokens(x)
+    graph = SpatioTemporalGraphBuilder().build_graph(tokens)
+    labels = tr.build_component("community", community).detect(graph, graph.weight > 0.8)[0].tolist()
+    got = tr.build("st_simdiff_select", ratio=0.3, events=False, community=community)(tokens)
+    kept = kept_sets(got)[0]
+    for label in set(labels):
+        members = [n for n in range(64) if labels[n] == label]
+        assert len(kept & set(members)) == math.ceil(Fraction(3, 10) * len(members))
+    full = tr.build("st_simdiff", ratio=0.3, community=community, max_community_size="sqrt")
+    assert full(tokens.replace(importance=torch.rand(1, 4, 4, 4))).kept_counts().tolist() == [20]

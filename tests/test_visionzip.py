@@ -171,3 +171,63 @@ def test_pipeline_carries_contextual_tokens_and_their_layout():
     torch.testing.assert_close(both.extra, alone.extra)
     assert torch.equal(both.extra_valid, alone.extra_valid)
     assert both.stats.extra == 4
+
+
+def test_float64_keys_assign_in_their_own_precision():
+    # remaining patches 0, 2, 3 with contextual=2: targets 0 and 2 (keys at angles 0 and 1e-6);
+    # patch 3's key (angle 2e-6) is closer to target 2 in float64, a tie (-> target 0) in float32.
+    angles = [0.0, 1.0, 1e-6, 2e-6]
+    keys = torch.tensor([[math.cos(a), math.sin(a)] for a in angles], dtype=torch.float64).reshape(1, 1, 1, 4, 2)
+    x = torch.tensor([[1.0, 0], [0, 1], [2, 2], [4, 0]], dtype=torch.float64).reshape(1, 1, 1, 4, 2)
+    importance = torch.tensor([0.1, 0.9, 0.2, 0.3], dtype=torch.float64).reshape(1, 1, 1, 4)
+    red = tr.build("visionzip", dominant=2, contextual=2)(tr.VisualTokens(x, importance=importance,
+                                                                          signals={"keys": keys}))
+    torch.testing.assert_close(red.extra[0], torch.tensor([[1.0, 0.0], [6.0, 2.0]], dtype=torch.float64))
+
+
+# ----- a second, independent oracle: upstream's tensor steps on one image with its CLS token ------
+def literal_official_visionzip(hidden, attention, metric, dominant, contextual):
+    """dvlab-research/VisionZip on one image: ``hidden`` ``[1, 1 + P, D]`` (CLS first), ``attention``
+    ``[1, heads, 1 + P, 1 + P]`` (softmax rows), ``metric`` ``[1, 1 + P, Dk]`` (keys averaged over
+    heads), ``visionzip(model, dominant, contextual)`` (so ``dominant - 1`` patches + CLS). Returns
+    ``(dominant tokens [1, dominant, D] with CLS first, contextual tokens [1, contextual, D])``."""
+    dominant_num = dominant - 1
+    cls_attention_sum = attention[:, :, 0, 1:].sum(dim=1)
+    topk = cls_attention_sum.topk(dominant_num, dim=1).indices + 1
+    all_indices = torch.cat([torch.zeros(1, 1, dtype=topk.dtype), topk], dim=1)
+    mask = torch.ones_like(hidden[:, :, 0], dtype=torch.bool).scatter_(1, all_indices, False)
+    dominant_tokens = hidden.masked_select(~mask.unsqueeze(-1)).view(1, dominant_num + 1, hidden.shape[2])
+    remaining = hidden.shape[1] - (dominant_num + 1)
+    metric_filtered = metric[mask].view(1, remaining, metric.shape[2])
+    hidden_filtered = hidden.masked_select(mask.unsqueeze(-1)).view(1, remaining, hidden.shape[2])
+    metric_normalized = metric_filtered / metric_filtered.norm(dim=-1, keepdim=True)
+    step = max(1, remaining // contextual)
+    target_indices = torch.arange(0, remaining, step)[:contextual]
+    others = ~torch.isin(torch.arange(remaining), target_indices)
+    similarity = torch.bmm(metric_normalized[:, others], metric_normalized[:, target_indices].transpose(1, 2))
+    assign = torch.zeros(1, int(others.sum()), contextual, dtype=hidden.dtype)
+    assign.scatter_(2, similarity.argmax(dim=2).unsqueeze(-1), 1)
+    counts = assign.sum(dim=1).clamp(min=1).unsqueeze(-1)
+    aggregated = torch.bmm(assign.transpose(1, 2), hidden_filtered[:, others]) / counts
+    return dominant_tokens, hidden_filtered[:, target_indices] + aggregated
+
+
+@pytest.mark.parametrize("dominant,contextual,side", [(54, 10, 24), (5, 3, 4), (2, 4, 3), (9, 1, 5)])
+def test_matches_upstream_tensor_steps_with_cls(dominant, contextual, side):
+    g = torch.Generator().manual_seed(dominant + contextual)
+    frames, patches, heads = 2, side * side, 3
+    hidden = torch.randn(frames, 1 + patches, 6, generator=g, dtype=torch.float64)
+    attention = torch.softmax(torch.randn(frames, heads, 1 + patches, 1 + patches, generator=g, dtype=torch.float64),
+                              dim=-1)
+    metric = torch.randn(frames, 1 + patches, 4, generator=g, dtype=torch.float64)
+    tokens = tr.VisualTokens(hidden[:, 1:].reshape(1, frames, side, side, 6),
+                             importance=attention[:, :, 0, 1:].mean(dim=1).reshape(1, frames, side, side),
+                             signals={"keys": metric[:, 1:].reshape(1, frames, side, side, 4)})
+    red = tr.build("visionzip", dominant=dominant, contextual=contextual)(tokens)
+    kept = red.keep_indices(0)
+    for f in range(frames):
+        ours = kept[(kept >= f * patches) & (kept < (f + 1) * patches)]
+        expected_dominant, expected_contextual = literal_official_visionzip(
+            hidden[f:f + 1], attention[f:f + 1], metric[f:f + 1], dominant, contextual)
+        torch.testing.assert_close(tokens.flat_features()[0, ours], expected_dominant[0, 1:])  # CLS stays in front
+        torch.testing.assert_close(red.extra[0, f * contextual:(f + 1) * contextual], expected_contextual[0])

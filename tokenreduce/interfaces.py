@@ -194,6 +194,23 @@ class BudgetedReducer(Reducer):
         return self.keep_counts(tokens)
 
 
+#: Where an in-LLM step of decoder layer ``l >= 1`` runs: ``"before_layer"`` (before layer ``l``,
+#: i.e. after layer ``l-1``'s MLP) or ``"after_attention"`` (inside layer ``l-1``, on
+#: ``residual + attention`` after its attention block and before its MLP; that layer's KV cache
+#: keeps every token it attended over). Layer 0 steps always run before layer 0. A reducer chooses
+#: with a ``position`` field in its config; without one it runs ``"before_layer"``.
+IN_LLM_POSITIONS = ("before_layer", "after_attention")
+
+
+def in_llm_position(reducer: Reducer) -> str:
+    """The ``IN_LLM_POSITIONS`` entry ``reducer`` asks for (its config's ``position``, if any)."""
+    position = getattr(reducer.config, "position", "before_layer")
+    if position not in IN_LLM_POSITIONS:
+        raise ConfigError(f"{reducer.registered_name or type(reducer).__name__}.position must be one of "
+                          f"{IN_LLM_POSITIONS}, got {position!r}")
+    return position
+
+
 class LayerwiseReducer(Reducer):
     """An in-LLM reducer that acts over several decoder layers (e.g. FrameFusion).
 

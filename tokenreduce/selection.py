@@ -9,15 +9,25 @@ from __future__ import annotations
 import torch
 
 
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as float32, or in its own dtype when that is wider (float64).
+
+    Rankings and similarities are computed in the input's precision, as the reference code ranks
+    its tensors: half-precision inputs are widened exactly, float64 is never narrowed (which
+    would turn distinct values into ties).
+    """
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def top_k_mask(scores: torch.Tensor, counts: torch.Tensor, eligible: torch.Tensor | None = None) -> torch.Tensor:
     """Bool ``[B, N]``: the ``counts[b]`` highest-scoring eligible tokens of each sample.
 
-    Ties: equal scores keep the lower flat index. ``counts[b]`` larger than the number of eligible
-    tokens keeps them all.
+    Scores are compared in ``at_least_float32`` precision. Ties: equal scores keep the lower
+    flat index. ``counts[b]`` larger than the number of eligible tokens keeps them all.
     """
     if eligible is None:
         eligible = torch.ones_like(scores, dtype=torch.bool)
-    key = scores.float().masked_fill(~eligible, float("-inf"))
+    key = at_least_float32(scores).masked_fill(~eligible, float("-inf"))
     order = torch.sort(key, dim=1, descending=True, stable=True).indices
     rank = torch.empty_like(order)
     rank.scatter_(1, order, torch.arange(scores.shape[1], device=scores.device).expand_as(order))

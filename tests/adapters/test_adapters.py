@@ -3,13 +3,15 @@ generation against an uncached oracle, the attention probe, batches with padding
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
+import tiny_vlms as tm
 import torch
+from adapter_oracle import capture_lm_inputs, layer_lengths, manual_greedy
 
 import tokenreduce as tr
 from tokenreduce.adapters.probe import AttentionInputs, last_query_attention
-from tests.adapters import tiny_models as tm
-from tests.adapters.oracle import capture_lm_inputs, layer_lengths, manual_greedy
 
 pytest.importorskip("transformers")
 
@@ -19,20 +21,21 @@ GRID = (2, 4, 6)  # 12 LLM tokens for the Qwen families
 class Family:
     """How to build a tiny model of one family and its video inputs."""
 
-    def __init__(self, build, inputs, sample_of, grid, small_grid, tokens, batch_grids):
+    def __init__(self, build, inputs, sample_of, grid, small_grid, tokens, batch_grids, encoder=False):
         self.build, self.inputs, self.sample_of = build, inputs, sample_of
         self.grid, self.small_grid, self.tokens, self.batch_grids = grid, small_grid, tokens, batch_grids
+        self.encoder = encoder  # supports encoder-stage steps
 
 
-def _qwen(build, per_frame=False):
+def _qwen(build, per_frame=False, encoder=True):
     return Family(build, lambda grids, seed=0: tm.qwen_inputs(grids, seed=seed, per_frame=per_frame),
-                  tm.sample_of, GRID, (2, 4, 4), lambda g: g[0] * g[1] * g[2] // 4, [GRID, (2, 4, 4)])
+                  tm.sample_of, GRID, (2, 4, 4), lambda g: g[0] * g[1] * g[2] // 4, [GRID, (2, 4, 4)], encoder)
 
 
 def _llava(build, extra):
     # a grid is a frame count: 8x8 frames, 4x4 patches, pooled to 2x2
     return Family(build, lambda frames, seed=0: tm.llava_inputs(frames, 2, extra, seed=seed),
-                  tm.llava_sample_of, 3, 2, lambda f: 4 * f, [3, 3])
+                  tm.llava_sample_of, 3, 2, lambda f: 4 * f, [3, 3], encoder=True)
 
 
 FAMILIES = {
@@ -76,9 +79,48 @@ def _hook_state(model):
     return {name: (dict(m._forward_pre_hooks), dict(m._forward_hooks)) for name, m in model.named_modules()}
 
 
-def _strategies():
-    return [("keep_all", {}), ("random", {"ratio": 0.3}), ("attention_prune", {"ratio": 0.3, "layer": 1}),
-            ("uniform", {"ratio": 0.3})]
+def _kwargs(name):
+    """Default config at ratio 0.3 (when the strategy has one); in-LLM steps before layer 1."""
+    fields = {f.name for f in dataclasses.fields(tr.STRATEGIES.get(name).Config)}
+    kw = {"ratio": 0.3} if "ratio" in fields else {}
+    if "cost" in fields and not kw:  # FLOP-style budgets only: a cost the 3-layer test models can meet
+        kw["cost"] = 0.5
+    if all(step.stage is tr.Stage.IN_LLM for step in tr.build(name, **kw).steps()) and name != "framefusion":
+        kw["layer"] = 1
+    return kw
+
+
+def _runs_on(family_name, name):
+    stages = {step.stage for step in tr.build(name, **_kwargs(name)).steps()}
+    return tr.Stage.ENCODER not in stages or FAMILIES[family_name].encoder
+
+
+ALL_STRATEGIES = [n for n in tr.list_strategies() if n != "pipeline"]
+
+# one-step selections at an exact budget: checked against the uncached oracle
+ORACLE = [n for n in ("random", "uniform", "attention_prune", "fastv") if n in tr.STRATEGIES]
+
+
+def _matrix(names, attns_for, families=None):
+    return [pytest.param(fam, attn, name, _kwargs(name), id=f"{fam}-{attn}-{name}")
+            for fam in sorted(families or FAMILIES) for name in names if _runs_on(fam, name)
+            for attn in attns_for(name)]
+
+
+def _attns(name):
+    """Every strategy under sdpa; in-LLM ones and random under eager too."""
+    in_llm = any(step.stage is tr.Stage.IN_LLM for step in tr.build(name, **_kwargs(name)).steps())
+    return ["sdpa", "eager"] if in_llm or name == "random" else ["sdpa"]
+
+
+# every registered strategy on Qwen2-VL (M-RoPE; eager too for in-LLM ones) and LLaVA-OneVision
+# (1-D positions, newline token); the merging/inserting ones with Qwen3-VL's deepstack; the
+# oracle ones everywhere
+SDPA = lambda name: ["sdpa"]
+BATCH_CASES = (_matrix(ALL_STRATEGIES, _attns, ["qwen2_vl"]) + _matrix(ALL_STRATEGIES, SDPA, ["llava_onevision"])
+               + _matrix(ORACLE + [n for n in ("framefusion", "visionzip") if n in tr.STRATEGIES], SDPA,
+                         ["qwen3_vl"])
+               + _matrix(ORACLE, SDPA, ["qwen2_5_vl", "llava_next_video"]))
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
@@ -90,10 +132,9 @@ def test_keep_all_is_exact_and_model_restored(family, attn):
         ref = model(**inputs).logits
         ref_gen = model.generate(**inputs, max_new_tokens=3, do_sample=False)
     hooks = _hook_state(model)  # after a first forward: transformers adds its own capture hooks lazily
-    with torch.no_grad():
-        with tr.apply(model, tr.build("keep_all")):
-            out = model(**inputs).logits
-            gen = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    with torch.no_grad(), tr.apply(model, tr.build("keep_all")):
+        out = model(**inputs).logits
+        gen = model.generate(**inputs, max_new_tokens=3, do_sample=False)
     assert torch.equal(out, ref)
     assert torch.equal(gen, ref_gen)
     assert _hook_state(model) == hooks
@@ -103,17 +144,19 @@ def test_keep_all_is_exact_and_model_restored(family, attn):
         assert torch.equal(model(**inputs).logits, ref)
 
 
-@pytest.mark.parametrize("name,kw", _strategies()[1:])
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_decoder_sees_reduced_length_and_generate_matches_uncached(family, name, kw, attn):
+@pytest.mark.parametrize("family_name,attn,name,kw", _matrix(ORACLE, _attns))
+def test_decoder_sees_reduced_length_and_generate_matches_uncached(family_name, attn, name, kw):
+    family = FAMILIES[family_name]
     model = family.build(attn)
     inputs = family.inputs([family.grid])
     n_video = family.tokens(family.grid)
-    keep_count = -(-3 * n_video // 10)  # ceil(0.3 * n)
+    reducer = tr.build(name, **kw)
+    planned = reducer.planned_counts(tr.VisualTokens(torch.zeros(1, n_video, 1, 1, 1)))
+    keep_count = int(planned[0])
     lm = model.model.language_model
     captured = capture_lm_inputs(model, lm, inputs)
     seq = inputs["input_ids"].shape[1]
-    with torch.no_grad(), tr.apply(model, tr.build(name, **kw)) as session:
+    with torch.no_grad(), tr.apply(model, reducer) as session:
         with layer_lengths(lm.layers) as rec:
             out = model.generate(**inputs, max_new_tokens=4, do_sample=False, output_logits=True,
                                  return_dict_in_generate=True)
@@ -123,8 +166,8 @@ def test_decoder_sees_reduced_length_and_generate_matches_uncached(family, name,
         full = model.generate(**inputs, max_new_tokens=1, do_sample=False, output_logits=True,
                               return_dict_in_generate=True).logits[0][0]
     assert not torch.allclose(gen_logits[0], full, atol=1e-4)  # pruning changed the model's view
-    assert len(kept) == 1 and kept[0].numel() == keep_count
-    prune_layer = kw.get("layer", 0)
+    assert len(kept) == 1 and kept[0].numel() == keep_count < n_video
+    prune_layer = reducer.steps()[0].layer or 0
     expected = {i: seq - (n_video - keep_count if i >= prune_layer else 0) for i in range(len(lm.layers))}
     assert rec.prefill() == expected
     # decode steps feed one token per layer
@@ -169,7 +212,7 @@ def test_probe_equals_eager_attention(family, queries):
         seen = {}
         attn = model.model.language_model.layers[layer].self_attn
         handle = attn.register_forward_pre_hook(
-            lambda m, a, k: seen.update(k), with_kwargs=True)
+            lambda m, a, k, seen=seen: seen.update(k), with_kwargs=True)
         with torch.no_grad():
             out = model(**inputs, output_attentions=(model is eager), use_cache=False)
         handle.remove()
@@ -183,20 +226,20 @@ def test_probe_equals_eager_attention(family, queries):
         torch.testing.assert_close(probe, expected_heads.float(), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name,kw", _strategies())
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_batch_equals_single_runs(family, name, kw, attn):
+@pytest.mark.parametrize("family_name,attn,name,kw", BATCH_CASES)
+def test_batch_equals_single_runs(family_name, attn, name, kw):
+    family = FAMILIES[family_name]
     model = family.build(attn)
     batch = family.inputs(family.batch_grids)
     reducer = tr.build(name, **kw)
     with torch.no_grad(), tr.apply(model, reducer) as session:
-        gen = model.generate(**batch, max_new_tokens=3, do_sample=False)
+        gen = model.generate(**batch, max_new_tokens=2, do_sample=False)
         kept = session.kept_indices()
         logits = model(**batch).logits[:, -1]
         singles = []
         for b in range(2):
             single = family.sample_of(batch, b)
-            g = model.generate(**single, max_new_tokens=3, do_sample=False)
+            g = model.generate(**single, max_new_tokens=2, do_sample=False)
             singles.append((g[0, single["input_ids"].shape[1]:], session.kept_indices()[0],
                             model(**single).logits[0, -1]))
     for b, (tokens, kept_single, last) in enumerate(singles):
@@ -228,3 +271,64 @@ def test_unsupported_model_and_bad_layer_errors():
         tr.apply(model, tr.build("attention_prune", layer=3))
     with pytest.raises(TypeError, match="Reducer"):
         tr.apply(model, "random")
+
+
+def test_two_videos_in_one_sample_are_reduced_separately():
+    model = tm.qwen2_vl()
+    a, b = tm.qwen_video((2, 4, 6), 0), tm.qwen_video((2, 4, 4), 1)
+    row = [5, 6, tm.V_START] + [tm.VIDEO] * 12 + [tm.V_END, 7, tm.V_START] + [tm.VIDEO] * 8 + [tm.V_END, 40, 41]
+    ids = torch.tensor([row])
+    inputs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values_videos=torch.cat([a[0], b[0]]),
+                  video_grid_thw=torch.cat([a[1], b[1]]), mm_token_type_ids=(ids == tm.VIDEO).int() * 2)
+    lm = model.model.language_model
+    with torch.no_grad(), tr.apply(model, tr.build("random", ratio=0.5)) as session:
+        with layer_lengths(lm.layers) as rec:
+            model.generate(**inputs, max_new_tokens=2, do_sample=False)
+        kept = session.kept_indices()
+    assert [k.numel() for k in kept] == [6, 4]
+    assert rec.prefill()[0] == ids.shape[1] - 6 - 4
+
+
+@pytest.mark.parametrize("family_name", ["qwen2_vl", "llava_onevision"])
+def test_beam_search_and_several_return_sequences(family_name):
+    family = FAMILIES[family_name]
+    model = family.build()
+    inputs = family.inputs(family.batch_grids)
+    options = dict(max_new_tokens=2, do_sample=False, num_beams=2, num_return_sequences=2)
+    lm = model.model.language_model
+    with torch.no_grad():
+        ref = model.generate(**inputs, **options)
+        with tr.apply(model, tr.build("keep_all")):
+            assert torch.equal(model.generate(**inputs, **options), ref)
+        with tr.apply(model, tr.build("attention_prune", ratio=0.3, layer=1)) as session:
+            with layer_lengths(lm.layers) as rec:
+                out = model.generate(**inputs, **options)
+            kept = session.kept_indices()
+    assert out.shape == ref.shape
+    assert len(kept) == 4  # 2 samples x 2 beams, each video reduced
+    assert rec.prefill()[1] < rec.prefill()[0]
+
+
+def test_video_grids_name_each_videos_sample_and_grid():
+    model = tm.qwen2_vl()
+    with torch.no_grad(), tr.apply(model, tr.build("random", ratio=0.3)) as session:
+        assert session.video_grids() == []
+        model.generate(**tm.qwen_inputs([GRID, (2, 4, 4)]), max_new_tokens=1, do_sample=False)
+        grids = session.video_grids()
+        kept = session.kept_indices()
+    assert grids == [(0, (2, 2, 3)), (1, (2, 2, 2))]
+    assert [k.numel() for k in kept] == [4, 3]  # ceil(0.3 * 12), ceil(0.3 * 8)
+
+
+def test_inserted_counts_name_the_new_tokens_of_each_video():
+    model = tm.llava_onevision()
+    inputs = tm.llava_inputs([3, 3], 2, 1)
+    # per 2x2 frame: 2 dominant tokens kept, the other 2 merged into 1 contextual token inserted
+    reducer = tr.build("visionzip", dominant=2, contextual=1, cls_token=False)
+    with torch.no_grad(), tr.apply(model, reducer) as session:
+        assert session.inserted_counts() == []
+        model.generate(**inputs, max_new_tokens=1, do_sample=False)
+        kept, inserted, lengths = session.kept_indices(), session.inserted_counts(), session.layer_lengths
+    assert [k.numel() for k in kept] == [3 * 2, 3 * 2] and inserted == [3, 3]
+    # every sample's 12 grid tokens became 6 kept + 3 inserted in the decoder's input
+    assert lengths[0] == inputs["input_ids"].shape[1] - 3 * 2 * 2 + 6 + 3

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import pytest
+import tiny_vlms as tm
 import torch
+from adapter_oracle import layer_lengths
 
 import tokenreduce as tr
 from tokenreduce.interfaces import BudgetConfig, LayerwiseReducer, Signal
 from tokenreduce.tokens import Reduction
-from tests.adapters import tiny_models as tm
-from tests.adapters.oracle import layer_lengths
 
 pytest.importorskip("transformers")
 
@@ -26,7 +27,7 @@ class DropOnePerLayer(LayerwiseReducer):
     class Config(BudgetConfig):
         layer: int = 1
 
-    calls: list = []
+    calls: ClassVar[list] = []
 
     @dataclasses.dataclass
     class State:
@@ -59,9 +60,8 @@ def test_layerwise_reducer_is_stepped_until_done():
     DropOnePerLayer.calls = []
     lm = model.model.language_model
     seq = inputs["input_ids"].shape[1]
-    with torch.no_grad(), tr.apply(model, DropOnePerLayer()) as session:
-        with layer_lengths(lm.layers) as rec:
-            out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    with torch.no_grad(), tr.apply(model, DropOnePerLayer()), layer_lengths(lm.layers) as rec:
+        out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
     # started before layer 1, stepped at 1, 2, 3, then done
     assert DropOnePerLayer.calls == [(1, 12), (2, 11), (3, 10)]
     assert rec.prefill() == {0: seq, 1: seq - 1, 2: seq - 2, 3: seq - 3}

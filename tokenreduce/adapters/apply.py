@@ -28,7 +28,7 @@ def find_adapter(model: nn.Module, name: str | None = None) -> type:
     if name is not None:
         return ADAPTERS.get(name)
     supported = []
-    for _, cls in ADAPTERS.items():
+    for cls in dict(ADAPTERS.items()).values():
         if cls.supports(model):
             return cls
         supported.extend(getattr(cls, "model_classes", ()))

@@ -13,7 +13,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from tokenreduce.adapters.layout import SequenceLayout, VideoSpan, VisualLayout
+from tokenreduce.adapters.encoder import EncoderCapture
+from tokenreduce.adapters.layout import VideoSpan, VisualLayout
 
 
 class ModelAdapter:
@@ -31,7 +32,7 @@ class ModelAdapter:
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
-        self._encoded: list[tuple[Any, Any]] = []
+        self.capture: EncoderCapture | None = None
 
     @classmethod
     def supports(cls, model: nn.Module) -> bool:
@@ -58,6 +59,13 @@ class ModelAdapter:
     def attention_of(self, layer: nn.Module) -> nn.Module:
         return layer.self_attn
 
+    def post_attention_norm_of(self, layer: nn.Module) -> nn.Module:
+        """The norm a decoder layer applies to ``residual + attention`` before its MLP."""
+        return _child(layer, "post_attention_layernorm")
+
+    def mlp_of(self, layer: nn.Module) -> nn.Module:
+        return _child(layer, "mlp")
+
     def language_model_device(self) -> torch.device:
         return next(self.language_model.parameters()).device
 
@@ -73,10 +81,10 @@ class ModelAdapter:
         """Where the videos of this forward call sit; ``None`` when the call carries no video."""
         raise NotImplementedError
 
-    def prune_language_inputs(self, kwargs: dict[str, Any], layout: SequenceLayout, index: torch.Tensor) -> None:
-        """Prune extra per-token language-model inputs (``index``: new slot -> old slot)."""
+    def prune_language_inputs(self, kwargs: dict[str, Any], index: torch.Tensor) -> None:
+        """Prune extra per-token language-model inputs (``index`` ``[B, L']``: new slot -> old slot)."""
 
-    # ----- pre-encoded videos (generate encodes them before the prefill forward) -------------
+    # ----- the vision tower (generate encodes videos before the prefill forward) --------------
     @property
     def vision_tower(self) -> nn.Module | None:
         """The vision module whose outputs ``generate`` hands to the prefill as ``mm_encoder_outputs``."""
@@ -88,22 +96,54 @@ class ModelAdapter:
 
     def encoder_info_for(self, encoded: Any) -> Any:
         """The recorded call info of the vision-tower output ``encoded`` (matched by identity)."""
-        for output, info in reversed(self._encoded):
-            if output is encoded:
-                return info
-        return None
+        record = self.capture.find(encoded) if self.capture is not None else None
+        return None if record is None else record.info
+
+    # ----- encoder-stage signals (adapters that support Stage.ENCODER override these) -----------
+    supports_encoder: ClassVar[bool] = False
+
+    def vision_blocks(self) -> nn.ModuleList:
+        raise NotImplementedError
+
+    def vision_attention_of(self, block: nn.Module) -> nn.Module:
+        raise NotImplementedError
+
+    def encoder_token_signals(self, record: Any, layer: int, num_videos: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per video of the recorded call (``num_videos`` of them): ``(importance [N], keys [N, Dk])``
+        on its LLM grid."""
+        raise NotImplementedError
 
     def install(self, session: Any) -> list[Any]:
         """Hooks and patches beyond the session's own; returns callables that undo them."""
+        layers = session.encoder_layers
+        if layers and not self.supports_encoder:
+            raise NotImplementedError(f"encoder-stage steps (Stage.ENCODER) are not supported for "
+                                      f"{type(self.model).__name__} yet")
         tower = self.vision_tower
         if tower is None:
             return []
+        self.capture = EncoderCapture(self.vision_blocks() if layers else None, layers, self.vision_attention_of)
 
         def record(module, args, kwargs, output):
-            self._encoded = [*self._encoded[-7:], (output, self.encoder_call_info(args, kwargs))]
+            self.capture.finish(output, self.encoder_call_info(args, kwargs))
 
         handle = tower.register_forward_hook(record, with_kwargs=True)
-        return [handle.remove, lambda: setattr(self, "_encoded", [])]
+
+        def undo() -> None:
+            handle.remove()
+            self.capture.remove()
+            self.capture = None
+
+        return [undo]
+
+
+def _child(layer: nn.Module, name: str) -> nn.Module:
+    module = getattr(layer, name, None)
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"{type(layer).__name__} has no {name}: steps with position='after_attention' need "
+                        "Llama/Qwen-style decoder layers (attention, residual, post_attention_layernorm, mlp, "
+                        "residual); use position='before_layer'")
+    return module
 
 
 def spans_from_token_runs(input_ids: torch.Tensor, token_id: int, grids: list[tuple[int, int, int]],

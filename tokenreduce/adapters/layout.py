@@ -67,12 +67,16 @@ class VisualLayout:
         return groups
 
 
+NEW_TOKEN = -2  # source of a slot holding a token that did not exist before (Reduction.extra)
+
+
 class SequenceLayout:
     """A sequence of ``L`` slots per sample, each an original position (``-1``: new padding).
 
     Args:
         source: long ``[B, L]`` original position of every slot, ``-1`` for padding added by
-            re-padding. Real slots are in increasing original order within a row.
+            re-padding, ``NEW_TOKEN`` for inserted new tokens (always kept). Real slots are in
+            increasing original order within a row.
         valid: bool ``[B, L]``: the slot takes part in attention (the 2-D attention mask).
         seq_len: the original sequence length ``S``.
     """
@@ -108,8 +112,7 @@ class SequenceLayout:
         Returns the new layout and ``index`` ``[B, L']``: the slot of this layout each new slot
         comes from (``-1`` for new left padding).
         """
-        present = self.source >= 0
-        kept = present & keep_original.gather(1, self.source.clamp(min=0))
+        kept = (self.source == NEW_TOKEN) | ((self.source >= 0) & keep_original.gather(1, self.source.clamp(min=0)))
         counts = kept.sum(dim=1)
         new_len = int(counts.max())
         dest = (new_len - counts).unsqueeze(1) + kept.long().cumsum(dim=1) - 1
@@ -121,13 +124,43 @@ class SequenceLayout:
         valid = real & self.valid.gather(1, index.clamp(min=0))
         return SequenceLayout(source, valid, self.seq_len), index
 
+    def insert_after(self, anchors: list[torch.Tensor]) -> tuple[SequenceLayout, torch.Tensor, list[torch.Tensor]]:
+        """Insert new tokens: sample ``b`` gets one after the slot of each original position in
+        ``anchors[b]`` (several after one anchor keep their order), then re-pad on the left.
+
+        Returns the new layout, ``index`` ``[B, L']`` (source slot of this layout, ``-1`` for new
+        tokens and padding) and, per sample, the slots the new tokens landed in (anchor order).
+        """
+        batch, device = self.source.shape[0], self.source.device
+        orders, counts = [], []
+        for b in range(batch):  # a loop over samples: each has its own number of new tokens
+            slots = (self.source[b] != -1).nonzero().flatten()
+            keys = torch.cat([2 * self.source[b, slots], 2 * anchors[b].to(device) + 1])
+            tags = torch.cat([slots, -1 - torch.arange(anchors[b].numel(), device=device)])
+            orders.append(tags[torch.sort(keys, stable=True).indices])
+            counts.append(orders[-1].numel())
+        length = max(counts)
+        index = torch.full((batch, length), -1, dtype=torch.long, device=device)
+        source = torch.full((batch, length), -1, dtype=torch.long, device=device)
+        valid = torch.zeros((batch, length), dtype=torch.bool, device=device)
+        new_slots = []
+        for b, order in enumerate(orders):
+            start = length - order.numel()
+            real = order >= 0
+            index[b, start:] = torch.where(real, order, -1)
+            source[b, start:] = torch.where(real, self.source[b, order.clamp(min=0)], NEW_TOKEN)
+            valid[b, start:] = torch.where(real, self.valid[b, order.clamp(min=0)], True)
+            new_at = (~real).nonzero().flatten() + start
+            new_slots.append(new_at[torch.argsort(-1 - order[~real])])
+        return SequenceLayout(source, valid, self.seq_len), index, new_slots
+
     def slots_in(self, earlier: SequenceLayout) -> torch.Tensor:
         """``[B, L]``: the slot of ``earlier`` each slot of this layout comes from (``-1``: padding)."""
         found = earlier.slot_of.gather(1, self.source.clamp(min=0))
         return torch.where(self.source >= 0, found, -1)
 
 
-def gather_slots(values: torch.Tensor, index: torch.Tensor, dim: int, fill: float | int | None = None) -> torch.Tensor:
+def gather_slots(values: torch.Tensor, index: torch.Tensor, dim: int, fill: float | None = None) -> torch.Tensor:
     """``values`` re-indexed along ``dim`` (the sequence axis) by ``index`` ``[B, L']``.
 
     ``values`` has the batch axis at ``dim - 1`` (``[B, L, ...]`` with ``dim=1``, or

@@ -11,7 +11,11 @@ from __future__ import annotations
 import math
 from typing import Any, ClassVar
 
+import torch
+from torch import nn
+
 from tokenreduce.adapters.base import ModelAdapter, spans_from_token_runs
+from tokenreduce.adapters.encoder import vit_patch_signals
 from tokenreduce.adapters.layout import VisualLayout
 from tokenreduce.registry import register_adapter
 
@@ -55,6 +59,42 @@ class LlavaVideoAdapter(ModelAdapter):
         vision = self.model.config.vision_config
         return int(vision.image_size) // int(vision.patch_size)
 
+    # ----- encoder stage ----------------------------------------------------------------------
+    supports_encoder: ClassVar[bool] = True
+
+    @property
+    def vision_tower(self) -> nn.Module:
+        return self.model.model.vision_tower
+
+    def vision_blocks(self) -> nn.ModuleList:
+        tower = self.vision_tower
+        return getattr(tower, "vision_model", tower).encoder.layers
+
+    def vision_attention_of(self, block: nn.Module) -> nn.Module:
+        return block.self_attn
+
+    def pool_grid(self, values: torch.Tensor) -> torch.Tensor:
+        """Patch-grid values ``[F, C, P, P]`` on the pooled grid ``[F, C, s, s]``, pooled as the model pools."""
+        raise NotImplementedError
+
+    def encoder_token_signals(self, record: Any, layer: int, num_videos: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        inputs = self.capture.layer_inputs(record, layer)
+        attention = self.vision_attention_of(self.vision_blocks()[layer])
+        has_cls = "CLIP" in type(self.vision_tower).__name__
+        if has_cls and self.model.config.vision_feature_select_strategy == "full":
+            raise NotImplementedError("encoder steps need the CLS token dropped (vision_feature_select_strategy="
+                                      "'default') for CLIP towers")
+        importance, keys = vit_patch_signals(attention, inputs, has_cls)  # [F, P], [F, P, d]
+        frames, side = importance.shape[0], self._patch_side()
+        if importance.shape[1] != side * side:
+            raise ValueError(f"{importance.shape[1]} patches per frame do not form the {side}x{side} patch grid")
+        grid = torch.cat([importance[:, None], keys.transpose(1, 2)], dim=1).reshape(frames, -1, side, side)
+        pooled = self.pool_grid(grid).flatten(2)  # [F, 1 + d, s*s]
+        importance, keys = pooled[:, 0], pooled[:, 1:].transpose(1, 2)
+        per_video = max(frames // num_videos, 1)
+        return [(importance[v * per_video:(v + 1) * per_video].reshape(-1),
+                 keys[v * per_video:(v + 1) * per_video].reshape(-1, keys.shape[-1])) for v in range(num_videos)]
+
 
 @register_adapter("llava_onevision")
 class LlavaOnevisionAdapter(LlavaVideoAdapter):
@@ -66,6 +106,10 @@ class LlavaOnevisionAdapter(LlavaVideoAdapter):
     def pooled_side(self) -> int:
         return math.ceil(self._patch_side() / 2)
 
+    def pool_grid(self, values: torch.Tensor) -> torch.Tensor:
+        side = self.pooled_side()
+        return nn.functional.interpolate(values, size=[side, side], mode="bilinear")
+
 
 @register_adapter("llava_next_video")
 class LlavaNextVideoAdapter(LlavaVideoAdapter):
@@ -75,3 +119,8 @@ class LlavaNextVideoAdapter(LlavaVideoAdapter):
 
     def pooled_side(self) -> int:
         return self._patch_side() // int(self.model.config.spatial_pool_stride)
+
+    def pool_grid(self, values: torch.Tensor) -> torch.Tensor:
+        # average pooling (a 'max' or 'conv' pooler is approximated by the average)
+        stride = int(self.model.config.spatial_pool_stride)
+        return nn.functional.avg_pool2d(values, kernel_size=stride, stride=stride)

@@ -15,7 +15,6 @@ from typing import Any, ClassVar
 
 import torch
 
-from tokenreduce.adapters.layout import SequenceLayout
 from tokenreduce.adapters.qwen_vl import Qwen2VLAdapter
 from tokenreduce.registry import register_adapter
 
@@ -38,7 +37,7 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
 
     model_classes: ClassVar[tuple[str, ...]] = ("Qwen3VLForConditionalGeneration",)
 
-    def prune_language_inputs(self, kwargs: dict[str, Any], layout: SequenceLayout, index: torch.Tensor) -> None:
+    def prune_language_inputs(self, kwargs: dict[str, Any], index: torch.Tensor) -> None:
         mask = kwargs.get("visual_pos_masks")
         if mask is None:
             return
@@ -54,7 +53,7 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
 
         def deepstack_process(hidden_states, visual_pos_masks, visual_embeds):
             state = session.state
-            if session._phase == "prefill" and state is not None and state.current is not None:
+            if session.phase == "prefill" and state is not None and state.current is not None:
                 index = state.current.layout.slots_in(state.lm_layout)
                 visual_pos_masks, rows = select_visual(visual_pos_masks.to(index.device), index)
                 visual_embeds = visual_embeds[rows.to(visual_embeds.device)]

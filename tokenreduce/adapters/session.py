@@ -9,7 +9,12 @@ One ``ReductionSession`` drives one reducer on one model through forward hooks:
   the 2-D mask is sliced to the pruned cache;
 * on each decoder layer: in-LLM steps run before layer K with the probe of layer K-1, the hidden
   states shrink and every later layer gets the matching mask and rotary embeddings; during
-  decoding these layers get masks sized to their shorter cache.
+  decoding these layers get masks sized to their shorter cache;
+* inside a decoder layer, for steps whose ``position`` is ``"after_attention"`` (FrameFusion): a
+  pre-hook on layer K-1's post-attention norm reduces ``residual + attention`` with layer K-1's
+  probe, so its MLP runs on the kept tokens only; a hook on the MLP hands the layer a zero to add
+  to its (full-length) residual and a hook on the layer returns ``reduced + MLP output``, exactly
+  what the layer computes for the reduced tokens. Layer K-1's cache keeps every token it saw.
 
 Kept tokens keep their original position ids, so generated tokens continue from the original
 length. A step that drops nothing changes nothing: ``keep_all`` runs the unmodified model.
@@ -23,10 +28,11 @@ from typing import Any
 import torch
 
 from tokenreduce.adapters.layout import SequenceLayout, VisualLayout, gather_slots
+from tokenreduce.adapters.llm_input import reduce_llm_input
 from tokenreduce.adapters.masks import causal_mask_for
 from tokenreduce.adapters.probe import AttentionInputs, last_query_attention
 from tokenreduce.adapters.steps import SequenceEdit, VideoGroup, run_steps, video_groups
-from tokenreduce.interfaces import LayerwiseReducer, Reducer, Stage
+from tokenreduce.interfaces import LayerwiseReducer, Reducer, Stage, in_llm_position
 
 POSITION_POLICIES = ("original", "contiguous")
 
@@ -51,6 +57,7 @@ class ForwardState:
     lm_changed: bool = False  # the pre-LLM steps changed the LLM input
     current: LayoutInputs | None = None  # in-LLM layout in force (None: the LM's own)
     layer_layouts: dict[int, SequenceLayout] = field(default_factory=dict)
+    encoded: Any = None  # the pre-encoded video output of this prefill (generate), if any
     next_position: torch.Tensor | None = None  # [B] position of the first generated token
     position_shift: torch.Tensor | None = None  # [B] subtracted from later positions (contiguous)
     seq_len: int = 0
@@ -58,7 +65,10 @@ class ForwardState:
     decoded: int = 0
     tail_valid: torch.Tensor | None = None
     probe_inputs: dict[int, AttentionInputs] = field(default_factory=dict)
+    importance: dict[int, torch.Tensor] = field(default_factory=dict)  # probe results by layer
     layer_counts: dict[int, int] = field(default_factory=dict)  # sequence length each layer saw
+    layer_kwargs: dict[str, Any] | None = None  # what the running decoder layer received
+    mid: list[torch.Tensor] = field(default_factory=list)  # [reduced residual, MLP output] inside a layer
 
 
 class ReductionSession:
@@ -86,8 +96,10 @@ class ReductionSession:
         self.positions = positions
         self.probe_queries = probe_queries
         self.num_layers = len(adapter.layers)
+        self.encoder_steps: list[Reducer] = []
         self.pre_steps: list[Reducer] = []
         self.in_steps: dict[int, list[Reducer]] = {}
+        self.after_attention: set[int] = set()  # id() of in-LLM steps running after the attention block
         for step in reducer.steps():
             self._schedule(step)
         self.layerwise_from = min((s.layer for s in reducer.steps() if isinstance(s, LayerwiseReducer)),
@@ -100,31 +112,45 @@ class ReductionSession:
         self._handles: list[Any] = []
         self._restore: list[Any] = []
 
+    @property
+    def encoder_layers(self) -> set[int]:
+        """Vision-encoder layers whose attention the encoder steps read."""
+        return {encoder_layer(s) for s in self.encoder_steps}
+
     def _schedule(self, step: Reducer) -> None:
         if step.stage is Stage.ENCODER:
-            raise NotImplementedError(f"{step.registered_name or type(step).__name__} runs in the vision encoder "
-                                      f"(Stage.ENCODER), which the {type(self.adapter).__name__} adapter does not "
-                                      "support yet")
+            self.encoder_steps.append(step)
+            return
         if step.stage is Stage.PRE_LLM:
             self.pre_steps.append(step)
             return
         layer = step.layer
-        if layer is None or not 1 <= layer < self.num_layers:
-            raise ValueError(f"{step.registered_name or type(step).__name__}.layer must be in [1, "
+        first = 0 if isinstance(step, LayerwiseReducer) else 1  # layer 0 has no previous layer to probe
+        if layer is None or not first <= layer < self.num_layers:
+            raise ValueError(f"{step.registered_name or type(step).__name__}.layer must be in [{first}, "
                              f"{self.num_layers - 1}] for a decoder with {self.num_layers} layers, got {layer}")
         self.in_steps.setdefault(layer, []).append(step)
+        if in_llm_position(step) == "after_attention":
+            self.after_attention.add(id(step))
 
     # ----- install / remove ------------------------------------------------------------------
     def attach(self) -> None:
-        top, lm = self.adapter.top, self.adapter.language_model
-        self._handles.append(top.register_forward_pre_hook(self._top_pre, with_kwargs=True))
-        self._handles.append(top.register_forward_hook(self._top_post, with_kwargs=True))
-        self._handles.append(lm.register_forward_pre_hook(self._lm_pre, with_kwargs=True))
-        for index, layer in enumerate(self.adapter.layers):
-            self._handles.append(layer.register_forward_pre_hook(self._layer_hook(index), with_kwargs=True))
-            attention = self.adapter.attention_of(layer)
-            self._handles.append(attention.register_forward_pre_hook(self._probe_hook(index), with_kwargs=True))
-        self._restore.extend(self.adapter.install(self))
+        """Install the hooks; on any failure nothing stays installed."""
+        try:
+            self._restore.extend(self.adapter.install(self))
+            top, lm = self.adapter.top, self.adapter.language_model
+            self._handles.append(top.register_forward_pre_hook(self._top_pre, with_kwargs=True))
+            self._handles.append(top.register_forward_hook(self._top_post, with_kwargs=True))
+            self._handles.append(lm.register_forward_pre_hook(self._lm_pre, with_kwargs=True))
+            for index, layer in enumerate(self.adapter.layers):
+                self._handles.append(layer.register_forward_pre_hook(self._layer_hook(index), with_kwargs=True))
+                attention = self.adapter.attention_of(layer)
+                self._handles.append(attention.register_forward_pre_hook(self._probe_hook(index), with_kwargs=True))
+                if self.after_attention:
+                    self._attach_mid_layer(index, layer)
+        except BaseException:
+            self.detach()
+            raise
 
     def detach(self) -> None:
         for handle in self._handles:
@@ -147,6 +173,28 @@ class ReductionSession:
                 out[span_id] = group.present[row].nonzero().flatten()
         return out  # type: ignore[return-value]
 
+    def inserted_counts(self) -> list[int]:
+        """Per video (in the order of ``kept_indices``): the new tokens the last prefill inserted after it
+        (``Reduction.extra``, e.g. VisionZip's contextual tokens)."""
+        if self.state is None:
+            return []
+        out = [0] * len(self.state.visual.spans)
+        for group in self.state.groups:
+            for row, span_id in enumerate(group.span_ids):
+                out[span_id] = group.inserted[row]
+        return out
+
+    def video_grids(self) -> list[tuple[int, tuple[int, int, int]]]:
+        """Per video (in the order of ``kept_indices``): its batch row and its ``(T, H, W)`` token grid."""
+        if self.state is None:
+            return []
+        return [(span.sample, span.grid) for span in self.state.visual.spans]
+
+    @property
+    def phase(self) -> str | None:
+        """``"prefill"`` or ``"decode"`` while the model runs a reduced forward, else ``None``."""
+        return self._phase
+
     @property
     def layer_lengths(self) -> dict[int, int]:
         """Sequence length each decoder layer received in the last prefill."""
@@ -164,7 +212,8 @@ class ReductionSession:
                 raise NotImplementedError("a video arrived on top of a non-empty cache; token reduction starts "
                                           "from an empty cache (a new generate call) only")
             device = self.adapter.language_model_device()
-            self.state = ForwardState(visual, video_groups(visual, device))
+            self.state = ForwardState(visual, video_groups(visual, device),
+                                      encoded=(call.get("mm_encoder_outputs") or {}).get("video"))
             self._phase = "prefill"
             return None
         state = self.state
@@ -184,6 +233,7 @@ class ReductionSession:
             state.cache = getattr(output, "past_key_values", None)
             state.decoded = 0
             state.probe_inputs.clear()
+            state.importance.clear()
             state.current = None
         elif state is not None and self._phase == "decode":
             call = dict(kwargs)
@@ -191,7 +241,6 @@ class ReductionSession:
                 call.setdefault("input_ids", args[0])
             state.decoded += self.adapter.query_length(call)
         self._phase = None
-        return None
 
     def _decode_positions(self, query_length: int) -> torch.Tensor:
         state = self.state
@@ -217,60 +266,52 @@ class ReductionSession:
         if length != state.visual.seq_len or batch != state.visual.batch_size:
             raise RuntimeError(f"the language model received a sequence of shape {(batch, length)}, the visual "
                                f"layout describes {(state.visual.batch_size, state.visual.seq_len)}")
-        mask = kwargs.get("attention_mask")
-        if mask is not None and (not isinstance(mask, torch.Tensor) or mask.ndim != 2):
-            raise NotImplementedError("token reduction needs a 2-D attention_mask (or none); prepared 4-D masks "
-                                      "(static caches, compiled generation) are not supported")
         state.seq_len = length
-        layout = SequenceLayout.identity(batch, length, mask, embeds.device)
-        state.lm_layout = layout
-        positions = kwargs.get("position_ids")
-        if positions is None:
-            positions = torch.arange(length, device=embeds.device).expand(batch, -1)
-        state.next_position = self._next_position(positions, layout.valid)
-        for group in state.groups:
-            rows = group.samples[:, None].expand_as(group.positions)
-            group.embeddings = embeds[rows, group.positions]
-        edit = run_steps([(s, None) for s in self.pre_steps], state.groups, embeds, layout,
-                         num_layers=self.num_layers) if self.pre_steps else None
-        if (edit is None or not edit.changes) and self.positions == "original":
+        reduced = reduce_llm_input(embeds, kwargs.get("position_ids"), kwargs.get("attention_mask"), state.groups,
+                                   self.encoder_steps + self.pre_steps, num_layers=self.num_layers,
+                                   positions_policy=self.positions, encoder_signals=self._encoder_signals())
+        state.lm_layout = reduced.layout
+        state.next_position = reduced.next_position
+        state.position_shift = reduced.position_shift
+        if not reduced.changed:
             return None
-        new_layout, index = layout.keep(edit.keep) if edit is not None else (layout, None)
         kwargs = dict(kwargs)
-        if index is not None:
-            embeds = gather_slots(embeds, index, dim=1, fill=0.0)
-            positions = gather_slots(positions, index, dim=positions.ndim - 1, fill=1)
-            self.adapter.prune_language_inputs(kwargs, layout, index)
-        if edit is not None:
-            embeds = edit.apply_features(embeds, new_layout)
-        if self.positions == "contiguous":
-            contiguous = (new_layout.valid.long().cumsum(1) - 1).masked_fill(~new_layout.valid, 1)
-            positions = contiguous.expand(*positions.shape[:-2], -1, -1) if positions.ndim == 3 else contiguous
-            renumbered = self._next_position(positions, new_layout.valid)
-            state.position_shift = state.next_position - renumbered
-        kwargs["inputs_embeds"] = embeds
-        kwargs["position_ids"] = positions
-        kwargs["attention_mask"] = new_layout.valid.to(mask.dtype if mask is not None else torch.long)
-        state.lm_layout = new_layout
+        if reduced.index is not None:
+            self.adapter.prune_language_inputs(kwargs, reduced.index)
+        kwargs["inputs_embeds"] = reduced.inputs_embeds
+        kwargs["position_ids"] = reduced.position_ids
+        kwargs["attention_mask"] = reduced.attention_mask
         state.lm_changed = True
         return args, kwargs
 
-    @staticmethod
-    def _next_position(positions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        rope = positions[-3:] if positions.ndim == 3 else positions[None]
-        masked = rope.masked_fill(~valid[None], torch.iinfo(rope.dtype).min)
-        return masked.amax(dim=(0, 2)) + 1
+    def _encoder_signals(self) -> dict[int, list[tuple[torch.Tensor, torch.Tensor]]] | None:
+        if not self.encoder_steps:
+            return None
+        capture = self.adapter.capture
+        record = capture.find(self.state.encoded) if capture is not None else None
+        if record is None:
+            raise RuntimeError("encoder steps need the vision tower to run while the reducer is applied (pass "
+                               "pixel values, not features encoded before tr.apply)")
+        grids = [span.grid for span in self.state.visual.spans]
+        signals = {id(step): self.adapter.encoder_token_signals(record, encoder_layer(step), len(grids))
+                   for step in self.encoder_steps}
+        for per_video in signals.values():
+            if [imp.numel() for imp, _ in per_video] != [t * h * w for t, h, w in grids]:
+                raise NotImplementedError("the vision-tower call does not match the videos of the prompt one to one "
+                                          "(generate repeats videos for beams / num_return_sequences); encoder "
+                                          "steps need one encoded video per video of the prompt")
+        return signals
 
     def _decode_lm(self, args, kwargs):
         state = self.state
         kwargs = dict(kwargs)
         mask = kwargs.get("attention_mask")
-        query = kwargs["inputs_embeds"].shape[1]
+        query = self.adapter.query_length(kwargs)
         if mask is not None and isinstance(mask, torch.Tensor) and mask.ndim == 2:
             tail = mask[:, state.seq_len:].to(torch.bool)
         else:
             tail = torch.ones(state.visual.batch_size, state.decoded + query, dtype=torch.bool,
-                              device=kwargs["inputs_embeds"].device)
+                              device=state.lm_layout.valid.device)
         state.tail_valid = tail
         if state.position_shift is not None and kwargs.get("position_ids") is not None:
             positions = kwargs["position_ids"]
@@ -297,18 +338,24 @@ class ReductionSession:
                 hidden = kwargs.get("hidden_states", args[0] if args else None)
                 self.state.probe_inputs[index] = AttentionInputs(
                     hidden, kwargs["position_embeddings"], kwargs.get("attention_mask"))
-            return None
         return hook
 
     def _needs_probe(self, layer: int) -> bool:
         if layer in self.in_steps:
             return True
-        return self.layerwise_from is not None and layer > self.layerwise_from and self._layerwise_active()
+        if self.layerwise_from is None or layer <= self.layerwise_from or self.state is None:
+            return False
+        states = [s for g in self.state.groups for s in g.layerwise.values() if not getattr(s, "done", False)]
+        return any(getattr(s, "wants_importance", True) for s in states)
 
     def _layerwise_active(self) -> bool:
         state = self.state
         return state is not None and any(
             not getattr(s, "done", False) for g in state.groups for s in g.layerwise.values())
+
+    def _runs_mid_layer(self, step: Reducer, layer: int) -> bool:
+        """Step ``layer`` of ``step`` runs inside layer ``layer - 1``, after its attention block."""
+        return layer >= 1 and id(step) in self.after_attention
 
     def _steps_at(self, layer: int) -> list[tuple[Reducer, int]]:
         steps = [(s, layer) for s in self.in_steps.get(layer, [])]
@@ -321,12 +368,12 @@ class ReductionSession:
     def _prefill_layer(self, index: int, args, kwargs):
         state = self.state
         hidden = args[0] if args else kwargs["hidden_states"]
-        steps = self._steps_at(index)
+        steps = [(s, layer) for s, layer in self._steps_at(index) if not self._runs_mid_layer(s, layer)]
+        state.layer_kwargs = kwargs
         if steps:
             current = state.current.layout if state.current is not None else state.lm_layout
-            probe = last_query_attention(self.adapter.attention_of(self.adapter.layers[index - 1]),
-                                         state.probe_inputs.pop(index - 1), self.probe_queries)
-            edit = run_steps(steps, state.groups, hidden, current, importance=probe.mean(dim=1),
+            importance = self._probe_importance(index - 1)
+            edit = run_steps(steps, state.groups, hidden, current, importance=importance,
                              num_layers=self.num_layers)
             hidden = self._apply_in_llm(edit, current, hidden, kwargs)
         state.layer_counts[index] = int(hidden.shape[1])
@@ -338,12 +385,68 @@ class ReductionSession:
         kwargs["position_embeddings"] = state.current.position_embeddings
         if kwargs.get("position_ids") is not None:
             kwargs["position_ids"] = state.current.position_ids
+        state.layer_kwargs = kwargs
         if args:
             return (hidden, *args[1:]), kwargs
         kwargs["hidden_states"] = hidden
         return args, kwargs
 
+    def _probe_importance(self, layer: int) -> torch.Tensor | None:
+        """``[B, L]`` head-averaged probe of decoder layer ``layer``, if it was recorded (computed once,
+        for the steps after that layer's attention and those before the next layer alike)."""
+        state = self.state
+        inputs = state.probe_inputs.pop(layer, None)
+        if inputs is not None:
+            attention = self.adapter.attention_of(self.adapter.layers[layer])
+            state.importance[layer] = last_query_attention(attention, inputs, self.probe_queries).mean(dim=1)
+        return state.importance.get(layer)
+
+    # ----- inside a decoder layer (steps at "after_attention") ---------------------------------
+    def _attach_mid_layer(self, index: int, layer) -> None:
+        norm, mlp = self.adapter.post_attention_norm_of(layer), self.adapter.mlp_of(layer)
+        self._handles.append(norm.register_forward_pre_hook(self._mid_reduce_hook(index)))
+        self._handles.append(mlp.register_forward_hook(self._mid_mlp_hook))
+        # prepend: hooks installed earlier (transformers records layer outputs with hooks) see the real output
+        self._handles.append(layer.register_forward_hook(self._mid_output_hook, prepend=True))
+
+    def _mid_reduce_hook(self, index: int):
+        def hook(module, args):
+            state = self.state
+            if self._phase != "prefill" or index + 1 >= self.num_layers:
+                return None
+            steps = [(s, layer) for s, layer in self._steps_at(index + 1) if self._runs_mid_layer(s, layer)]
+            if not steps:
+                return None
+            residual = args[0]
+            current = state.current.layout if state.current is not None else state.lm_layout
+            edit = run_steps(steps, state.groups, residual, current, importance=self._probe_importance(index),
+                             num_layers=self.num_layers)
+            reduced = self._apply_in_llm(edit, current, residual, state.layer_kwargs)
+            if reduced is residual:
+                return None
+            state.mid = [reduced]
+            return (reduced, *args[1:])
+        return hook
+
+    def _mid_mlp_hook(self, module, args, output):
+        state = self.state
+        if self._phase != "prefill" or len(state.mid) != 1:
+            return None
+        state.mid.append(output)
+        return output.new_zeros(())  # the layer adds it to its full-length residual; its output is replaced
+
+    def _mid_output_hook(self, module, args, output):
+        state = self.state
+        if self._phase != "prefill" or not state.mid:
+            return None
+        reduced, mlp_output = state.mid
+        state.mid = []
+        return reduced + mlp_output
+
     def _apply_in_llm(self, edit: SequenceEdit, layout: SequenceLayout, hidden: torch.Tensor, kwargs) -> torch.Tensor:
+        if edit.extras:
+            raise NotImplementedError("new tokens (Reduction.extra) are inserted before the LLM only; an in-LLM "
+                                      "step returned some")
         if not edit.changes:
             return hidden
         state = self.state
@@ -372,3 +475,9 @@ class ReductionSession:
         kwargs["attention_mask"] = causal_mask_for(self.adapter.text_config, key_valid, hidden.shape[1],
                                                    hidden.dtype)
         return args, kwargs
+
+
+def encoder_layer(step: Reducer) -> int:
+    """The vision-encoder layer an encoder step reads: its config's ``encoder_layer``, else the
+    second-to-last (the VisionZip / FasterVLM choice)."""
+    return int(getattr(step.config, "encoder_layer", -2))

@@ -29,6 +29,10 @@ class VideoGroup:
     present: torch.Tensor
     embeddings: torch.Tensor | None = None
     layerwise: dict[int, Any] = field(default_factory=dict)
+    inserted: list[int] = field(default_factory=list)  # per video: new tokens inserted (Reduction.extra)
+
+    def __post_init__(self) -> None:
+        self.inserted = self.inserted or [0] * len(self.span_ids)
 
     @property
     def num_tokens(self) -> int:
@@ -43,6 +47,7 @@ class SequenceEdit:
     rows: list[torch.Tensor] = field(default_factory=list)
     cols: list[torch.Tensor] = field(default_factory=list)
     values: list[torch.Tensor] = field(default_factory=list)
+    extras: list[tuple[int, int, torch.Tensor]] = field(default_factory=list)  # (sample, anchor, [E, D])
 
     @property
     def drops(self) -> bool:
@@ -50,7 +55,7 @@ class SequenceEdit:
 
     @property
     def changes(self) -> bool:
-        return self.drops or bool(self.values)
+        return self.drops or bool(self.values) or bool(self.extras)
 
     def apply_features(self, hidden: torch.Tensor, layout: SequenceLayout) -> torch.Tensor:
         """``hidden`` (laid out as ``layout``) with the merged features written at their slots."""
@@ -85,12 +90,14 @@ def run_steps(
     *,
     importance: torch.Tensor | None = None,
     num_layers: int | None = None,
+    encoder_signals: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] | None = None,
 ) -> SequenceEdit:
     """Run ``steps`` (each with the decoder layer it runs at, or None) on every video group.
 
     ``hidden`` ``[B, L, D]`` is laid out as ``layout``; ``importance`` ``[B, L]`` (the probe) is
-    given inside the LLM. A ``LayerwiseReducer`` is started at its first layer and stepped at
-    every later call until its state is done.
+    given inside the LLM. ``encoder_signals`` maps ``id(step)`` of an encoder step to its
+    ``(importance [N], keys [N, Dk])`` per video span. A ``LayerwiseReducer`` is started at its
+    first layer and stepped at every later call until its state is done.
     """
     keep = torch.ones(layout.source.shape[0], layout.seq_len, dtype=torch.bool, device=hidden.device)
     edit = SequenceEdit(keep)
@@ -104,15 +111,21 @@ def run_steps(
             features = hidden[rows, where] if merged is None else merged.to(hidden.dtype)
             features = features.masked_fill(~present[..., None], 0.0)
             signals = {}
-            if Signal.EMBEDDINGS in step.requires:
-                if group.embeddings is None:
-                    raise RuntimeError("the LLM input embeddings of the visual tokens were not recorded")
+            if Signal.EMBEDDINGS in step.requires and group.embeddings is None:
+                raise RuntimeError("the LLM input embeddings of the visual tokens were not recorded")
+            if Signal.EMBEDDINGS in step.requires | step.optional and group.embeddings is not None:
                 signals[Signal.EMBEDDINGS.value] = _grid_view(group.embeddings, group.grid)
+            step_importance = None if importance is None else importance[rows, where]
+            if encoder_signals is not None and id(step) in encoder_signals:
+                per_span = [encoder_signals[id(step)][i] for i in group.span_ids]
+                step_importance = torch.stack([imp for imp, _ in per_span]).to(hidden.device)
+                signals[Signal.KEYS.value] = _grid_view(torch.stack([k for _, k in per_span]).to(hidden.device),
+                                                        group.grid)
             tokens = VisualTokens(
                 _grid_view(features, group.grid),
                 valid=_grid_view(present, group.grid),
-                importance=None if importance is None else _grid_view(
-                    importance[rows, where].masked_fill(~present, 0.0), group.grid),
+                importance=None if step_importance is None else _grid_view(
+                    step_importance.masked_fill(~present, 0.0), group.grid),
                 signals=signals,
                 budget_base=torch.full((len(group.span_ids),), group.num_tokens, device=hidden.device),
                 num_layers=num_layers,
@@ -120,9 +133,6 @@ def run_steps(
             reduction = _call_step(step, layer, group, tokens)
             if reduction is None:
                 continue
-            if reduction.extra is not None:
-                raise NotImplementedError(f"{step.registered_name or type(step).__name__} returned extra tokens "
-                                          "(Reduction.extra); model adapters do not insert new tokens yet")
             _record(edit, group, rows, present, reduction)
             merged = reduction.features if reduction.features is not None else merged
     return edit
@@ -131,14 +141,13 @@ def run_steps(
 def _call_step(step: Reducer, layer: int | None, group: VideoGroup, tokens: VisualTokens) -> Reduction | None:
     if not isinstance(step, LayerwiseReducer):
         return step(tokens)
+    # a layerwise reducer checks its own signals: it needs importance only at some layers
     key = id(step)
     if key not in group.layerwise:
-        step.check_signals(tokens)
         group.layerwise[key] = step.start(tokens)
     state = group.layerwise[key]
     if getattr(state, "done", False):
         return None
-    step.check_signals(tokens)
     return step.step(state, layer, tokens)
 
 
@@ -152,3 +161,9 @@ def _record(edit: SequenceEdit, group: VideoGroup, rows: torch.Tensor, present: 
         edit.cols.append(group.positions[kept])
         edit.values.append(reduction.features[kept])
     group.present = kept
+    if reduction.extra is not None:
+        extra_valid = getattr(reduction, "extra_valid", None)
+        for row in range(reduction.extra.shape[0]):  # a loop over the videos of the group
+            tokens = reduction.extra[row] if extra_valid is None else reduction.extra[row][extra_valid[row]]
+            edit.extras.append((int(group.samples[row]), int(group.positions[row, -1]), tokens))
+            group.inserted[row] += int(tokens.shape[0])

@@ -26,53 +26,47 @@ def row_blocks(num_rows: int, device: torch.device) -> Iterator[tuple[int, int]]
         yield start, min(start + step, num_rows)
 
 
-def inverse_norms(flat: torch.Tensor) -> torch.Tensor:
-    """fp32 ``[M]``: ``1 / ||x||``, and 0 for an all-zero row (so its cosine with anything is 0)."""
-    norms = torch.empty(flat.shape[0], dtype=torch.float32, device=flat.device)
-    for start, stop in row_blocks(flat.shape[0], flat.device):
-        norms[start:stop] = torch.linalg.vector_norm(flat[start:stop].float(), dim=1)
-    inverse = torch.zeros_like(norms)
-    nonzero = norms > 0
-    inverse[nonzero] = 1.0 / norms[nonzero]
-    return inverse
-
-
-def shifted_dots(flat: torch.Tensor, shifts: Sequence[int]) -> dict[int, torch.Tensor]:
-    """For each shift ``k``: fp32 ``[M - k]`` with ``dot(flat[n], flat[n + k])`` (fp32 accumulation)."""
+def norms_and_shifted_dots(flat: torch.Tensor, shifts: Sequence[int]) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """One pass over ``flat`` ``[M, D]``: fp32 ``1/||x||`` per row (0 for an all-zero row, so its
+    cosine with anything is 0) and, for each shift ``k``, fp32 ``[M - k]`` with
+    ``dot(flat[n], flat[n + k])``."""
     rows = flat.shape[0]
-    out = {k: torch.empty(max(rows - k, 0), dtype=torch.float32, device=flat.device) for k in shifts}
+    norms = torch.empty(rows, dtype=torch.float32, device=flat.device)
+    dots = {k: torch.empty(max(rows - k, 0), dtype=torch.float32, device=flat.device) for k in shifts}
     largest = max(shifts, default=0)
     for start, stop in row_blocks(rows, flat.device):
         block = flat[start:min(stop + largest, rows)].float()
+        norms[start:stop] = torch.linalg.vector_norm(block[:stop - start], dim=1)
         for k in shifts:
             end = min(stop, rows - k)
-            if end <= start:
-                continue
-            n = end - start
-            out[k][start:end] = torch.linalg.vecdot(block[:n], block[k:k + n])
-    return out
+            if end > start:
+                dots[k][start:end] = torch.linalg.vecdot(block[:end - start], block[k:k + end - start])
+    inverse = torch.zeros_like(norms)
+    nonzero = norms > 0
+    inverse[nonzero] = 1.0 / norms[nonzero]
+    return inverse, dots
 
 
-def segment_sums(flat: torch.Tensor, scale: torch.Tensor, rows: torch.Tensor, segment: torch.Tensor,
-                 num_segments: int) -> torch.Tensor:
-    """fp32 ``[S, D]``: ``sums[s] = sum of scale[r] * flat[r]`` over the ``rows`` of segment ``s``.
+def segment_sums(flat: torch.Tensor, scale: torch.Tensor, segment: torch.Tensor, num_segments: int) -> torch.Tensor:
+    """fp32 ``[S, D]``: ``sums[s] = Σ scale[r] * flat[r]`` over the rows ``r`` with ``segment[r] == s``.
 
-    With ``scale = inverse_norms(flat)`` these are the per-community sums of normalised features.
+    ``segment`` is long ``[M]``; rows with ``segment == num_segments`` belong to no segment. Rows are
+    read in contiguous blocks (no gather of the features). With ``scale`` the inverse norms
+    these are the per-community sums of normalised features.
     """
-    sums = torch.zeros(num_segments, flat.shape[1], dtype=torch.float32, device=flat.device)
-    for start, stop in row_blocks(rows.shape[0], flat.device):
-        picked = rows[start:stop]
-        block = flat[picked].float() * scale[picked].unsqueeze(1)
+    sums = torch.zeros(num_segments + 1, flat.shape[1], dtype=torch.float32, device=flat.device)
+    for start, stop in row_blocks(flat.shape[0], flat.device):
+        block = flat[start:stop].float() * scale[start:stop].unsqueeze(1)
         sums.index_add_(0, segment[start:stop], block)
-    return sums
+    return sums[:num_segments]
 
 
-def dots_with_segment_sums(flat: torch.Tensor, scale: torch.Tensor, rows: torch.Tensor,
-                           segment: torch.Tensor, sums: torch.Tensor) -> torch.Tensor:
-    """fp32 ``[R]``: ``scale[r] * dot(flat[r], sums[segment])`` for each of the ``rows``."""
-    out = torch.empty(rows.shape[0], dtype=torch.float32, device=flat.device)
-    for start, stop in row_blocks(rows.shape[0], flat.device):
-        picked = rows[start:stop]
-        dots = torch.linalg.vecdot(flat[picked].float(), sums[segment[start:stop]])
-        out[start:stop] = dots * scale[picked]
+def dots_with_segment_sums(flat: torch.Tensor, scale: torch.Tensor, segment: torch.Tensor,
+                           sums: torch.Tensor) -> torch.Tensor:
+    """fp32 ``[M]``: ``scale[r] * dot(flat[r], sums[segment[r]])`` (0 where ``segment[r] == S``)."""
+    padded = torch.cat([sums, sums.new_zeros(1, sums.shape[1])])
+    out = torch.empty(flat.shape[0], dtype=torch.float32, device=flat.device)
+    for start, stop in row_blocks(flat.shape[0], flat.device):
+        dots = torch.linalg.vecdot(flat[start:stop].float(), padded[segment[start:stop]])
+        out[start:stop] = dots * scale[start:stop]
     return out

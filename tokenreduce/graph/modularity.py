@@ -2,10 +2,11 @@
 
 CPU: igraph + leidenalg (``pip install 'tokenreduce[graph]'``). Louvain is igraph's
 ``community_multilevel`` (its random generator seeded for the call), Leiden is leidenalg's
-optimiser (seeded, repeated until a pass no longer improves); both optimise the resolution-``γ``
+optimiser (seeded; ``iterations`` passes, 2 by default as in ``leidenalg.find_partition``, or
+until a pass no longer improves when ``iterations <= 0``); both optimise the resolution-``γ``
 modularity ``Σ_ij (A_ij - γ k_i k_j / 2m) δ(c_i, c_j)`` with edge weights = cosine similarity.
-(leidenalg 0.12's optimiser without refinement, i.e. its own Louvain, crashes the interpreter.) Each sample is its own
-graph (a loop over the batch); padding and tokens without edges are isolated nodes, i.e. their
+(leidenalg 0.12's optimiser without refinement, i.e. its own Louvain, crashes the interpreter.)
+Each sample is its own graph (a loop over the batch); padding and tokens without edges are isolated nodes, i.e. their
 own community. GPU: cuGraph's ``louvain``/``leiden`` when the graph is on CUDA and cuGraph is
 installed (``backend="auto"``), or on request (``backend="cugraph"``). Labels are canonical: a
 community is named by its smallest member's index. Weights must be non-negative (modularity is
@@ -51,7 +52,8 @@ def _import_cugraph() -> tuple[Any, Any]:
 
 
 class ModularityCommunities(CommunityDetector):
-    """Shared driver of ``louvain`` and ``leiden``; subclasses set ``refine``."""
+    """Shared driver of ``louvain`` and ``leiden``: subclasses give the CPU optimisation
+    (``_optimise``) and say whether cuGraph should refine (Leiden) or not (Louvain)."""
 
     refine: ClassVar[bool] = True
 
@@ -87,26 +89,13 @@ class ModularityCommunities(CommunityDetector):
     def _leidenalg_membership(self, n: int, src: torch.Tensor, dst: torch.Tensor,
                               weight: torch.Tensor) -> torch.Tensor:
         igraph, leidenalg = _import_leidenalg()
-        device = src.device
-        g = igraph.Graph(n=n, edges=torch.stack([src, dst], dim=1).cpu().tolist())
-        weights = weight.double().cpu().tolist()
-        if self.refine:
-            partition = leidenalg.RBConfigurationVertexPartition(
-                g, weights=weights, resolution_parameter=self.config.resolution)
-            optimiser = leidenalg.Optimiser()
-            optimiser.set_rng_seed(self.config.seed)
-            for _ in range(MAX_PASSES):
-                if optimiser.optimise_partition(partition) <= 0:
-                    break
-            membership = partition.membership
-        else:
-            igraph.set_random_number_generator(random.Random(self.config.seed))
-            try:
-                membership = g.community_multilevel(weights=weights,
-                                                    resolution=self.config.resolution).membership
-            finally:
-                igraph.set_random_number_generator(random)
-        return torch.tensor(membership, dtype=torch.long, device=device)
+        g = igraph.Graph(n=n, edges=list(zip(src.tolist(), dst.tolist())))  # tuples: 30x faster than lists
+        membership = self._optimise(g, weight.double().cpu().tolist(), igraph, leidenalg)
+        return torch.tensor(membership, dtype=torch.long, device=src.device)
+
+    def _optimise(self, g: Any, weights: list[float], igraph: Any, leidenalg: Any) -> list[int]:
+        """The membership list of the igraph graph ``g`` (CPU backend)."""
+        raise NotImplementedError
 
     def _cugraph_membership(self, n: int, src: torch.Tensor, dst: torch.Tensor,
                             weight: torch.Tensor) -> torch.Tensor:
@@ -143,9 +132,31 @@ class Louvain(ModularityCommunities):
 
     refine: ClassVar[bool] = False
 
+    def _optimise(self, g: Any, weights: list[float], igraph: Any, leidenalg: Any) -> list[int]:
+        igraph.set_random_number_generator(random.Random(self.config.seed))
+        try:
+            return g.community_multilevel(weights=weights, resolution=self.config.resolution).membership
+        finally:
+            igraph.set_random_number_generator(random)
+
 
 @register_community("leiden")
 class Leiden(ModularityCommunities):
     """Leiden modularity communities: Louvain plus a refinement that keeps communities connected."""
 
     refine: ClassVar[bool] = True
+
+    @dataclasses.dataclass
+    class Config(ModularityCommunities.Config):
+        iterations: int = 2  # optimiser passes; <= 0: until a pass no longer improves
+
+    def _optimise(self, g: Any, weights: list[float], igraph: Any, leidenalg: Any) -> list[int]:
+        partition = leidenalg.RBConfigurationVertexPartition(
+            g, weights=weights, resolution_parameter=self.config.resolution)
+        optimiser = leidenalg.Optimiser()
+        optimiser.set_rng_seed(self.config.seed)
+        passes = self.config.iterations if self.config.iterations > 0 else MAX_PASSES
+        for _ in range(passes):
+            if optimiser.optimise_partition(partition) <= 0:
+                break
+        return partition.membership

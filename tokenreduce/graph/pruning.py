@@ -26,8 +26,11 @@ class ImportancePruner(BudgetPruner):
         pass
 
     def prune(self, tokens: VisualTokens, candidates: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-        valid = tokens.flat_valid()
-        importance = tokens.flat_importance()
+        return self.prune_scores(tokens.flat_importance(), tokens.flat_valid(), candidates, counts)
+
+    def prune_scores(self, importance: torch.Tensor, valid: torch.Tensor, candidates: torch.Tensor,
+                     counts: torch.Tensor) -> torch.Tensor:
+        """``prune`` with explicit ``[B, N]`` scores (e.g. a fallback when there is no importance)."""
         candidates = candidates & valid
         trimmed = top_k_mask(importance, counts, candidates)
         missing = (counts.to(valid.device) - trimmed.sum(dim=1)).clamp(min=0)

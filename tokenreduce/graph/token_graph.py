@@ -21,7 +21,7 @@ import enum
 import torch
 
 from tokenreduce.config import Config
-from tokenreduce.graph.blocked import inverse_norms, shifted_dots
+from tokenreduce.graph.blocked import norms_and_shifted_dots
 from tokenreduce.interfaces import GraphBuilder
 from tokenreduce.registry import register_graph_builder
 from tokenreduce.tokens import VisualTokens
@@ -102,11 +102,16 @@ class SpatioTemporalGraphBuilder(GraphBuilder):
         bottom: bool = True
 
     def build_graph(self, tokens: VisualTokens) -> TokenGraph:
+        return self.graph_of(tokens.features, tokens.flat_valid())
+
+    def graph_of(self, features: torch.Tensor, valid: torch.Tensor) -> TokenGraph:
+        """The graph of ``features`` ``[B, T, H, W, D]`` (already validated) and ``valid`` ``[B, N]``."""
         cfg = self.config
-        b, (t, h, w), n = tokens.batch_size, tokens.grid, tokens.num_tokens
-        device = tokens.device
-        flat = tokens.flat_features().reshape(b * n, tokens.dim)
-        valid = tokens.flat_valid().reshape(-1)
+        b, t, h, w, d = features.shape
+        n = t * h * w
+        device = features.device
+        flat = features.reshape(b * n, d)
+        valid = valid.reshape(-1)
         position = torch.arange(b * n, device=device) % n
         column, row, frame = position % w, (position // w) % h, position // (h * w)
         # (shift, kind, "has a neighbour at +shift" for each node)
@@ -117,8 +122,7 @@ class SpatioTemporalGraphBuilder(GraphBuilder):
             wanted.append((w, EdgeKind.SPATIAL, row < h - 1))
         if cfg.temporal and t > 1:
             wanted.append((h * w, EdgeKind.TEMPORAL, frame < t - 1))
-        inverse = inverse_norms(flat)
-        dots = shifted_dots(flat, sorted({shift for shift, _, _ in wanted}))
+        inverse, dots = norms_and_shifted_dots(flat, sorted({shift for shift, _, _ in wanted}))
         srcs, dsts, weights, kinds = [], [], [], []
         for shift, kind, has_neighbour in wanted:
             m = b * n - shift

@@ -21,10 +21,11 @@ The official schedule (thu-nics/FrameFusion, ``framefusion/main.py``), per sampl
 
 Adapters drive it with ``start``/``step`` (see ``LayerwiseReducer``): ``step(state, 0, tokens)``
 before decoder layer 0 on the input embeddings, then ``step(state, l, tokens)`` for l = 1, 2, ...
-with the current hidden states -- the official placement is right after decoder layer l-1's
-attention block (before its MLP) -- and, when ``state.wants_importance``, the last-query
-attention of layer l-1 as ``importance``. ``reduce(tokens)`` runs the same schedule on fixed
-features and importance.
+with the current hidden states and, when ``state.wants_importance``, the last-query attention of
+layer l-1 as ``importance``. With ``position="after_attention"`` (the default, as upstream) step
+l runs inside layer l-1, right after its attention block (residual added) and before its MLP;
+``"before_layer"`` runs it between the layers, after layer l-1's MLP. ``reduce(tokens)`` runs
+the same schedule on fixed features and importance.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ import torch
 from tokenreduce.budget import check_ratio, cost_prune_ratio, scaled_count
 from tokenreduce.config import Config
 from tokenreduce.errors import ConfigError, MissingSignalError
-from tokenreduce.interfaces import LayerwiseReducer, Signal
-from tokenreduce.pipeline import combine, restrict
+from tokenreduce.interfaces import IN_LLM_POSITIONS, LayerwiseReducer, Signal
+from tokenreduce.pipeline import combine
 from tokenreduce.registry import register_strategy
 from tokenreduce.selection import top_k_mask
 from tokenreduce.tokens import Reduction, Role, VisualTokens
@@ -71,40 +72,44 @@ def temporal_similarity(features: torch.Tensor, valid: torch.Tensor) -> torch.Te
     grid position (``NO_NEIGHBOUR`` where there is none, and at invalid tokens).
 
     The cosine is ``dot / (|a| * |b|)`` without epsilon, as upstream; a zero vector gives NaN,
-    which is replaced by ``NO_NEIGHBOUR`` (never merged).
+    which is replaced by ``NO_NEIGHBOUR`` (never merged). Only the token pairs that exist are
+    read, so later merge points (fewer tokens left) cost less.
     """
     t = features.shape[1]
     frame = torch.arange(t, device=features.device).view(1, t, 1, 1)
     last_valid = torch.where(valid, frame, -1).cummax(dim=1).values
     previous = torch.cat([torch.full_like(last_valid[:, :1], -1), last_valid[:, :-1]], dim=1)
-    neighbour = features.gather(1, previous.clamp(min=0).unsqueeze(-1).expand_as(features))
-    dot = (features * neighbour).sum(dim=-1)
-    cosine = dot / (features.norm(dim=-1) * neighbour.norm(dim=-1))
-    has_neighbour = valid & (previous >= 0) & ~cosine.isnan()
-    return torch.where(has_neighbour, cosine, torch.full_like(cosine, NO_NEIGHBOUR))
+    b, f, h, w = (valid & (previous >= 0)).nonzero(as_tuple=True)
+    token, neighbour = features[b, f, h, w], features[b, previous[b, f, h, w], h, w]
+    cosine = (token * neighbour).sum(dim=-1) / (token.norm(dim=-1) * neighbour.norm(dim=-1))
+    similarity = torch.full(valid.shape, NO_NEIGHBOUR, dtype=features.dtype, device=features.device)
+    similarity[b, f, h, w] = cosine.masked_fill(cosine.isnan(), NO_NEIGHBOUR)
+    return similarity
 
 
 def merge_runs(features: torch.Tensor, valid: torch.Tensor, merge: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Merge each run of ``merge`` tokens of a temporal chain into the unmarked token before it.
 
     ``features`` ``[B, T, H, W, D]``; ``valid``/``merge`` bool ``[B, T, H, W]`` (``merge`` never
-    holds the first valid token of a grid position). Returns ``(features, anchors)``: the features
-    with every anchor replaced by the mean of itself and its run, and the anchors that absorbed
-    at least one token.
+    holds the first valid token of a grid position). Returns ``(features, anchors)``: a copy of
+    the features with every anchor replaced by the mean of itself and its run (summed in run
+    order, then divided, as upstream), and bool ``[B, N]``: the anchors that absorbed a token.
     """
     b, t, h, w, d = features.shape
+    n = t * h * w
     frame = torch.arange(t, device=features.device).view(1, t, 1, 1)
     anchor_frame = torch.where(valid & ~merge, frame, -1).cummax(dim=1).values
     flat_anchor = (anchor_frame * (h * w) + torch.arange(h * w, device=features.device).view(1, 1, h, w))
-    source = merge.reshape(b, -1)
-    index = flat_anchor.reshape(b, -1).clamp(min=0)
-    flat = features.reshape(b, -1, d)
-    sums = flat.clone().scatter_add_(1, index.unsqueeze(-1).expand_as(flat), flat * source.unsqueeze(-1))
-    counts = torch.ones(b, t * h * w, dtype=features.dtype, device=features.device)
-    counts.scatter_add_(1, index, source.to(features.dtype))
+    sample, member = merge.reshape(b, n).nonzero(as_tuple=True)
+    rows = sample * n + member
+    targets = sample * n + flat_anchor.reshape(b, n)[sample, member]
+    flat = features.reshape(b * n, d)
+    merged = flat.clone().index_add_(0, targets, flat[rows])
+    counts = torch.ones(b * n, dtype=features.dtype, device=features.device)
+    counts.index_add_(0, targets, torch.ones_like(targets, dtype=features.dtype))
     anchors = counts > 1
-    merged = torch.where(anchors.unsqueeze(-1), sums / counts.unsqueeze(-1), flat)
-    return merged.reshape(features.shape), anchors
+    merged[anchors] /= counts[anchors].unsqueeze(-1)
+    return merged.reshape(features.shape), anchors.reshape(b, n)
 
 
 @register_strategy("framefusion")
@@ -114,7 +119,8 @@ class FrameFusion(LayerwiseReducer):
     Parameters: ``cost`` (the FLOP-style budget, default 0.3), ``similarity_lower_bound``
     (default 0.6), ``ratio_lower_bound`` (default 0.1), ``num_layers`` (the LLM's layer count
     used by the cost formula; default: ``VisualTokens.num_layers``), ``layer`` (the first merge
-    point, default 0 = before the first decoder layer).
+    point, default 0 = before the first decoder layer), ``position`` (where a model runs merge
+    points >= 1: ``"after_attention"`` of the previous layer, default, or ``"before_layer"``).
     """
 
     requires = frozenset({Signal.IMPORTANCE})
@@ -126,6 +132,7 @@ class FrameFusion(LayerwiseReducer):
         ratio_lower_bound: float = 0.1
         num_layers: int | None = None
         layer: int = 0
+        position: str = "after_attention"
 
         def validate(self) -> None:
             check_ratio(self.cost, f"{self.name}.cost")
@@ -138,6 +145,8 @@ class FrameFusion(LayerwiseReducer):
                 raise ConfigError(f"{self.name}.num_layers must be >= 1, got {self.num_layers}")
             if self.layer < 0:
                 raise ConfigError(f"{self.name}.layer must be >= 0, got {self.layer}")
+            if self.position not in IN_LLM_POSITIONS:
+                raise ConfigError(f"{self.name}.position must be one of {IN_LLM_POSITIONS}, got {self.position!r}")
 
     # ----- schedule ------------------------------------------------------------------------
     def start(self, tokens: VisualTokens) -> FrameFusionState:
@@ -155,75 +164,89 @@ class FrameFusion(LayerwiseReducer):
     def _prune_ratio(self, state: FrameFusionState, b: int) -> float:
         return cost_prune_ratio(state.sparsity[b], self.config.cost, state.num_layers, clamp=True)
 
+    def _plan_merge(self, state: FrameFusionState, b: int, marked: int, n_visual: int) -> int | None:
+        """Sample ``b``'s merge decision: ``None`` = merge every marked token, else merge only the
+        returned count of the most similar ones. Updates the schedule state."""
+        above = marked / n_visual
+        upper = self._prune_ratio(state, b)
+        if above < upper:
+            state.sparsity[b].append(above)
+            state.merging_done[b] = above < self.config.ratio_lower_bound
+            return None
+        state.merging_done[b] = state.pruning_done[b] = True
+        return int(upper * n_visual)
+
+    def _prune(self, state: FrameFusionState, layer: int, valid: torch.Tensor, importance: torch.Tensor | None,
+               rows: list[bool]) -> torch.Tensor:
+        """Bool ``[B, N]``: what the ``rows`` samples keep by attention (all valid tokens elsewhere)."""
+        if importance is None:
+            raise MissingSignalError(f"framefusion prunes at layer {layer}: pass the last query's "
+                                     "attention of the previous layer as importance=[B, T, H, W]")
+        n_visual = valid.sum(dim=1).tolist()
+        counts = [max(1, scaled_count(n, 1 - self._prune_ratio(state, b), "round")) if rows[b] else 0
+                  for b, n in enumerate(n_visual)]
+        kept = top_k_mask(importance.reshape(valid.shape), torch.tensor(counts, device=valid.device), valid)
+        for b, pruned in enumerate(rows):
+            state.pruning_done[b] = state.pruning_done[b] or pruned
+        return torch.where(torch.tensor(rows, device=valid.device).unsqueeze(1), kept, valid)
+
+    def _merge(self, state: FrameFusionState, features: torch.Tensor, valid: torch.Tensor,
+               rows: list[bool]) -> tuple[torch.Tensor, ...]:
+        """Merge the ``rows`` samples: ``(absorbed [B, N], anchors [B, N], features [B, N, D])``."""
+        grid_valid = valid.reshape(features.shape[:4])
+        similarity = temporal_similarity(features, grid_valid).reshape(valid.shape)
+        marked = valid & (similarity >= self.config.similarity_lower_bound)
+        n_visual, marked_counts = valid.sum(dim=1).tolist(), marked.sum(dim=1).tolist()
+        plans = [self._plan_merge(state, b, marked_counts[b], n_visual[b]) if rows[b] else 0
+                 for b in range(len(rows))]
+        device = valid.device
+        top = top_k_mask(similarity, torch.tensor([p or 0 for p in plans], device=device), marked)
+        every = torch.tensor([p is None for p in plans], device=device).unsqueeze(1)
+        absorbed = torch.where(every, marked, top)
+        merged, anchors = merge_runs(features, grid_valid, absorbed.reshape(grid_valid.shape))
+        return absorbed, anchors, merged.reshape(*valid.shape, -1)
+
     def step(self, state: FrameFusionState, layer: int, tokens: VisualTokens) -> Reduction:
         """One merge point: prune the samples whose merging finished earlier, merge the others."""
         if len(state.sparsity) != tokens.batch_size:
             raise ValueError(f"framefusion state was started for batch size {len(state.sparsity)}, "
                              f"step got {tokens.batch_size}")
-        valid = tokens.flat_valid()
-        batch = tokens.batch_size
-        n_visual = valid.sum(dim=1).tolist()
+        return self._step(state, layer, tokens.features, tokens.flat_valid(), tokens.importance)
+
+    def _step(self, state: FrameFusionState, layer: int, features: torch.Tensor, valid: torch.Tensor,
+              importance: torch.Tensor | None) -> Reduction:
+        """``step`` on checked tensors: ``features`` ``[B, T, H, W, D]``, ``valid`` bool ``[B, N]``,
+        ``importance`` ``[B, T, H, W]`` or None."""
+        keep, merged = valid, features.reshape(*valid.shape, -1)
+        roles = torch.zeros(valid.shape, dtype=torch.int32, device=valid.device)
         pruning = [m and not p for m, p in zip(state.merging_done, state.pruning_done)]
         merging = [not m for m in state.merging_done]
-        keep = valid.clone()
-        roles = torch.zeros(keep.shape, dtype=torch.int32, device=keep.device)
-        info: dict[str, Any] = {"layer": layer}
-
         if any(pruning):
-            if tokens.importance is None:
-                raise MissingSignalError(f"framefusion prunes at layer {layer}: pass the last query's "
-                                         "attention of the previous layer as importance=[B, T, H, W]")
-            counts = torch.tensor([
-                max(1, scaled_count(n_visual[b], 1 - self._prune_ratio(state, b), "round")) if pruning[b] else 0
-                for b in range(batch)], dtype=torch.long, device=keep.device)
-            pruned_rows = torch.tensor(pruning, device=keep.device).unsqueeze(1)
-            kept_by_attention = top_k_mask(tokens.flat_importance(), counts, valid)
-            keep = torch.where(pruned_rows, kept_by_attention, keep)
-            roles = torch.where(pruned_rows & kept_by_attention, roles | int(Role.IMPORTANT), roles)
-            for b in range(batch):
-                state.pruning_done[b] = state.pruning_done[b] or pruning[b]
-
-        features = tokens.flat_features()
+            keep = self._prune(state, layer, valid, importance, pruning)
+            rows = torch.tensor(pruning, device=valid.device).unsqueeze(1)
+            roles |= torch.where(rows & keep, int(Role.IMPORTANT), 0).to(torch.int32)
         if any(merging):
-            grid_valid = valid.reshape(batch, *tokens.grid)
-            similarity = temporal_similarity(tokens.features, grid_valid).reshape(batch, -1)
-            marked = valid & (similarity >= self.config.similarity_lower_bound)
-            marked_counts = marked.sum(dim=1).tolist()
-            take_all, top_counts = [], []
-            for b in range(batch):
-                take_all.append(False)
-                top_counts.append(0)
-                if not merging[b]:
-                    continue
-                above = marked_counts[b] / n_visual[b]
-                upper = self._prune_ratio(state, b)
-                if above < upper:
-                    take_all[b] = True
-                    state.sparsity[b].append(above)
-                    state.merging_done[b] = above < self.config.ratio_lower_bound
-                else:
-                    top_counts[b] = int(upper * n_visual[b])
-                    state.merging_done[b] = state.pruning_done[b] = True
-            device = keep.device
-            top = top_k_mask(similarity, torch.tensor(top_counts, device=device), marked)
-            selected = torch.where(torch.tensor(take_all, device=device).unsqueeze(1), marked, top)
-            merged, anchors = merge_runs(tokens.features, grid_valid, selected.reshape(grid_valid.shape))
-            features = merged.reshape(features.shape)
-            keep &= ~selected
-            roles |= torch.where(anchors, int(Role.MERGED), 0).to(torch.int32)
-            roles |= torch.where(selected, int(Role.ABSORBED), 0).to(torch.int32)
-        info["sparsity"] = [list(s) for s in state.sparsity]
-        return Reduction(keep, roles, grid=tokens.grid, valid=valid, features=features, info=info)
+            absorbed, anchors, merged = self._merge(state, features, valid, merging)
+            keep = keep & ~absorbed
+            roles |= (torch.where(anchors, int(Role.MERGED), 0) | torch.where(absorbed, int(Role.ABSORBED), 0)).to(
+                torch.int32)
+        info: dict[str, Any] = {"layer": layer, "sparsity": [list(s) for s in state.sparsity]}
+        return Reduction(keep, roles, grid=tuple(features.shape[1:4]), valid=valid, features=merged, info=info)
 
     def reduce(self, tokens: VisualTokens) -> Reduction:
-        """Run the whole schedule with fixed features and importance (no model in between)."""
+        """Run the whole schedule with fixed features and importance (no model in between).
+
+        ``tokens`` were checked when they were made; the steps in between hand the kept tokens and
+        merged features on as tensors, without building (and re-checking) ``VisualTokens`` again.
+        """
         state = self.start(tokens)
         valid = tokens.flat_valid()
         result = Reduction(valid.clone(), grid=tokens.grid, valid=valid)
-        current, base = tokens, tokens.budget_counts()
+        features, present = tokens.features, valid
         for layer in range(self.config.layer, state.num_layers):
             if state.done:
                 break
-            result = combine(result, self.step(state, layer, current))
-            current = restrict(tokens, result, base)
+            latest = self._step(state, layer, features, present, tokens.importance)
+            result = combine(result, latest)
+            features, present = latest.features.reshape(features.shape), latest.keep_mask
         return result

@@ -39,7 +39,7 @@ from tokenreduce.errors import ConfigError
 from tokenreduce.frames import frame_rows, frame_slots_as_extra, sample_rows
 from tokenreduce.interfaces import Reducer, Signal, Stage
 from tokenreduce.registry import register_strategy
-from tokenreduce.selection import top_k_mask
+from tokenreduce.selection import at_least_float32, top_k_mask
 from tokenreduce.tokens import Reduction, Role, VisualTokens
 
 
@@ -113,7 +113,7 @@ class PruMergePlus(Reducer):
               kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Step 4 per frame row: the features with every kept token merged, and which absorbed any."""
         positions, real = kept_rows(kept)
-        unit = F.normalize(keys.float(), dim=-1)
+        unit = F.normalize(at_least_float32(keys), dim=-1)
         similarity = unit.gather(1, positions.unsqueeze(-1).expand(-1, -1, unit.shape[-1])) @ unit.transpose(1, 2)
         itself = torch.arange(valid.shape[1], device=valid.device) == positions.unsqueeze(-1)
         similarity = similarity.masked_fill(itself | ~valid.unsqueeze(1), float("-inf"))
@@ -146,7 +146,7 @@ class PruMergePlus(Reducer):
         if self.config.summary_token:
             dropped = valid & ~kept
             weights = attention.to(features.dtype) * dropped
-            summary = (weights.unsqueeze(-1) * features).sum(dim=1)
+            summary = (weights.unsqueeze(1) @ features).squeeze(1)
             extra, extra_valid = frame_slots_as_extra(summary.reshape(batch, t, 1, -1),
                                                       dropped.any(dim=1).reshape(batch, t, 1))
             roles = roles | torch.where(dropped, int(Role.ABSORBED), 0)

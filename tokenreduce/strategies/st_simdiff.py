@@ -24,11 +24,15 @@ import torch
 
 from tokenreduce.budget import Budget, check_count, check_ratio, cost_prune_ratio
 from tokenreduce.errors import ConfigError
-from tokenreduce.interfaces import BudgetedReducer, Reducer, Signal, Stage
 from tokenreduce.graph.pruning import ImportancePruner
+from tokenreduce.interfaces import BudgetedReducer, Reducer, Signal, Stage
 from tokenreduce.pipeline import Pipeline
 from tokenreduce.registry import register_strategy
-from tokenreduce.strategies.st_simdiff_reference import STSimDiffReferenceStage1, STSimDiffReferenceStage2
+from tokenreduce.strategies.st_simdiff_reference import (
+    STSimDiffReferenceStage1,
+    STSimDiffReferenceStage2,
+    check_reference_tau_sim,
+)
 from tokenreduce.strategies.st_simdiff_select import SelectionFields, select_candidates
 from tokenreduce.tokens import Reduction, Role, VisualTokens
 
@@ -51,8 +55,6 @@ class STSimDiff(BudgetedReducer):
         layer: int = 2
         num_layers: int | None = None
 
-        rounding: ClassVar[str] = "ceil"
-
         def validate(self) -> None:
             super().validate()
             given = [k for k in ("ratio", "count", "cost") if getattr(self, k) is not None]
@@ -68,6 +70,7 @@ class STSimDiff(BudgetedReducer):
                 if self.count is not None:
                     raise ConfigError(f"{self.name}: variant='reference' uses a cost budget; give cost "
                                       "(or ratio, read as the cost), not count")
+                check_reference_tau_sim(self.tau_sim, self.name)
                 if self.reference_cost() >= 1:
                     raise ConfigError(f"{self.name}: variant='reference' needs cost < 1 (the official "
                                       f"code fails at cost >= 1), got {self.reference_cost()}")
@@ -102,8 +105,9 @@ class STSimDiff(BudgetedReducer):
         if self.config.variant == "paper":
             return [self]
         cfg = self.config
-        shared = dict(tau_sim=cfg.tau_sim, spatial=cfg.spatial, temporal=cfg.temporal, right=cfg.right,
-                      bottom=cfg.bottom, cost=cfg.reference_cost(), num_layers=cfg.num_layers)
+        shared = {"tau_sim": cfg.tau_sim, "spatial": cfg.spatial, "temporal": cfg.temporal,
+                  "right": cfg.right, "bottom": cfg.bottom, "cost": cfg.reference_cost(),
+                  "num_layers": cfg.num_layers}
         return [STSimDiffReferenceStage1(tau_diff=cfg.tau_diff, score=cfg.score, **shared),
                 STSimDiffReferenceStage2(layer=cfg.layer, **shared)]
 
@@ -129,8 +133,9 @@ class STSimDiff(BudgetedReducer):
         if cfg.cost is not None:
             layers = self._num_layers(tokens)
             if layers is None:
-                Budget(cost=cfg.cost).keep_count(1)  # raises the shared "needs num_layers" error
-            return [1 - cost_prune_ratio([], cfg.cost, layers)] * tokens.batch_size  # type: ignore[arg-type]
+                raise ConfigError(f"{cfg.name}: a cost budget needs the LLM's layer count: set num_layers "
+                                  "in the config or VisualTokens(num_layers=...) (tr.apply does)")
+            return [1 - cost_prune_ratio([], cfg.cost, layers)] * tokens.batch_size
         if cfg.count is not None:
             return [Fraction(cfg.count, max(int(n), 1)) for n in tokens.budget_counts().tolist()]
         return [cfg.ratio if cfg.ratio is not None else DEFAULT_RATIO] * tokens.batch_size
@@ -139,11 +144,11 @@ class STSimDiff(BudgetedReducer):
         valid = tokens.flat_valid()
         found = select_candidates(tokens, self.config, self.retention_rates(tokens))
         candidates = found.representatives | found.events
-        scored = tokens
-        if tokens.importance is None:  # documented fallback: events first, then centrality
-            fallback = found.centrality + 4.0 * found.events.float()
-            scored = tokens.replace(importance=fallback.reshape(tokens.features.shape[:4]))
-        keep = ImportancePruner().prune(scored, candidates, self.keep_counts(tokens))
+        if tokens.importance is not None:
+            importance = tokens.flat_importance()
+        else:  # documented fallback: events first, then centrality
+            importance = found.centrality + 4.0 * found.events.float()
+        keep = ImportancePruner().prune_scores(importance, valid, candidates, self.keep_counts(tokens))
         roles = found.roles() | torch.where(keep & ~candidates, int(Role.FILLED), 0).int()
         if tokens.importance is not None:
             roles |= torch.where(keep, int(Role.IMPORTANT), 0).int()

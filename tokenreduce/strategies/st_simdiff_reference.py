@@ -25,7 +25,12 @@ import torch
 
 from tokenreduce.budget import Budget, check_ratio, cost_prune_ratio
 from tokenreduce.errors import ConfigError
-from tokenreduce.graph.centrality import community_sums, component_scores, mean_member_similarity
+from tokenreduce.graph.centrality import (
+    CommunitySums,
+    community_sums,
+    component_scores,
+    mean_member_similarity,
+)
 from tokenreduce.graph.components import ConnectedComponents
 from tokenreduce.graph.events import TemporalDifference
 from tokenreduce.graph.segments import rank_in_community
@@ -52,6 +57,7 @@ class ReferenceFields(GraphFields):
                               f"code fails at cost >= 1), got {self.cost}")
         if self.num_layers is not None and self.num_layers < 2:
             raise ConfigError(f"{self.name}.num_layers must be >= 2, got {self.num_layers}")
+        check_reference_tau_sim(self.tau_sim, self.name)
 
     def layers(self, tokens: VisualTokens) -> int:
         """``num_layers`` from the config, else from the tokens; a clear error when neither has it."""
@@ -60,6 +66,15 @@ class ReferenceFields(GraphFields):
             raise ConfigError(f"{self.name} needs the LLM's layer count for its cost budget: set "
                               "num_layers in the config or VisualTokens(num_layers=...) (tr.apply does)")
         return layers
+
+
+def check_reference_tau_sim(tau_sim: float, name: str) -> None:
+    """The official code pads the similarity of a row's last token and a frame's last row with 0,
+    so a negative threshold would join them to the next row / frame (edges the grid does not
+    have): the reference variant needs ``tau_sim >= 0``."""
+    if tau_sim < 0:
+        raise ConfigError(f"{name}.tau_sim must be >= 0 for the reference variant (the official "
+                          f"code would add wrap-around edges), got {tau_sim}")
 
 
 def reference_edges(graph: TokenGraph, cfg: GraphFields) -> torch.Tensor:
@@ -87,9 +102,6 @@ class StageOneResult:
     in_component: torch.Tensor  # bool [B, N]
     merge_ratio: list[float]
     recorded: list[bool]  # False when the sample had no edge (nothing recorded upstream)
-
-    def sparsity(self, b: int) -> list[float]:
-        return [self.merge_ratio[b]] if self.recorded[b] else []
 
 
 def stage_one(tokens: VisualTokens, cfg: ReferenceFields, tau_diff: float, score: int) -> StageOneResult:
@@ -144,7 +156,7 @@ def within_sample_exclusive(running: torch.Tensor, sample: torch.Tensor, b: int)
     return running - first[sample]
 
 
-def m_per_token(sums, m: torch.Tensor, b: int, n: int) -> torch.Tensor:
+def m_per_token(sums: CommunitySums, m: torch.Tensor, b: int, n: int) -> torch.Tensor:
     """Long ``[B, N]``: each component member's ``m`` (0 elsewhere)."""
     out = torch.zeros(b * n, dtype=torch.long, device=m.device)
     out[sums.rows] = m[sums.segment]

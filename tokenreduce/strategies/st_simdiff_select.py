@@ -66,20 +66,15 @@ class SelectionFields(GraphFields):
             raise ConfigError(f"{self.name}.event_percentile must be in [0, 100], got {self.event_percentile}")
 
 
-def graph_tokens(tokens: VisualTokens) -> VisualTokens:
-    """The tokens the graph is built on: the LLM input embeddings when given, else the features."""
-    if Signal.EMBEDDINGS.value in tokens.signals:
-        embeddings = tokens.signals[Signal.EMBEDDINGS.value]
-        if embeddings.ndim == 5 and embeddings.is_floating_point():
-            return VisualTokens(embeddings, tokens.valid)
-    return tokens
-
-
 def build_graph(tokens: VisualTokens, cfg: GraphFields, *, temporal: bool) -> TokenGraph:
-    """The token graph; temporal edges are built when ``temporal`` (community or event use)."""
+    """The token graph on the LLM input embeddings (``signals["embeddings"]``) when given, else on
+    the features; temporal edges are built when ``temporal`` (community or event use)."""
     builder = SpatioTemporalGraphBuilder(spatial=cfg.spatial, temporal=temporal, right=cfg.right,
                                          bottom=cfg.bottom)
-    return builder.build_graph(graph_tokens(tokens))
+    source = tokens.signals.get(Signal.EMBEDDINGS.value)
+    if source is None or source.ndim != 5 or not source.is_floating_point():
+        source = tokens.features
+    return builder.graph_of(source, tokens.flat_valid())
 
 
 @dataclasses.dataclass(frozen=True)

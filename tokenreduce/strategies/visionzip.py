@@ -20,12 +20,15 @@ Output: the dominant patches are kept in place (``keep_mask``, original order); 
 tokens are new tokens in ``Reduction.extra`` ``[B, T * contextual, D]``: slot ``e`` is target
 ``e % contextual`` of frame ``e // contextual``, and ``extra_valid`` marks the slots a small frame
 does not fill (an adapter that wants upstream's per-image order ``[CLS, dominant, contextual]``
-interleaves by frame). The CLS token is not on the grid: an adapter keeps it in front of each
-frame's tokens when ``info["cls_token"]``.
+interleaves by frame). The CLS token is not on the grid; ``info["cls_token"]`` says it counted as
+a dominant token. The supported models have no CLS token in their LLM input (HF LLaVA drops it
+before the projector), so there a frame reaches the LLM as ``dominant - 1`` patches plus the
+contextual tokens (``dominant`` patches with ``cls_token=False``).
 
 Small frames clip: a frame with ``v`` valid patches keeps ``min(dominant - 1, v)`` (or
-``min(dominant, v)`` without CLS) and makes ``min(contextual, M)`` contextual tokens -- what the
-official indexing gives when ``M < contextual`` (every remaining patch becomes a target).
+``min(dominant, v)`` without CLS) and makes ``min(contextual, M)`` contextual tokens: when ``M <
+contextual`` every remaining patch is a target and stands alone (upstream has no rule there: its
+sum fails on a shape mismatch, or repeats the one target when ``M = 1``).
 Presets: ``preset=64 / 128 / 192`` means ``dominant, contextual = 54, 10 / 108, 20 / 162, 30``.
 """
 
@@ -42,6 +45,7 @@ from tokenreduce.errors import ConfigError
 from tokenreduce.frames import frame_rows, frame_slots_as_extra, frame_top_k
 from tokenreduce.interfaces import Reducer, Signal, Stage
 from tokenreduce.registry import register_strategy
+from tokenreduce.selection import at_least_float32
 from tokenreduce.tokens import Reduction, Role, VisualTokens
 
 PRESETS: dict[int, tuple[int, int]] = {64: (54, 10), 128: (108, 20), 192: (162, 30)}
@@ -66,9 +70,9 @@ def contextual_tokens(
     others = remaining & ~targets
     dump = contextual  # scatter index for tokens that go nowhere (dropped afterwards)
 
-    unit = F.normalize(keys.float(), dim=-1)
+    unit = F.normalize(at_least_float32(keys), dim=-1)
     target_index = torch.where(targets, slot, dump)
-    target_keys = torch.zeros(frames, contextual + 1, unit.shape[-1], device=unit.device)
+    target_keys = unit.new_zeros(frames, contextual + 1, unit.shape[-1])
     target_keys.scatter_(1, target_index.unsqueeze(-1).expand_as(unit), unit)
     token_valid = torch.arange(contextual, device=unit.device) < left.clamp(max=contextual)
     similarity = unit @ target_keys[:, :contextual].transpose(1, 2)

@@ -19,7 +19,7 @@ def qwen2_vl(attn="sdpa", num_layers=3):
     cfg = Qwen2VLConfig(
         text_config=_text(num_layers, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                                                        "mrope_section": [2, 1, 1]}),
-        vision_config=dict(depth=1, embed_dim=16, hidden_size=32, num_heads=2, patch_size=2,
+        vision_config=dict(depth=2, embed_dim=16, hidden_size=32, num_heads=2, patch_size=2,
                            spatial_merge_size=2, temporal_patch_size=2, in_channels=3),
         image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=V_START, vision_end_token_id=V_END)
     cfg._attn_implementation = attn
@@ -47,7 +47,7 @@ def qwen_inputs(grids, prompt_lens=(2, 3), seed=0, per_frame=False):
         text_b = list(range(40, 40 + prompt_lens[1]))
         if per_frame:
             frame = n // grid[0]
-            video = sum(([60 + f, V_START] + [VIDEO] * frame + [V_END] for f in range(grid[0])), [])
+            video = [tok for f in range(grid[0]) for tok in [60 + f, V_START, *[VIDEO] * frame, V_END]]
         else:
             video = [V_START] + [VIDEO] * n + [V_END]
         rows.append(text_a + video + text_b)
@@ -106,16 +106,22 @@ def qwen3_vl(attn="sdpa", num_layers=3):
     return Qwen3VLForConditionalGeneration(cfg).eval()
 
 
-def _vision_clip():
+def _vision_siglip():
     return dict(model_type="siglip_vision_model", hidden_size=16, intermediate_size=32, num_hidden_layers=2,
                 num_attention_heads=2, image_size=8, patch_size=2, num_channels=3)
+
+
+def _vision_clip(image_size=16):
+    """A CLIP tower: a CLS token in front of the ``(image_size / 2)^2`` patches of a frame."""
+    return dict(model_type="clip_vision_model", hidden_size=16, intermediate_size=32, num_hidden_layers=3,
+                num_attention_heads=2, image_size=image_size, patch_size=2, num_channels=3)
 
 
 def llava_onevision(attn="sdpa", num_layers=3):
     from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
 
     cfg = LlavaOnevisionConfig(
-        text_config=dict(_text(num_layers), model_type="qwen2"), vision_config=_vision_clip(),
+        text_config=dict(_text(num_layers), model_type="qwen2"), vision_config=_vision_siglip(),
         image_token_index=IMAGE, video_token_index=VIDEO, vision_feature_select_strategy="full",
         vision_feature_layer=-1)
     cfg._attn_implementation = attn
@@ -127,7 +133,7 @@ def llava_next_video(attn="sdpa", num_layers=3):
     from transformers import LlavaNextVideoConfig, LlavaNextVideoForConditionalGeneration
 
     cfg = LlavaNextVideoConfig(
-        text_config=dict(_text(num_layers), model_type="llama"), vision_config=_vision_clip(),
+        text_config=dict(_text(num_layers), model_type="llama"), vision_config=_vision_siglip(),
         image_token_index=IMAGE, video_token_index=VIDEO, vision_feature_select_strategy="full",
         vision_feature_layer=-1, spatial_pool_stride=2)
     cfg._attn_implementation = attn
@@ -135,15 +141,29 @@ def llava_next_video(attn="sdpa", num_layers=3):
     return LlavaNextVideoForConditionalGeneration(cfg).eval()
 
 
-def llava_inputs(frames_list, side, extra, seed=0):
-    """A left-padded batch, one video per sample with ``frames`` frames of 8x8 pixels."""
+def llava_next_video_clip(attn="sdpa", num_layers=3):
+    """LLaVA-NeXT-Video with a CLIP tower as released: CLS dropped before the projector
+    (``vision_feature_select_strategy="default"``), features of the second-to-last layer, 16x16
+    frames = 8x8 patches pooled to a 4x4 LLM grid."""
+    from transformers import LlavaNextVideoConfig, LlavaNextVideoForConditionalGeneration
+
+    cfg = LlavaNextVideoConfig(
+        text_config=dict(_text(num_layers), model_type="llama"), vision_config=_vision_clip(),
+        image_token_index=IMAGE, video_token_index=VIDEO, vision_feature_select_strategy="default",
+        vision_feature_layer=-2, spatial_pool_stride=2)
+    cfg._attn_implementation = attn
+    torch.manual_seed(0)
+    return LlavaNextVideoForConditionalGeneration(cfg).eval()
+
+
+def llava_inputs(frames_list, side, extra, seed=0, pixels_side=8):
+    """A left-padded batch, one video per sample with ``frames`` frames of ``pixels_side`` pixels square."""
     rows, pixels = [], []
     for i, frames in enumerate(frames_list):
         generator = torch.Generator().manual_seed(seed + i)
-        pixels.append(torch.randn(1, frames, 3, 8, 8, generator=generator))
+        pixels.append(torch.randn(1, frames, 3, pixels_side, pixels_side, generator=generator))
         rows.append(list(range(5, 7 + i)) + [VIDEO] * (frames * side * side + extra) + list(range(40, 43)))
     length = max(map(len, rows))
-    frames_max = max(frames_list)
     ids = torch.full((len(rows), length), PAD)
     mask = torch.zeros((len(rows), length), dtype=torch.long)
     for b, row in enumerate(rows):
@@ -158,3 +178,12 @@ def llava_sample_of(inputs, b):
     keep = inputs["attention_mask"][b].bool()
     return dict(input_ids=inputs["input_ids"][b:b + 1, keep], attention_mask=inputs["attention_mask"][b:b + 1, keep],
                 pixel_values_videos=inputs["pixel_values_videos"][b:b + 1])
+
+
+def llama(attn="sdpa", num_layers=3):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(**_text(num_layers))
+    cfg._attn_implementation = attn
+    torch.manual_seed(0)
+    return LlamaForCausalLM(cfg).eval()

@@ -1,0 +1,128 @@
+"""Pre-LLM reduction of a language model's input: embeddings, position ids and 2-D mask together.
+
+Shared by the model sessions (inside a forward) and by ``reduce_sequence`` (the generic path,
+called by hand before any Hugging Face decoder).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from tokenreduce.adapters.layout import SequenceLayout, gather_slots
+from tokenreduce.adapters.steps import VideoGroup, run_steps
+from tokenreduce.interfaces import Reducer
+
+
+@dataclass
+class ReducedInput:
+    """The language-model input after the pre-LLM steps.
+
+    ``index`` ``[B, L]`` is the original position of every new slot's source (``-1``: padding
+    added by re-padding), ``None`` when no token was dropped; ``changed`` is False when the
+    steps changed nothing (the input is returned as given).
+    """
+
+    inputs_embeds: torch.Tensor
+    position_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    layout: SequenceLayout
+    index: torch.Tensor | None
+    changed: bool
+    next_position: torch.Tensor  # [B] original position of the first token after the input
+    position_shift: torch.Tensor | None  # [B] original minus renumbered next position
+
+
+def next_position(positions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``[B]``: one more than the largest position of a valid token (M-RoPE: over the 3 rope rows)."""
+    rope = positions[-3:] if positions.ndim == 3 else positions[None]
+    masked = rope.masked_fill(~valid[None], torch.iinfo(rope.dtype).min)
+    return masked.amax(dim=(0, 2)) + 1
+
+
+def reduce_llm_input(
+    embeds: torch.Tensor,
+    positions: torch.Tensor | None,
+    mask: torch.Tensor | None,
+    groups: list[VideoGroup],
+    steps: list[Reducer],
+    *,
+    num_layers: int | None,
+    positions_policy: str = "original",
+    encoder_signals: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] | None = None,
+) -> ReducedInput:
+    """Run the pre-LLM ``steps`` on the videos of ``embeds`` ``[B, S, D]`` and prune the input.
+
+    ``positions``: ``[B, S]`` or ``[R, B, S]`` (default ``0..S-1``); ``mask``: 2-D or None. Every
+    group records the input embeddings of its tokens (``Signal.EMBEDDINGS`` for later steps).
+    Encoder steps run here too (dropping a merged token equals dropping its patches), with
+    ``encoder_signals`` as in ``run_steps``.
+    """
+    if mask is not None and (not isinstance(mask, torch.Tensor) or mask.ndim != 2):
+        raise NotImplementedError("token reduction needs a 2-D attention_mask (or none); prepared 4-D masks "
+                                  "(static caches, compiled generation) are not supported")
+    batch, length = embeds.shape[:2]
+    layout = SequenceLayout.identity(batch, length, mask, embeds.device)
+    if positions is None:
+        positions = torch.arange(length, device=embeds.device).expand(batch, -1)
+    following = next_position(positions, layout.valid)
+    for group in groups:
+        rows = group.samples[:, None].expand_as(group.positions)
+        group.embeddings = embeds[rows, group.positions]
+    edit = run_steps([(s, None) for s in steps], groups, embeds, layout, num_layers=num_layers,
+                     encoder_signals=encoder_signals) if steps else None
+    mask_dtype = mask.dtype if mask is not None else torch.long
+    if (edit is None or not edit.changes) and positions_policy == "original":
+        unchanged = layout.valid.to(mask_dtype) if mask is None else mask
+        return ReducedInput(embeds, positions, unchanged, layout, None, False, following, None)
+    index = None
+    new_layout = layout
+    if edit is not None and (edit.drops or edit.extras):
+        new_layout, index = layout.keep(edit.keep)
+        new_slots: list[torch.Tensor] = []
+        if edit.extras:
+            new_layout, index, new_slots = _insert_extras(new_layout, index, edit, batch)
+        original_positions = positions
+        embeds = gather_slots(embeds, index, dim=1, fill=0.0)
+        positions = gather_slots(positions, index, dim=positions.ndim - 1, fill=1)
+        if edit.extras:
+            embeds, positions = _write_extras(embeds, positions, original_positions, edit, new_slots)
+    if edit is not None:
+        embeds = edit.apply_features(embeds, new_layout)
+    shift = None
+    if positions_policy == "contiguous":
+        contiguous = (new_layout.valid.long().cumsum(1) - 1).masked_fill(~new_layout.valid, 1)
+        positions = contiguous.expand(positions.shape[0], -1, -1) if positions.ndim == 3 else contiguous
+        shift = following - next_position(positions, new_layout.valid)
+    return ReducedInput(embeds, positions, new_layout.valid.to(mask_dtype), new_layout, index, True, following,
+                        shift)
+
+
+def _insert_extras(layout: SequenceLayout, index: torch.Tensor, edit, batch: int):
+    """New tokens of ``Reduction.extra`` go right after their video's last grid position."""
+    anchors = []
+    for b in range(batch):
+        per = [torch.full((t.shape[0],), anchor, dtype=torch.long) for sample, anchor, t in edit.extras if sample == b]
+        anchors.append(torch.cat(per) if per else torch.zeros(0, dtype=torch.long))
+    inserted, inner, new_slots = layout.insert_after(anchors)
+    total = torch.where(inner >= 0, index.gather(1, inner.clamp(min=0)), -1)
+    return inserted, total, new_slots
+
+
+def _write_extras(embeds: torch.Tensor, positions: torch.Tensor, original: torch.Tensor, edit,
+                  new_slots: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Write the new tokens into their slots; they take the position ids of their anchor (the
+    video's last grid token)."""
+    embeds, positions = embeds.clone(), positions.clone()
+    for b, slots in enumerate(new_slots):  # a loop over samples
+        mine = [(anchor, tokens) for sample, anchor, tokens in edit.extras if sample == b]
+        if not mine:
+            continue
+        embeds[b, slots] = torch.cat([tokens for _, tokens in mine]).to(embeds.dtype)
+        where = torch.cat([torch.full((t.shape[0],), a, dtype=torch.long) for a, t in mine]).to(original.device)
+        if original.ndim == 3:
+            positions[:, b, slots] = original.expand(-1, positions.shape[1], -1)[:, b, where]
+        else:
+            positions[b, slots] = original.expand(positions.shape[0], -1)[b, where]
+    return embeds, positions
