@@ -171,3 +171,13 @@ def test_encoder_steps_refuse_videos_repeated_by_generate(build, frames_or_grid)
     with torch.no_grad(), tr.apply(model, TopEncoderAttention(ratio=0.3)), \
             pytest.raises(NotImplementedError, match="one to one"):
         model.generate(**inputs, max_new_tokens=1, do_sample=False, num_beams=2)
+
+
+def test_encoder_layer_outside_the_tower_is_a_clear_error_and_installs_nothing():
+    model = tm.qwen2_vl()
+    model.model.visual.blocks = model.model.visual.blocks[:1]  # a one-block tower: layer -2 does not exist
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"encoder_layer -2 is outside the vision encoder's 1 blocks"):
+        tr.apply(model, tr.build("visionzip"))
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

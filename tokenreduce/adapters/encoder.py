@@ -38,6 +38,10 @@ class EncoderCapture:
         self._pending = EncoderRecord()
         self._handles = []
         self.num_blocks = len(blocks) if blocks is not None else 0
+        outside = sorted(i for i in layers if not -self.num_blocks <= i < self.num_blocks)
+        if blocks is not None and outside:
+            raise ValueError(f"encoder_layer {outside[0]} is outside the vision encoder's "
+                             f"{self.num_blocks} blocks (valid: {-self.num_blocks} .. {self.num_blocks - 1})")
         for index in sorted({i % len(blocks) for i in layers}) if blocks is not None else ():
             module = attention_of(blocks[index])
             self._handles.append(module.register_forward_pre_hook(self._hook(index), with_kwargs=True))
