@@ -24,6 +24,7 @@ from tokenreduce.errors import (
 )
 from tokenreduce.interfaces import (
     BudgetConfig,
+    EncoderConfig,
     BudgetedReducer,
     BudgetPruner,
     CommunityDetector,
@@ -67,7 +68,7 @@ def list_strategies() -> list[str]:
 __all__ = [
     "ADAPTERS", "COMMUNITY", "STRATEGIES", "Budget", "BudgetConfig", "BudgetPruner", "BudgetedReducer",
     "CommunityDetector", "Component", "Config", "ConfigError", "ConfigTypeError",
-    "DuplicateRegistrationError", "EventDetector", "GraphBuilder", "ImportanceScorer",
+    "DuplicateRegistrationError", "EncoderConfig", "EventDetector", "GraphBuilder", "ImportanceScorer",
     "LayerwiseReducer", "MissingDependencyError", "MissingSignalError", "Pipeline", "PluginWarning",
     "Reducer", "Reduction", "ReductionStats", "Registry", "Role", "Signal", "Stage",
     "TokenReduceError", "UnknownNameError", "VisualTokens", "__version__", "apply", "build", "build_component",

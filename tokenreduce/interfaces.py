@@ -155,6 +155,15 @@ class Reducer(Component, abc.ABC):
 
 
 @dataclasses.dataclass
+class EncoderConfig(Config):
+    """Config mixin of encoder-stage reducers: the vision-encoder layer whose attention and keys
+    they read (negative counts from the end; -2 = second-to-last, the VisionZip / FasterVLM
+    choice). An adapter raises a clear error when the tower has no such layer."""
+
+    encoder_layer: int = -2
+
+
+@dataclasses.dataclass
 class BudgetConfig(Config):
     """Config mixin for a ratio or absolute-count budget.
 

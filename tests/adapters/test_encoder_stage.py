@@ -181,3 +181,14 @@ def test_encoder_layer_outside_the_tower_is_a_clear_error_and_installs_nothing()
         tr.apply(model, tr.build("visionzip"))
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_encoder_strategies_say_which_encoder_layer_they_read():
+    assert tr.build("visionzip").config.encoder_layer == -2
+    assert tr.build("fastervlm").config.encoder_layer == -2
+    assert tr.build("prumerge_plus").config.encoder_layer == -1  # upstream: the last layer
+    model = tm.qwen2_vl()  # a two-block tower: layer 2 does not exist, so the config value is the one read
+    with pytest.raises(ValueError, match=r"encoder_layer 2 is outside the vision encoder's 2 blocks"):
+        tr.apply(model, tr.build("visionzip", encoder_layer=2))
+    with pytest.raises(tr.ConfigTypeError, match="visionzip.encoder_layer must be an int"):
+        tr.build("visionzip", encoder_layer="last")

@@ -478,6 +478,6 @@ class ReductionSession:
 
 
 def encoder_layer(step: Reducer) -> int:
-    """The vision-encoder layer an encoder step reads: its config's ``encoder_layer``, else the
-    second-to-last (the VisionZip / FasterVLM choice)."""
+    """The vision-encoder layer an encoder step reads: its config's ``encoder_layer``
+    (``EncoderConfig``), else the second-to-last (the VisionZip / FasterVLM choice)."""
     return int(getattr(step.config, "encoder_layer", -2))

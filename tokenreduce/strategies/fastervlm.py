@@ -18,7 +18,7 @@ from typing import ClassVar
 import torch
 
 from tokenreduce.frames import frame_rows, frame_top_k
-from tokenreduce.interfaces import BudgetConfig, BudgetedReducer, Signal, Stage
+from tokenreduce.interfaces import BudgetConfig, BudgetedReducer, EncoderConfig, Signal, Stage
 from tokenreduce.registry import register_strategy
 from tokenreduce.selection import proportional_counts, top_k_mask
 from tokenreduce.tokens import Reduction, Role, VisualTokens
@@ -36,7 +36,7 @@ class FasterVLM(BudgetedReducer):
     requires: ClassVar[frozenset[Signal]] = frozenset({Signal.IMPORTANCE})
 
     @dataclasses.dataclass
-    class Config(BudgetConfig):
+    class Config(BudgetConfig, EncoderConfig):
         per_frame: bool = True
 
     def frame_counts(self, tokens: VisualTokens) -> torch.Tensor:

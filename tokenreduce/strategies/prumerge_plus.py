@@ -34,10 +34,9 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from tokenreduce.config import Config
 from tokenreduce.errors import ConfigError
 from tokenreduce.frames import frame_rows, frame_slots_as_extra, sample_rows
-from tokenreduce.interfaces import Reducer, Signal, Stage
+from tokenreduce.interfaces import EncoderConfig, Reducer, Signal, Stage
 from tokenreduce.registry import register_strategy
 from tokenreduce.selection import at_least_float32, top_k_mask
 from tokenreduce.tokens import Reduction, Role, VisualTokens
@@ -88,9 +87,10 @@ class PruMergePlus(Reducer):
     requires: ClassVar[frozenset[Signal]] = frozenset({Signal.IMPORTANCE, Signal.KEYS})
 
     @dataclasses.dataclass
-    class Config(Config):
+    class Config(EncoderConfig):
         neighbours: int = 32
         summary_token: bool = True
+        encoder_layer: int = -1  # upstream reads the last layer's attention
 
         def validate(self) -> None:
             if self.neighbours < 1:

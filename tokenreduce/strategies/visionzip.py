@@ -40,10 +40,9 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from tokenreduce.config import Config
 from tokenreduce.errors import ConfigError
 from tokenreduce.frames import frame_rows, frame_slots_as_extra, frame_top_k
-from tokenreduce.interfaces import Reducer, Signal, Stage
+from tokenreduce.interfaces import EncoderConfig, Reducer, Signal, Stage
 from tokenreduce.registry import register_strategy
 from tokenreduce.selection import at_least_float32
 from tokenreduce.tokens import Reduction, Role, VisualTokens
@@ -105,7 +104,7 @@ class VisionZip(Reducer):
     requires: ClassVar[frozenset[Signal]] = frozenset({Signal.IMPORTANCE, Signal.KEYS})
 
     @dataclasses.dataclass
-    class Config(Config):
+    class Config(EncoderConfig):
         dominant: int | None = None
         contextual: int | None = None
         preset: int | None = None
