@@ -1,9 +1,17 @@
 """Slow, obviously-correct references: capture what the unpatched LLM receives, and decode by
-recomputing the whole (pruned) sequence at every step without a cache."""
+recomputing the whole (pruned) sequence at every step without a cache; and a recording
+encoder-stage reducer shared by the encoder tests."""
 
 from __future__ import annotations
 
+import dataclasses
+from typing import ClassVar
+
 import torch
+
+from tokenreduce.interfaces import BudgetConfig, BudgetedReducer, EncoderConfig, Signal, Stage
+from tokenreduce.selection import top_k_mask
+from tokenreduce.tokens import Reduction
 
 
 def capture_lm_inputs(model, language_model, inputs):
@@ -85,3 +93,21 @@ def manual_greedy(language_model, lm_head, embeds, positions, keep, prune_layer,
         step_logits.append(logits[0])
         generated.append(int(logits.argmax(-1)))
     return generated, torch.stack(step_logits)
+
+
+class TopEncoderAttention(BudgetedReducer):
+    """Test reducer: keep the tokens receiving the most encoder attention; remembers its inputs."""
+
+    stage: ClassVar[Stage] = Stage.ENCODER
+    requires: ClassVar[frozenset] = frozenset({Signal.IMPORTANCE, Signal.KEYS})
+    seen: ClassVar[list] = []
+
+    @dataclasses.dataclass
+    class Config(BudgetConfig, EncoderConfig):
+        pass
+
+    def reduce(self, tokens):
+        type(self).seen.append(tokens)
+        valid = tokens.flat_valid()
+        keep = top_k_mask(tokens.flat_importance(), self.keep_counts(tokens), valid)
+        return Reduction(keep, grid=tokens.grid, valid=valid)

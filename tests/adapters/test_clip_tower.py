@@ -9,18 +9,14 @@ average-pooled 2x2 onto the LLM grid, as the model pools its features.
 
 from __future__ import annotations
 
-import dataclasses
-from typing import ClassVar
 
 import pytest
 import tiny_vlms as tm
 import torch
 import torch.nn.functional as F
-from adapter_oracle import capture_lm_inputs, layer_lengths
+from adapter_oracle import TopEncoderAttention, capture_lm_inputs, layer_lengths
 
 import tokenreduce as tr
-from tokenreduce.interfaces import BudgetConfig, BudgetedReducer, Signal, Stage
-from tokenreduce.tokens import Reduction
 
 pytest.importorskip("transformers")
 
@@ -55,31 +51,15 @@ def clip_oracle(inputs):
     return _pool(cls_row[..., None])[:, 0], _pool(keys)
 
 
-class RecordEncoderSignals(BudgetedReducer):
-    """Test reducer: records what an encoder step receives and keeps everything."""
-
-    stage: ClassVar[Stage] = Stage.ENCODER
-    requires: ClassVar[frozenset] = frozenset({Signal.IMPORTANCE, Signal.KEYS})
-    seen: ClassVar[list] = []
-
-    @dataclasses.dataclass
-    class Config(BudgetConfig):
-        encoder_layer: int = -2
-
-    def reduce(self, tokens):
-        type(self).seen.append(tokens)
-        return Reduction(tokens.flat_valid(), grid=tokens.grid, valid=tokens.flat_valid())
-
-
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_clip_encoder_signals_are_the_cls_row_and_keys(attn):
     model = tm.llava_next_video_clip(attn)
     inputs = _inputs()
     importance, keys = clip_oracle(inputs)
-    RecordEncoderSignals.seen = []
-    with torch.no_grad(), tr.apply(model, RecordEncoderSignals()):
+    TopEncoderAttention.seen = []
+    with torch.no_grad(), tr.apply(model, TopEncoderAttention(ratio=1.0)):
         model(**inputs)
-    tokens = RecordEncoderSignals.seen[-1]
+    tokens = TopEncoderAttention.seen[-1]
     assert tokens.grid == (FRAMES, SIDE, SIDE)
     torch.testing.assert_close(tokens.flat_importance()[0], importance, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(tokens.flat_signal("keys")[0], keys, rtol=1e-5, atol=1e-6)

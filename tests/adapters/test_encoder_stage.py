@@ -2,39 +2,18 @@
 
 from __future__ import annotations
 
-import dataclasses
 import sys
-from typing import ClassVar
 
 import pytest
 import tiny_vlms as tm
 import torch
-from adapter_oracle import layer_lengths
+from adapter_oracle import TopEncoderAttention, layer_lengths
 
 import tokenreduce as tr
-from tokenreduce.interfaces import BudgetConfig, BudgetedReducer, Signal, Stage
 from tokenreduce.selection import top_k_mask
 from tokenreduce.tokens import Reduction
 
 pytest.importorskip("transformers")
-
-
-class TopEncoderAttention(BudgetedReducer):
-    """Test reducer: keep the tokens receiving the most encoder attention; remembers its inputs."""
-
-    stage: ClassVar[Stage] = Stage.ENCODER
-    requires: ClassVar[frozenset] = frozenset({Signal.IMPORTANCE, Signal.KEYS})
-    seen: ClassVar[list] = []
-
-    @dataclasses.dataclass
-    class Config(BudgetConfig):
-        encoder_layer: int = -2
-
-    def reduce(self, tokens):
-        type(self).seen.append(tokens)
-        valid = tokens.flat_valid()
-        keep = top_k_mask(tokens.flat_importance(), self.keep_counts(tokens), valid)
-        return Reduction(keep, grid=tokens.grid, valid=valid)
 
 
 def _oracle_signals(model, inputs, layer):
