@@ -57,19 +57,25 @@ def check_reduction(reducer: tr.Reducer, tokens: tr.VisualTokens, reduction: tr.
         assert bool(torch.isfinite(reduction.features[reduction.keep_mask]).all())
 
 
+def random_case(name, shape, ratio, seed, static, padded):
+    """The strategy ``name`` at ``ratio`` and a seeded random grid of ``shape`` with its signals."""
+    b, t, h, w, d = shape
+    reducer = build_with_ratio(name, ratio)
+    features = make_features(b, t, h, w, d, seed=seed, static=static)
+    valid = make_valid(b, t, h, w, seed=seed) if padded else None
+    return reducer, make_tokens(reducer, features, valid=valid, seed=seed)
+
+
 @pytest.mark.parametrize("name", STRATEGY_NAMES)
 @SETTINGS
 @given(shape=shapes, ratio=ratios, seed=st.integers(0, 2**16), static=st.sampled_from([0.0, 0.9, 1.0]),
        padded=st.booleans())
 def test_invariants_and_determinism(name, shape, ratio, seed, static, padded):
-    b, t, h, w, d = shape
-    reducer = build_with_ratio(name, ratio)
-    features = make_features(b, t, h, w, d, seed=seed, static=static)
-    valid = make_valid(b, t, h, w, seed=seed) if padded else None
-    tokens = make_tokens(reducer, features, valid=valid, seed=seed)
+    reducer, tokens = random_case(name, shape, ratio, seed, static, padded)
     first = reducer(tokens)
     check_reduction(reducer, tokens, first)
-    second = build_with_ratio(name, ratio)(make_tokens(reducer, features.clone(), valid=valid, seed=seed))
+    rebuilt, again = random_case(name, shape, ratio, seed, static, padded)  # a fresh reducer and input
+    second = rebuilt(again)
     assert torch.equal(first.keep_mask, second.keep_mask), "not deterministic"
     assert torch.equal(first.roles, second.roles)
 
@@ -79,13 +85,9 @@ def test_invariants_and_determinism(name, shape, ratio, seed, static, padded):
 @given(shape=shapes, ratio=ratios, seed=st.integers(0, 2**16), static=st.sampled_from([0.0, 0.9]),
        padded=st.booleans())
 def test_batch_equals_samples_one_by_one(name, shape, ratio, seed, static, padded):
-    b, t, h, w, d = shape
-    reducer = build_with_ratio(name, ratio)
-    features = make_features(b, t, h, w, d, seed=seed, static=static)
-    valid = make_valid(b, t, h, w, seed=seed) if padded else None
-    tokens = make_tokens(reducer, features, valid=valid, seed=seed)
+    reducer, tokens = random_case(name, shape, ratio, seed, static, padded)
     batched = reducer(tokens)
-    for i in range(b):
+    for i in range(tokens.batch_size):
         alone = reducer(tokens.sample(i))
         assert torch.equal(batched.keep_mask[i], alone.keep_mask[0]), f"sample {i} differs"
         assert torch.equal(batched.roles[i], alone.roles[0])

@@ -36,7 +36,7 @@ def _pool(values):
 
 def clip_oracle(inputs):
     """(importance [N], keys [N, d]) per LLM video token from the eager CLIP attention weights."""
-    tower = tm.llava_next_video_clip("eager").model.vision_tower
+    tower = tm.llava_next_video("eager", tower="clip").model.vision_tower
     pixels = inputs["pixel_values_videos"].flatten(0, 1)
     with torch.no_grad():
         out = tower(pixels, output_attentions=True, output_hidden_states=True)
@@ -53,7 +53,7 @@ def clip_oracle(inputs):
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_clip_encoder_signals_are_the_cls_row_and_keys(attn):
-    model = tm.llava_next_video_clip(attn)
+    model = tm.llava_next_video(attn, tower="clip")
     inputs = _inputs()
     importance, keys = clip_oracle(inputs)
     TopEncoderAttention.seen = []
@@ -79,7 +79,7 @@ def _per_frame_top(importance, count):
 
 @pytest.mark.parametrize("cls_token,patches_per_frame", [(True, 4), (False, 5)])
 def test_visionzip_on_clip_tower_counts_and_tokens(cls_token, patches_per_frame):
-    model = tm.llava_next_video_clip()
+    model = tm.llava_next_video(tower="clip")
     inputs = _inputs()
     importance, keys = clip_oracle(inputs)
     lm = model.model.language_model
@@ -114,7 +114,7 @@ def test_visionzip_on_clip_tower_counts_and_tokens(cls_token, patches_per_frame)
 
 
 def test_fastervlm_on_clip_tower_keeps_top_cls_attention_per_frame():
-    model = tm.llava_next_video_clip()
+    model = tm.llava_next_video(tower="clip")
     inputs = _inputs()
     importance, _ = clip_oracle(inputs)
     lm = model.model.language_model

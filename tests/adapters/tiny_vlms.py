@@ -129,28 +129,20 @@ def llava_onevision(attn="sdpa", num_layers=3):
     return LlavaOnevisionForConditionalGeneration(cfg).eval()
 
 
-def llava_next_video(attn="sdpa", num_layers=3):
+def llava_next_video(attn="sdpa", num_layers=3, tower="siglip"):
+    """LLaVA-NeXT-Video, frames pooled 2x2. ``tower="siglip"``: every patch feature of the last
+    layer goes to the projector. ``tower="clip"``: a CLIP tower as released: CLS dropped before the
+    projector (``vision_feature_select_strategy="default"``), features of the second-to-last layer,
+    16x16 frames = 8x8 patches pooled to a 4x4 LLM grid."""
     from transformers import LlavaNextVideoConfig, LlavaNextVideoForConditionalGeneration
 
+    clip = tower == "clip"
     cfg = LlavaNextVideoConfig(
-        text_config=dict(_text(num_layers), model_type="llama"), vision_config=_vision_siglip(),
-        image_token_index=IMAGE, video_token_index=VIDEO, vision_feature_select_strategy="full",
-        vision_feature_layer=-1, spatial_pool_stride=2)
-    cfg._attn_implementation = attn
-    torch.manual_seed(0)
-    return LlavaNextVideoForConditionalGeneration(cfg).eval()
-
-
-def llava_next_video_clip(attn="sdpa", num_layers=3):
-    """LLaVA-NeXT-Video with a CLIP tower as released: CLS dropped before the projector
-    (``vision_feature_select_strategy="default"``), features of the second-to-last layer, 16x16
-    frames = 8x8 patches pooled to a 4x4 LLM grid."""
-    from transformers import LlavaNextVideoConfig, LlavaNextVideoForConditionalGeneration
-
-    cfg = LlavaNextVideoConfig(
-        text_config=dict(_text(num_layers), model_type="llama"), vision_config=_vision_clip(),
-        image_token_index=IMAGE, video_token_index=VIDEO, vision_feature_select_strategy="default",
-        vision_feature_layer=-2, spatial_pool_stride=2)
+        text_config=dict(_text(num_layers), model_type="llama"),
+        vision_config=_vision_clip() if clip else _vision_siglip(),
+        image_token_index=IMAGE, video_token_index=VIDEO,
+        vision_feature_select_strategy="default" if clip else "full",
+        vision_feature_layer=-2 if clip else -1, spatial_pool_stride=2)
     cfg._attn_implementation = attn
     torch.manual_seed(0)
     return LlavaNextVideoForConditionalGeneration(cfg).eval()
