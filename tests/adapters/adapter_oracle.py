@@ -60,16 +60,21 @@ def layer_lengths(layers):
     return Recorder()
 
 
-def manual_greedy(language_model, lm_head, embeds, positions, keep, prune_layer, steps, layer_extra=None):
+def manual_greedy(language_model, lm_head, embeds, positions, keeps, steps, layer_extra=None):
     """Greedy tokens and per-step logits of one sample (batch 1, no padding), recomputing everything at every step.
 
-    ``keep`` [S] bool: prompt tokens kept from ``prune_layer`` on (0 = before the first layer);
-    ``positions`` [R, 1, S] or [1, S]: original position ids; generated tokens continue from
-    the largest prompt position + 1.
+    ``keeps`` ``{layer: [S] bool}``: the prompt tokens alive from that decoder layer on (0 = before the
+    first); ``positions`` [R, 1, S] or [1, S]: original position ids (a fourth, text row in front of the
+    three M-RoPE rows is left out); generated tokens continue from the largest prompt position + 1.
+    Recurrent (linear-attention) layers get no mask: the sample has no padding. ``layer_extra(index, h,
+    alive)`` adds what a family adds after a layer (``alive``: [S + generated] bool, the rows of ``h``).
     """
     embed_tokens = language_model.get_input_embeddings()
     if positions is None:  # 1-D models: the plain forward numbers 0..S-1
         positions = torch.arange(embeds.shape[1])[None]
+    if positions.ndim == 3 and positions.shape[0] == 4:
+        positions = positions[1:]
+    length = embeds.shape[1]
     next_pos = int(positions.max()) + 1
     generated, step_logits = [], []
     for _ in range(steps):
@@ -77,17 +82,19 @@ def manual_greedy(language_model, lm_head, embeds, positions, keep, prune_layer,
         h = torch.cat([embeds, embed_tokens(new)], dim=1)
         new_pos = torch.arange(next_pos, next_pos + len(generated)).view(*([1] * (positions.ndim - 1)), -1)
         pos = torch.cat([positions, new_pos.expand(*positions.shape[:-1], -1)], dim=-1)
-        rows = torch.cat([keep, torch.ones(len(generated), dtype=torch.bool)])
+        alive = torch.ones(length + len(generated), dtype=torch.bool)
         for index, layer in enumerate(language_model.layers):
-            if index == prune_layer:
-                h = h[:, rows]
-                pos = pos[..., rows]
+            if index in keeps:
+                target = torch.cat([keeps[index], torch.ones(len(generated), dtype=torch.bool)])
+                rows = target[alive]
+                h, pos, alive = h[:, rows], pos[..., rows], alive & target
             pe = language_model.rotary_emb(h, pos)
-            length = h.shape[1]
-            causal = torch.full((length, length), torch.finfo(h.dtype).min).triu(1)[None, None]
-            h = layer(h, attention_mask=causal, position_embeddings=pe, position_ids=None, use_cache=False)
+            size = h.shape[1]
+            causal = torch.full((size, size), torch.finfo(h.dtype).min).triu(1)[None, None]
+            mask = None if hasattr(layer, "linear_attn") else causal
+            h = layer(h, attention_mask=mask, position_embeddings=pe, position_ids=None, use_cache=False)
             if layer_extra is not None:
-                h = layer_extra(index, h, rows if index >= prune_layer else None)
+                h = layer_extra(index, h, alive)
         logits = lm_head(language_model.norm(h[:, -1]))
         step_logits.append(logits[0])
         generated.append(int(logits.argmax(-1)))

@@ -1,14 +1,18 @@
 """tr.apply on every supported model family (tiny random weights): exactness, real pruning,
-generation against an uncached oracle, the attention probe, batches with padding."""
+generation against an uncached oracle, the attention probe, batches with padding — on videos and
+images. The matrix is driven by the family table (``families.py``), which must cover every registered
+adapter."""
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 
 import pytest
 import tiny_vlms as tm
 import torch
 from adapter_oracle import capture_lm_inputs, layer_lengths, manual_greedy
+from families import FAMILIES, NAMED_ONLY
 
 import tokenreduce as tr
 from tokenreduce.adapters.probe import AttentionInputs, last_query_attention
@@ -18,38 +22,36 @@ pytest.importorskip("transformers")
 GRID = (2, 4, 6)  # 12 LLM tokens for the Qwen families
 
 
-class Family:
-    """How to build a tiny model of one family and its video inputs."""
-
-    def __init__(self, build, inputs, sample_of, grid, small_grid, tokens, batch_grids, encoder=False):
-        self.build, self.inputs, self.sample_of = build, inputs, sample_of
-        self.grid, self.small_grid, self.tokens, self.batch_grids = grid, small_grid, tokens, batch_grids
-        self.encoder = encoder  # supports encoder-stage steps
-
-
-def _qwen(build, per_frame=False, encoder=True):
-    return Family(build, lambda grids, seed=0: tm.qwen_inputs(grids, seed=seed, per_frame=per_frame),
-                  tm.sample_of, GRID, (2, 4, 4), lambda g: g[0] * g[1] * g[2] // 4, [GRID, (2, 4, 4)], encoder)
-
-
-def _llava(build, extra):
-    # a grid is a frame count: 8x8 frames, 4x4 patches, pooled to 2x2
-    return Family(build, lambda frames, seed=0: tm.llava_inputs(frames, 2, extra, seed=seed),
-                  tm.llava_sample_of, 3, 2, lambda f: 4 * f, [3, 3], encoder=True)
+def uncovered(adapters, rows, named_only):
+    """Registered adapters (``name -> class``) with a model class that has no row, or with no class and no
+    test module."""
+    served = {(f.model_class, f.adapter) for f in rows}
+    missing = []
+    for name, cls in adapters.items():
+        classes = getattr(cls, "model_classes", ())
+        if not classes and name not in named_only:
+            missing.append(name)
+        missing += [f"{name}: {c}" for c in classes if (c, name) not in served]
+    return missing
 
 
-FAMILIES = {
-    "qwen2_vl": _qwen(tm.qwen2_vl),
-    "qwen2_5_vl": _qwen(tm.qwen2_5_vl),
-    "qwen3_vl": _qwen(tm.qwen3_vl, per_frame=True),
-    "llava_onevision": _llava(tm.llava_onevision, 1),
-    "llava_next_video": _llava(tm.llava_next_video, 0),
-}
+def test_every_registered_adapter_has_a_family_row():
+    assert uncovered(dict(tr.ADAPTERS.items()), FAMILIES.values(), NAMED_ONLY) == []
+    for module in NAMED_ONLY.values():
+        importlib.import_module(module)
 
 
-@pytest.fixture(params=sorted(FAMILIES))
-def family(request):
-    return FAMILIES[request.param]
+def test_an_untested_adapter_fails_the_coverage_check():
+    class Untested(tr.adapters.ModelAdapter):
+        model_classes = ("SomeNewVLForConditionalGeneration",)
+
+    adapters = {**dict(tr.ADAPTERS.items()), "some_new_vl": Untested}
+    assert uncovered(adapters, FAMILIES.values(), NAMED_ONLY) == ["some_new_vl: SomeNewVLForConditionalGeneration"]
+    assert uncovered({"by_name": tr.adapters.ModelAdapter}, [], {}) == ["by_name"]
+
+
+def _truth_grids(truth):
+    return [(g.sample, g.grid) for g in truth], [g.modality for g in truth]
 
 
 def _deepstack_oracle(captured):
@@ -59,17 +61,13 @@ def _deepstack_oracle(captured):
         return None
     visual = captured["visual_pos_masks"][0]
 
-    def add(index, h, rows):
+    def add(index, h, alive):
         if index >= len(embeds):
             return h
-        full = torch.cat([visual, torch.zeros(h.shape[1] + (0 if rows is None else int((~rows).sum()))
-                                              - visual.numel(), dtype=torch.bool)])
-        mask, emb = full, embeds[index]
-        if rows is not None:
-            mask = full[rows]
-            emb = emb[rows[:visual.numel()][visual]]
+        prompt = alive[:visual.numel()]
+        mask = torch.cat([visual[prompt], torch.zeros(h.shape[1] - int(prompt.sum()), dtype=torch.bool)])
         h = h.clone()
-        h[0, mask] += emb
+        h[0, mask] += embeds[index][prompt[visual]]
         return h
 
     return add
@@ -92,7 +90,7 @@ def _kwargs(name):
 
 def _runs_on(family_name, name):
     stages = {step.stage for step in tr.build(name, **_kwargs(name)).steps()}
-    return tr.Stage.ENCODER not in stages or FAMILIES[family_name].encoder
+    return tr.Stage.ENCODER not in stages or bool(tr.ADAPTERS.get(FAMILIES[family_name].adapter).encoder_modalities)
 
 
 ALL_STRATEGIES = [n for n in tr.list_strategies() if n != "pipeline"]
@@ -115,44 +113,98 @@ def _attns(name):
 
 # every registered strategy on Qwen2-VL (M-RoPE; eager too for in-LLM ones) and LLaVA-OneVision
 # (1-D positions, newline token); the merging/inserting ones with Qwen3-VL's deepstack; the
-# oracle ones everywhere
+# oracle ones on the other families of the first round; a pre-LLM and an in-LLM one on every later family
 SDPA = lambda name: ["sdpa"]
+FIRST_ROUND = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava_onevision", "llava_next_video"]
 BATCH_CASES = (_matrix(ALL_STRATEGIES, _attns, ["qwen2_vl"]) + _matrix(ALL_STRATEGIES, SDPA, ["llava_onevision"])
                + _matrix(ORACLE + [n for n in ("framefusion", "visionzip") if n in tr.STRATEGIES], SDPA,
                          ["qwen3_vl"])
-               + _matrix(ORACLE, SDPA, ["qwen2_5_vl", "llava_next_video"]))
+               + _matrix(ORACLE, SDPA, ["qwen2_5_vl", "llava_next_video"])
+               + _matrix(["random", "fastv"], SDPA, [f for f in FAMILIES if f not in FIRST_ROUND]))
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_keep_all_is_exact_and_model_restored(family, attn):
-    model = family.build(attn)
-    inputs = family.inputs([family.grid])
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    with torch.no_grad():
-        ref = model(**inputs).logits
-        ref_gen = model.generate(**inputs, max_new_tokens=3, do_sample=False)
-    hooks = _hook_state(model)  # after a first forward: transformers adds its own capture hooks lazily
-    with torch.no_grad(), tr.apply(model, tr.build("keep_all")):
-        out = model(**inputs).logits
-        gen = model.generate(**inputs, max_new_tokens=3, do_sample=False)
-    assert torch.equal(out, ref)
-    assert torch.equal(gen, ref_gen)
-    assert _hook_state(model) == hooks
-    after = model.state_dict()
-    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
-    with torch.no_grad():
-        assert torch.equal(model(**inputs).logits, ref)
+def _attention_backends(family_name):
+    return ["sdpa", "eager"] if FAMILIES[family_name].eager else ["sdpa"]
 
 
-@pytest.mark.parametrize("family_name,attn,name,kw", _matrix(ORACLE, _attns))
-def test_decoder_sees_reduced_length_and_generate_matches_uncached(family_name, attn, name, kw):
+@pytest.mark.parametrize("family_name,attn", [(f, a) for f in FAMILIES for a in _attention_backends(f)])
+def test_keep_all_is_exact_and_model_restored(family_name, attn):
     family = FAMILIES[family_name]
     model = family.build(attn)
-    inputs = family.inputs([family.grid])
-    n_video = family.tokens(family.grid)
-    reducer = tr.build(name, **kw)
-    planned = reducer.planned_counts(tr.VisualTokens(torch.zeros(1, n_video, 1, 1, 1)))
-    keep_count = int(planned[0])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    hooks = None
+    for samples in family.batches().values():  # videos and images, left-padded, in either order
+        inputs, truth = family.inputs(model, samples)
+        with torch.no_grad():
+            ref = model(**inputs).logits
+            ref_gen = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+        hooks = hooks or _hook_state(model)  # after a first forward: transformers adds its capture hooks lazily
+        with torch.no_grad(), tr.apply(model, tr.build("keep_all")) as session:
+            out = model(**inputs).logits
+            gen = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+            located = session.video_grids(), session.grid_modalities()
+            kept = [k.numel() for k in session.kept_indices()]
+        assert torch.equal(out, ref)
+        assert torch.equal(gen, ref_gen)
+        assert located == _truth_grids(truth)  # every video and image found on its grid
+        assert kept == [g.tokens for g in truth]
+        assert _hook_state(model) == hooks
+        with torch.no_grad():
+            assert torch.equal(model(**inputs).logits, ref)
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+
+
+def _softmax_layers(language_model):
+    """Decoder layers with softmax attention (Qwen3.5's Gated-DeltaNet layers have ``linear_attn``)."""
+    return [i for i, layer in enumerate(language_model.layers) if not hasattr(layer, "linear_attn")]
+
+
+def _runs_before(step, softmax):
+    """The decoder layer an in-LLM step that reads the probe runs before: right after the first softmax layer
+    at or after its layer - 1 (docs/models.md, hybrid decoders)."""
+    return min(i for i in softmax if i >= step.layer - 1) + 1
+
+
+def _keep_mask(seq, truth, kept):
+    """[S] bool: the prompt tokens left when grid ``i`` of ``truth`` keeps flat indices ``kept[i]``."""
+    keep = torch.ones(seq, dtype=torch.bool)
+    for grid, indices in zip(truth, kept):
+        dropped = torch.ones(grid.positions.numel(), dtype=torch.bool)
+        dropped[indices] = False
+        positions = grid.positions[dropped]
+        keep[positions[positions >= 0]] = False
+    return keep
+
+
+# the strategies every family is checked with against the uncached oracle: pre-LLM, in-LLM, ST-SimDiff
+# as the paper describes it (in-LLM) and as its code runs (pre-LLM + in-LLM; at a cost the 3-layer models
+# meet whatever stage 1 drops), and an encoder-stage one
+FAMILY_STRATEGIES = {"random": {}, "fastv": {}, "st_simdiff": {},
+                     "st_simdiff-reference": {"variant": "reference", "ratio": 0.5}, "fastervlm": {}}
+
+
+def _oracle_cases():
+    cases = []
+    for family_name, family in FAMILIES.items():
+        for prompt in family.single_prompts():
+            for label, extra in FAMILY_STRATEGIES.items():
+                name = label.split("-")[0]
+                if name in tr.STRATEGIES and _runs_on(family_name, name):
+                    cases.append(pytest.param(family_name, prompt, "sdpa", name, extra,
+                                              id=f"{family_name}-{prompt}-{label}"))
+            if family.eager:
+                cases += [pytest.param(family_name, prompt, "eager", name, {}, id=f"{family_name}-{prompt}-{name}-eager")
+                          for name in ("random", "fastv")]
+    return cases
+
+
+@pytest.mark.parametrize("family_name,prompt,attn,name,extra", _oracle_cases())
+def test_decoder_sees_reduced_length_and_generate_matches_uncached(family_name, prompt, attn, name, extra):
+    family = FAMILIES[family_name]
+    model = family.build(attn)
+    inputs, truth = family.inputs(model, family.single_prompts()[prompt])
+    reducer = tr.build(name, **{**_kwargs(name), **extra})
     lm = model.model.language_model
     captured = capture_lm_inputs(model, lm, inputs)
     seq = inputs["input_ids"].shape[1]
@@ -160,36 +212,46 @@ def test_decoder_sees_reduced_length_and_generate_matches_uncached(family_name, 
         with layer_lengths(lm.layers) as rec:
             out = model.generate(**inputs, max_new_tokens=4, do_sample=False, output_logits=True,
                                  return_dict_in_generate=True)
-        kept = session.kept_indices()
-        decode_steps = session.decode_steps
+        kept, located, decode_steps = session.kept_indices(), session.video_grids(), session.decode_steps
+    assert located == _truth_grids(truth)[0]
     assert decode_steps == 3  # every later generate step was recognised as decoding the pruned cache
+    # where each prune point is: before the LLM for encoder / pre-LLM steps, after a softmax layer in it
+    steps, softmax = reducer.steps(), _softmax_layers(lm)
+    in_llm = [s for s in steps if s.stage is tr.Stage.IN_LLM]
+    final = _keep_mask(seq, truth, kept)
+    keeps = {}
+    if len(in_llm) < len(steps):  # the encoder / pre-LLM steps alone decide what the first layer sees
+        with torch.no_grad(), tr.apply(model, steps[0]) as first:
+            model(**inputs)
+            keeps[0] = _keep_mask(seq, truth, first.kept_indices())
+    if in_llm:
+        keeps[_runs_before(in_llm[0], softmax)] = final
+    else:
+        keeps[0] = final
+    assert int((~final).sum()) > 0 and all(k.numel() <= g.tokens for k, g in zip(kept, truth))
+    expected, alive = {}, seq
+    for index in range(len(lm.layers)):
+        alive = int(keeps[index].sum()) if index in keeps else alive
+        expected[index] = alive
+    assert rec.prefill() == expected  # the decoder really sees the shorter sequence
+    assert all(n == 1 for _, n in rec.calls[len(lm.layers):])  # decode steps feed one token per layer
     gen, gen_logits = out.sequences, torch.stack(out.logits, dim=1)[0]
     with torch.no_grad():
         full = model.generate(**inputs, max_new_tokens=1, do_sample=False, output_logits=True,
                               return_dict_in_generate=True).logits[0][0]
+        ref, ref_logits = manual_greedy(lm, model.lm_head, captured["inputs_embeds"], captured.get("position_ids"),
+                                        keeps, 4, layer_extra=_deepstack_oracle(captured))
     assert not torch.allclose(gen_logits[0], full, atol=1e-4)  # pruning changed the model's view
-    assert len(kept) == 1 and kept[0].numel() == keep_count < n_video
-    prune_layer = reducer.steps()[0].layer or 0
-    expected = {i: seq - (n_video - keep_count if i >= prune_layer else 0) for i in range(len(lm.layers))}
-    assert rec.prefill() == expected
-    # decode steps feed one token per layer
-    assert all(n == 1 for _, n in rec.calls[len(lm.layers):])
-    video_pos = (inputs["input_ids"][0] == tm.VIDEO).nonzero().flatten()[:n_video]
-    keep = torch.ones(seq, dtype=torch.bool)
-    dropped = torch.ones(n_video, dtype=torch.bool)
-    dropped[kept[0]] = False
-    keep[video_pos[dropped]] = False
-    with torch.no_grad():
-        ref, ref_logits = manual_greedy(lm, model.lm_head, captured["inputs_embeds"], captured["position_ids"],
-                                        keep, prune_layer, 4, layer_extra=_deepstack_oracle(captured))
     assert gen[0, seq:].tolist() == ref
     torch.testing.assert_close(gen_logits, ref_logits, rtol=1e-4, atol=1e-5)
 
 
-def test_second_generate_re_reduces_and_decode_never_prunes(family):
+@pytest.mark.parametrize("family_name", sorted(FAMILIES))
+def test_second_generate_re_reduces_and_decode_never_prunes(family_name):
+    family = FAMILIES[family_name]
     model = family.build()
-    inputs = family.inputs([family.grid])
-    other = family.inputs([family.small_grid], seed=5)
+    inputs, truth = family.inputs(model, [[family.video]])
+    other, other_truth = family.inputs(model, [[family.small_video]], start=5)
     with torch.no_grad(), tr.apply(model, tr.build("attention_prune", ratio=0.3, layer=1)) as session:
         model.generate(**inputs, max_new_tokens=2, do_sample=False)
         first = session.kept_indices()
@@ -197,42 +259,46 @@ def test_second_generate_re_reduces_and_decode_never_prunes(family):
         second = session.kept_indices()
         again = model.generate(**inputs, max_new_tokens=2, do_sample=False)
         third = session.kept_indices()
-    n1, n2 = family.tokens(family.grid), family.tokens(family.small_grid)
+    n1, n2 = truth[0].tokens, other_truth[0].tokens
     assert first[0].numel() == -(-3 * n1 // 10) and second[0].numel() == -(-3 * n2 // 10)
     assert torch.equal(first[0], third[0])
     with torch.no_grad(), tr.apply(model, tr.build("attention_prune", ratio=0.3, layer=1)):
         assert torch.equal(model.generate(**inputs, max_new_tokens=2, do_sample=False), again)
 
 
-@pytest.mark.parametrize("queries", [1, 3])
-def test_probe_equals_eager_attention(family, queries):
+@pytest.mark.parametrize("family_name", sorted(FAMILIES))
+def test_probe_equals_eager_attention(family_name):
+    family = FAMILIES[family_name]
     eager = family.build("eager")
     sdpa = family.build("sdpa")
-    inputs = family.inputs(family.batch_grids)  # left padding in the batch
-    layer = 1
-    for model in (eager, sdpa):
-        seen = {}
-        attn = model.model.language_model.layers[layer].self_attn
-        handle = attn.register_forward_pre_hook(
-            lambda m, a, k, seen=seen: seen.update(k), with_kwargs=True)
-        with torch.no_grad():
-            out = model(**inputs, output_attentions=(model is eager), use_cache=False)
-        handle.remove()
-        if model is eager:
-            weights = out.attentions[layer]  # [B, heads, S, S]
-            expected_heads = weights[:, :, -queries:, :].mean(dim=2)
-        with torch.no_grad():
-            probe = last_query_attention(attn, AttentionInputs(seen["hidden_states"], seen["position_embeddings"],
-                                                               seen["attention_mask"]), queries)
-        assert probe.shape == expected_heads.shape
-        torch.testing.assert_close(probe, expected_heads.float(), rtol=1e-5, atol=1e-6)
+    inputs, _ = family.inputs(eager, next(iter(family.batches().values())))  # left padding in the batch
+    layer = 1  # a softmax-attention layer in every tiny model
+    for queries in (1, 3):
+        for model in (eager, sdpa):
+            seen = {}
+            attn = model.model.language_model.layers[layer].self_attn
+            handle = attn.register_forward_pre_hook(
+                lambda m, a, k, seen=seen: seen.update(k), with_kwargs=True)
+            with torch.no_grad():
+                out = model(**inputs, output_attentions=(model is eager), use_cache=False)
+            handle.remove()
+            if model is eager:
+                # [B, heads, S, S]; a hybrid decoder reports its softmax-attention layers only
+                weights = out.attentions[_softmax_layers(model.model.language_model).index(layer)]
+                expected_heads = weights[:, :, -queries:, :].mean(dim=2)
+            with torch.no_grad():
+                probe = last_query_attention(attn, AttentionInputs(seen["hidden_states"], seen["position_embeddings"],
+                                                                   seen["attention_mask"]), queries)
+            assert probe.shape == expected_heads.shape
+            torch.testing.assert_close(probe, expected_heads.float(), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("family_name,attn,name,kw", BATCH_CASES)
 def test_batch_equals_single_runs(family_name, attn, name, kw):
     family = FAMILIES[family_name]
     model = family.build(attn)
-    batch = family.inputs(family.batch_grids)
+    samples = next(iter(family.batches().values()))
+    batch, _ = family.inputs(model, samples)
     reducer = tr.build(name, **kw)
     with torch.no_grad(), tr.apply(model, reducer) as session:
         gen = model.generate(**batch, max_new_tokens=2, do_sample=False)
@@ -240,12 +306,14 @@ def test_batch_equals_single_runs(family_name, attn, name, kw):
         logits = model(**batch).logits[:, -1]
         singles = []
         for b in range(2):
-            single = family.sample_of(batch, b)
+            single, _ = family.inputs(model, samples[b:b + 1], start=b)
             g = model.generate(**single, max_new_tokens=2, do_sample=False)
-            singles.append((g[0, single["input_ids"].shape[1]:], session.kept_indices()[0],
+            singles.append((g[0, single["input_ids"].shape[1]:], session.kept_indices(),
                             model(**single).logits[0, -1]))
-    for b, (tokens, kept_single, last) in enumerate(singles):
-        assert torch.equal(kept[b], kept_single)
+    assert len(kept) == sum(len(k) for _, k, _ in singles)
+    for got, want in zip(kept, [k for _, ks, _ in singles for k in ks]):
+        assert torch.equal(got, want)
+    for b, (tokens, _, last) in enumerate(singles):
         assert gen[b, batch["input_ids"].shape[1]:].tolist() == tokens.tolist()
         torch.testing.assert_close(logits[b], last, rtol=1e-4, atol=1e-5)
 
@@ -254,7 +322,8 @@ def test_batch_equals_single_runs(family_name, attn, name, kw):
 def test_contiguous_positions_renumber_prefill_and_decode(family_name):
     family = FAMILIES[family_name]
     model = family.build()
-    inputs = family.inputs(family.batch_grids)  # left-padded: each sample renumbers from its first token
+    # left-padded, a video and an image: each sample renumbers from its first token
+    inputs, truth = family.inputs(model, family.batches()["mixed"])
     lm = model.model.language_model
     seen = []
     handle = lm.layers[0].register_forward_pre_hook(
@@ -265,8 +334,10 @@ def test_contiguous_positions_renumber_prefill_and_decode(family_name):
     handle.remove()
     assert gen.shape[1] == inputs["input_ids"].shape[1] + 3
     prefill, *decode = [p if p.ndim == 2 else p[0] for p in seen]  # M-RoPE: every row is the text position
-    lengths = inputs["attention_mask"].sum(1) - torch.tensor(
-        [family.tokens(g) - -(-3 * family.tokens(g) // 10) for g in family.batch_grids])
+    dropped = [0, 0]
+    for grid in truth:
+        dropped[grid.sample] += grid.tokens - -(-3 * grid.tokens // 10)
+    lengths = inputs["attention_mask"].sum(1) - torch.tensor(dropped)
     for b, length in enumerate(lengths.tolist()):
         valid = prefill[b, -length:]
         assert valid.tolist() == list(range(length))  # the kept tokens renumbered 0..L-1
@@ -305,7 +376,7 @@ def test_two_videos_in_one_sample_are_reduced_separately():
 def test_beam_search_and_several_return_sequences(family_name):
     family = FAMILIES[family_name]
     model = family.build()
-    inputs = family.inputs(family.batch_grids)
+    inputs, _ = family.inputs(model, [[family.video], [family.small_video]])
     options = dict(max_new_tokens=2, do_sample=False, num_beams=2, num_return_sequences=2)
     lm = model.model.language_model
     with torch.no_grad():

@@ -153,7 +153,7 @@ def test_encoder_steps_with_videos_repeated_by_generate(build, frames_or_grid):
     inputs = tm.qwen_inputs([(2, 4, 6)]) if frames_or_grid is None else tm.llava_inputs([3], 2, 1)
     pre_encoded = []
     handle = model.register_forward_pre_hook(
-        lambda m, a, k: pre_encoded.append(hf.encoded_video(k) is not None), with_kwargs=True)
+        lambda m, a, k: pre_encoded.append(hf.encoded_media(k, "video") is not None), with_kwargs=True)
     with torch.no_grad(), tr.apply(model, TopEncoderAttention(ratio=0.3)) as session:
         try:
             model.generate(**inputs, max_new_tokens=1, do_sample=False, num_beams=2)

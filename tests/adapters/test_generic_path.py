@@ -61,7 +61,7 @@ def test_generic_apply_generates_like_uncached_oracle(name, kw, prune_layer):
     video[kept] = True
     keep[3:27] = video
     with torch.no_grad():
-        tokens, logits = manual_greedy(model.model, model.lm_head, embeds, None, keep, prune_layer, 3)
+        tokens, logits = manual_greedy(model.model, model.lm_head, embeds, None, {prune_layer: keep}, 3)
     assert out.sequences[0].tolist() == tokens
     torch.testing.assert_close(torch.stack(out.logits, dim=1)[0], logits, rtol=1e-4, atol=1e-5)
 

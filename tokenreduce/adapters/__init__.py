@@ -3,7 +3,9 @@
 Importing this package registers the built-in adapters (one module per model family).
 """
 
-from tokenreduce.adapters import generic, llava, qwen3_vl, qwen_vl  # noqa: F401  (registers the adapters)
+from tokenreduce.adapters import (  # noqa: F401  (registers the adapters)
+    generic, llava, qwen3_vl, qwen_vl)
+from tokenreduce.adapters.media import MediaItem
 from tokenreduce.adapters.base import ModelAdapter
 from tokenreduce.adapters.generic import GenericDecoderAdapter, contiguous_video, reduce_sequence
 from tokenreduce.adapters.layout import SequenceLayout, VideoSpan, VisualLayout
@@ -11,6 +13,6 @@ from tokenreduce.adapters.llm_input import ReducedInput
 from tokenreduce.adapters.probe import AttentionInputs, last_query_attention
 from tokenreduce.adapters.session import ReductionSession
 
-__all__ = ["AttentionInputs", "GenericDecoderAdapter", "ModelAdapter", "ReducedInput", "ReductionSession",
+__all__ = ["AttentionInputs", "GenericDecoderAdapter", "MediaItem", "ModelAdapter", "ReducedInput", "ReductionSession",
            "SequenceLayout", "VideoSpan", "VisualLayout", "contiguous_video", "last_query_attention",
            "reduce_sequence"]

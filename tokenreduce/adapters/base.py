@@ -1,9 +1,19 @@
-"""The model-adapter base: what a family adapter knows about a model, and nothing else.
+"""What a model family declares: where things are in its models, and how its media map to grids.
 
-A family adapter says which classes it supports, where the language model and its decoder layers
-are, and where the visual tokens of each video sit in the input sequence (``visual_layout``).
-Everything else — running the steps, the attention probe, pruning sequences, positions, masks and
-caches — is shared (``session.py``), so a new model family is one short file.
+A family is a subclass of ``ModelAdapter`` registered with ``@register_adapter(name)``. It declares
+
+* which classes it supports (``model_classes``) and the rows of their position ids;
+* where the language model, its decoder layers and, inside a layer, the softmax attention, the
+  post-attention norm and the MLP output are (attribute paths; a layer without the attention is a
+  recurrent layer: linear attention, state space);
+* which modalities it maps onto grids and, per modality, the placeholder tokens and the
+  ``MediaItem`` of each image or video (``media_items``);
+* for the encoder stage, the vision tower, its blocks and attention modules, and how the signals of
+  one vision-tower call pool onto the LLM tokens (``encoder_token_signals``).
+
+Everything else is the shared engine: the session and its phases (``session.py``, ``schedule.py``,
+``prefill.py``, ``decode.py``), media layouts (``media.py``), the encoder capture (``encoder.py``) and
+the attention probe (``probe.py``). Transformers specifics go through ``hf.py``.
 """
 
 from __future__ import annotations
@@ -13,32 +23,56 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from tokenreduce.adapters.encoder import EncoderCapture
-from tokenreduce.adapters.layout import VideoSpan, VisualLayout
+from tokenreduce.adapters import hf
+from tokenreduce.adapters.layout import VisualLayout
+from tokenreduce.adapters.media import MediaItem, media_layout
+
+
+def attribute(root: Any, path: str) -> Any:
+    """``root.a.b.c`` for ``path="a.b.c"`` (``""``: ``root`` itself)."""
+    for name in filter(None, path.split(".")):
+        root = getattr(root, name)
+    return root
 
 
 class ModelAdapter:
-    """Base class of model adapters; subclasses implement ``visual_layout``.
+    """Base class of model families; see the module docstring for what a subclass declares."""
 
-    Class attributes:
-        model_classes: names of the supported model classes (subclasses match too).
-        position_rows: rows of the position ids the model's forward takes (3 for M-RoPE,
-            ``None`` for 1-D ``[B, L]``).
-    """
-
+    # ----- which models ----------------------------------------------------------------------
     model_classes: ClassVar[tuple[str, ...]] = ()
-    position_rows: ClassVar[int | None] = None
     registered_name: ClassVar[str | None] = None
+    #: rows of the position ids the model's forward takes: 3 for M-RoPE, None for 1-D ``[B, L]``
+    position_rows: ClassVar[int | None] = None
+
+    # ----- where things are (attribute paths) --------------------------------------------------
+    language_model_path: ClassVar[str] = "model.language_model"
+    layers_path: ClassVar[str] = "layers"  # from the language model
+    attention_name: ClassVar[str] = "self_attn"  # a decoder layer's softmax attention
+    post_attention_norm_name: ClassVar[str] = "post_attention_layernorm"  # normalises residual + attention
+    #: the module whose output the layer adds to its residual after the MLP (the first one a layer has)
+    mlp_output_names: ClassVar[tuple[str, ...]] = ("mlp",)
+    vision_tower_path: ClassVar[str | None] = None  # the module whose calls encode images and videos
+    vision_blocks_path: ClassVar[str] = "blocks"  # from the vision tower
+    vision_attention_name: ClassVar[str] = "attn"  # a vision block's attention
+
+    # ----- media ---------------------------------------------------------------------------------
+    #: modalities the family maps onto grids, in the order its forward encodes them
+    modalities: ClassVar[tuple[str, ...]] = ("video",)
+    #: modalities whose tower signals ``encoder_token_signals`` pools (encoder-stage steps)
+    encoder_modalities: ClassVar[tuple[str, ...]] = ()
+    #: a modality whose pixels the model encodes in another modality's tower call (InternVL: video
+    #: frames are images), mapped to that modality
+    encoded_as: ClassVar[dict[str, str]] = {}
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
-        self.capture: EncoderCapture | None = None
+        self.capture = None  # the EncoderCapture while a session with encoder steps runs
 
     @classmethod
     def supports(cls, model: nn.Module) -> bool:
         return any(klass.__name__ in cls.model_classes for klass in type(model).__mro__)
 
-    # ----- where things are ------------------------------------------------------------------
+    # ----- resolved from the declaration -----------------------------------------------------------
     @property
     def top(self) -> nn.Module:
         """The module whose forward ``generate`` calls."""
@@ -46,88 +80,94 @@ class ModelAdapter:
 
     @property
     def language_model(self) -> nn.Module:
-        return self.model.model.language_model
+        return attribute(self.model, self.language_model_path)
 
     @property
     def layers(self) -> nn.ModuleList:
-        return self.language_model.layers
+        return attribute(self.language_model, self.layers_path)
 
     @property
     def text_config(self) -> Any:
         return self.language_model.config
 
-    def attention_of(self, layer: nn.Module) -> nn.Module:
-        return layer.self_attn
+    def attention_of(self, layer: nn.Module) -> nn.Module | None:
+        """The softmax attention of a decoder layer, or ``None`` for a recurrent layer."""
+        module = getattr(layer, self.attention_name, None)
+        return module if isinstance(module, nn.Module) else None
 
     def post_attention_norm_of(self, layer: nn.Module) -> nn.Module:
         """The norm a decoder layer applies to ``residual + attention`` before its MLP."""
-        return _child(layer, "post_attention_layernorm")
+        return _child(layer, self.post_attention_norm_name)
 
     def mlp_of(self, layer: nn.Module) -> nn.Module:
-        return _child(layer, "mlp")
+        """The module whose output the layer adds to ``residual + attention`` (its MLP, or the norm after it)."""
+        name = next((n for n in self.mlp_output_names if isinstance(getattr(layer, n, None), nn.Module)),
+                    self.mlp_output_names[0])
+        return _child(layer, name)
 
     def language_model_device(self) -> torch.device:
         return next(self.language_model.parameters()).device
 
-    # ----- what subclasses provide -----------------------------------------------------------
-    def visual_layout(self, call: dict[str, Any]) -> VisualLayout | None:
-        """Where the videos of this forward call sit; ``None`` when the call carries no video."""
+    @property
+    def vision_tower(self) -> nn.Module | None:
+        return None if self.vision_tower_path is None else attribute(self.model, self.vision_tower_path)
+
+    def vision_blocks(self) -> nn.ModuleList:
+        return attribute(self.vision_tower, self.vision_blocks_path)
+
+    def vision_attention_of(self, block: nn.Module) -> nn.Module:
+        return getattr(block, self.vision_attention_name)
+
+    # ----- media (families override) ---------------------------------------------------------------
+    def token_id(self, modality: str) -> int:
+        """The placeholder token of ``modality`` (``config.video_token_id`` / ``image_token_id``)."""
+        return int(getattr(self.model.config, f"{modality}_token_id"))
+
+    def placeholders(self, call: dict[str, Any], modality: str) -> torch.Tensor:
+        """``[B, S]`` bool: the positions that hold this modality's LLM tokens."""
+        input_ids = call.get(hf.INPUT_IDS)
+        if input_ids is None:
+            raise ValueError(f"token reduction on {modality} inputs needs input_ids to locate their tokens")
+        return input_ids == self.token_id(modality)
+
+    def feature_placeholders(self, call: dict[str, Any], encoding: str) -> torch.Tensor:
+        """``[B, S]``: the placeholders the features of ``encoding``'s tower call are placed on, in order."""
+        return self.placeholders(call, encoding)
+
+    def has_media(self, call: dict[str, Any], modality: str) -> bool:
+        """Whether the forward call carries this modality (pixels, or features ``generate`` encoded)."""
+        return call.get(hf.pixel_argument(modality)) is not None or hf.encoded_media(call, modality) is not None
+
+    def media_items(self, call: dict[str, Any], modality: str, embeds: torch.Tensor) -> list[MediaItem]:
+        """The items of ``modality`` in the call, in placeholder order (``embeds``: the language model's
+        input embeddings, with the encoder features in place)."""
         raise NotImplementedError
+
+    def carries_media(self, call: dict[str, Any], modalities: tuple[str, ...]) -> bool:
+        """Whether the call carries media of ``modalities`` that the family maps onto grids."""
+        return any(self.has_media(call, m) for m in self.modalities if m in modalities)
+
+    def visual_layout(self, call: dict[str, Any], modalities: tuple[str, ...], embeds: torch.Tensor
+                      ) -> VisualLayout | None:
+        """The grids of the call's media of ``modalities`` (``embeds``: the language model's input)."""
+        return media_layout(self, call, modalities, embeds)
 
     def prune_language_inputs(self, kwargs: dict[str, Any], index: torch.Tensor) -> None:
         """Prune extra per-token language-model inputs (``index`` ``[B, L']``: new slot -> old slot)."""
 
-    # ----- the vision tower (generate encodes videos before the prefill forward) --------------
-    @property
-    def vision_tower(self) -> nn.Module | None:
-        """The vision module whose outputs ``generate`` hands to the prefill (``hf.encoded_video``)."""
-        return None
-
+    # ----- the encoder stage (families with encoder_modalities override) -----------------------------
     def encoder_call_info(self, args: tuple, kwargs: dict[str, Any]) -> Any:
-        """What the adapter needs to remember about one vision-tower call (e.g. its grid)."""
+        """What the family needs to remember about one vision-tower call (e.g. its grid)."""
         return None
 
-    def encoder_info_for(self, encoded: Any) -> Any:
-        """The recorded call info of the vision-tower output ``encoded`` (matched by identity)."""
-        record = self.capture.find(encoded) if self.capture is not None else None
-        return None if record is None else record.info
-
-    # ----- encoder-stage signals (adapters that support Stage.ENCODER override these) -----------
-    supports_encoder: ClassVar[bool] = False
-
-    def vision_blocks(self) -> nn.ModuleList:
-        raise NotImplementedError
-
-    def vision_attention_of(self, block: nn.Module) -> nn.Module:
-        raise NotImplementedError
-
-    def encoder_token_signals(self, record: Any, layer: int, num_videos: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per video of the recorded call (``num_videos`` of them): ``(importance [N], keys [N, Dk])``
-        on its LLM grid."""
+    def encoder_token_signals(self, record: Any, layer: int, modality: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(importance [n], keys [n, d])`` of one vision-tower call pooled onto the LLM tokens it makes,
+        in the order the model places them on the placeholders (off-grid tokens included, any value)."""
         raise NotImplementedError
 
     def install(self, session: Any) -> list[Any]:
-        """Hooks and patches beyond the session's own; returns callables that undo them."""
-        layers = session.encoder_layers
-        if layers and not self.supports_encoder:
-            raise NotImplementedError(f"encoder-stage steps (Stage.ENCODER) are not supported for "
-                                      f"{type(self.model).__name__} yet")
-        tower = self.vision_tower
-        if tower is None:
-            return []
-        self.capture = EncoderCapture(self.vision_blocks() if layers else None, layers, self.vision_attention_of)
-
-        def record(module, args, kwargs, output):
-            self.capture.finish(output, self.encoder_call_info(args, kwargs))
-
-        handle = tower.register_forward_hook(record, with_kwargs=True)
-
-        def undo() -> None:
-            handle.remove()
-            self.capture.remove()
-            self.capture = None
-
-        return [undo]
+        """Patches beyond the session's hooks; returns callables that undo them."""
+        return []
 
 
 def _child(layer: nn.Module, name: str) -> nn.Module:
@@ -137,31 +177,3 @@ def _child(layer: nn.Module, name: str) -> nn.Module:
                         "Llama/Qwen-style decoder layers (attention, residual, post_attention_layernorm, mlp, "
                         "residual); use position='before_layer'")
     return module
-
-
-def spans_from_token_runs(input_ids: torch.Tensor, token_id: int, grids: list[tuple[int, int, int]],
-                          extra_per_video: int = 0, extra_at_end: bool = True) -> list[VideoSpan]:
-    """Video spans from the placeholder tokens of ``input_ids`` ``[B, S]``.
-
-    Videos are assigned in batch order: each video takes the next ``T*H*W + extra_per_video``
-    placeholder tokens of the current sample (the extra ones — e.g. a trailing newline — are off
-    the grid and always kept). The placeholders of one video need not be contiguous.
-    """
-    per_sample = [(row == token_id).nonzero().flatten() for row in input_ids]
-    spans, sample, used = [], 0, 0
-    for grid in grids:
-        count = grid[0] * grid[1] * grid[2]
-        while sample < len(per_sample) and used >= per_sample[sample].numel():
-            sample, used = sample + 1, 0
-        if sample >= len(per_sample) or used + count + extra_per_video > per_sample[sample].numel():
-            raise ValueError(f"input_ids hold too few video placeholder tokens (id {token_id}) for video grids "
-                             f"{grids}")
-        chunk = per_sample[sample][used:used + count + extra_per_video]
-        grid_part = chunk[:count] if extra_at_end else chunk[extra_per_video:]
-        spans.append(VideoSpan(sample, grid, grid_part))
-        used += count + extra_per_video
-    remaining = sum(p.numel() for p in per_sample[sample:]) - used
-    if remaining:
-        raise ValueError(f"input_ids hold {remaining} video placeholder tokens (id {token_id}) more than the "
-                         f"video grids {grids} account for")
-    return spans

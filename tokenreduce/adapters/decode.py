@@ -16,8 +16,9 @@ from tokenreduce.adapters.state import ForwardState
 class Decode:
     """Prepares the model, language-model and decoder-layer inputs of one decode step."""
 
-    def __init__(self, adapter: Any) -> None:
+    def __init__(self, adapter: Any, softmax: set[int]) -> None:
         self.adapter = adapter
+        self.softmax = softmax  # the decoder layers with softmax attention (the others are recurrent)
 
     def model_input(self, state: ForwardState, args: tuple, kwargs: dict[str, Any]):
         """Give the step the position ids after the prefill's when the caller passed none."""
@@ -53,8 +54,8 @@ class Decode:
     def before_layer(self, state: ForwardState, index: int, args: tuple, kwargs: dict[str, Any]):
         """A layer whose cache in-LLM pruning shortened gets a mask sized to that cache."""
         layout = state.layer_layouts.get(index)
-        if layout is None:
-            return None
+        if layout is None or index not in self.softmax:
+            return None  # a recurrent layer's state already holds the reduced sequence; it needs no mask
         hidden = args[0] if args else kwargs[hf.HIDDEN_STATES]
         key_valid = torch.cat([layout.valid, state.tail_valid.to(layout.valid.device)], dim=1)
         kwargs = dict(kwargs)

@@ -66,10 +66,11 @@ def reduce_sequence(
 
 @register_adapter("generic")
 class GenericDecoderAdapter(ModelAdapter):
-    """Any Llama-style Hugging Face decoder (``...ForCausalLM`` or its base model) fed with
-    ``inputs_embeds``; the videos are where ``visual`` says. Chosen by name only."""
+    """Any Llama-style Hugging Face decoder fed with inputs_embeds; the grids are where ``visual`` says
+    (chosen by name only)."""
 
     options: ClassVar[tuple[str, ...]] = ("visual",)
+    modalities: ClassVar[tuple[str, ...]] = ("video", "image")
 
     def __init__(self, model: nn.Module, visual: VisualLayout | None = None) -> None:
         super().__init__(model)
@@ -90,11 +91,13 @@ class GenericDecoderAdapter(ModelAdapter):
     def language_model(self) -> nn.Module:
         return self._language_model
 
-    def visual_layout(self, call: dict[str, Any]) -> VisualLayout | None:
-        embeds = call.get(hf.INPUTS_EMBEDS)
-        if self.visual is None or embeds is None:
-            return None
+    def carries_media(self, call: dict[str, Any], modalities: tuple[str, ...]) -> bool:
+        return self.visual is not None and call.get(hf.INPUTS_EMBEDS) is not None and any(
+            span.modality in modalities for span in self.visual.spans)
+
+    def visual_layout(self, call: dict[str, Any], modalities: tuple[str, ...], embeds: torch.Tensor
+                      ) -> VisualLayout | None:
         if tuple(embeds.shape[:2]) != (self.visual.batch_size, self.visual.seq_len):
             raise ValueError(f"inputs_embeds has shape {tuple(embeds.shape[:2])} but the visual layout describes "
                              f"{(self.visual.batch_size, self.visual.seq_len)}; set session.adapter.visual")
-        return self.visual
+        return self.visual.only(modalities)

@@ -28,9 +28,13 @@ ATTENTION_MASK = "attention_mask"
 POSITION_IDS = "position_ids"
 HIDDEN_STATES = "hidden_states"
 POSITION_EMBEDDINGS = "position_embeddings"
+PIXEL_VALUES = "pixel_values"
 PIXEL_VALUES_VIDEOS = "pixel_values_videos"
+IMAGE_GRID_THW = "image_grid_thw"
 VIDEO_GRID_THW = "video_grid_thw"
-MM_TOKEN_TYPE_IDS = "mm_token_type_ids"  # Qwen-VL: which tokens are image / video placeholders
+IMAGE_SIZES = "image_sizes"  # LLaVA: each image's size before any-resolution cropping
+MM_TOKEN_TYPE_IDS = "mm_token_type_ids"  # which tokens are image / video placeholders
+MM_TOKEN_TYPES = {"image": 1, "video": 2}  # the values of mm_token_type_ids (text is 0)
 ENCODER_OUTPUTS = "mm_encoder_outputs"  # what generate passes to the prefill after encoding the media
 VISUAL_POS_MASKS = "visual_pos_masks"  # Qwen3-VL deepstack
 DEEPSTACK_VISUAL_EMBEDS = "deepstack_visual_embeds"
@@ -84,10 +88,20 @@ def cache_layers(cache: Any) -> int:
     return len(cache.layers)
 
 
-# ----- media encoded by generate before the prefill -----------------------------------------------
-def encoded_video(call: Mapping[str, Any]) -> Any:
-    """The vision-tower output of the call's videos when ``generate`` encoded them beforehand."""
-    return (call.get(ENCODER_OUTPUTS) or {}).get("video")
+# ----- media ---------------------------------------------------------------------------------------
+def pixel_argument(modality: str) -> str:
+    """The forward argument carrying the pixels of ``modality`` (``"image"`` or ``"video"``)."""
+    return PIXEL_VALUES_VIDEOS if modality == "video" else PIXEL_VALUES
+
+
+def grid_argument(modality: str) -> str:
+    """The forward argument carrying the ``(T, H, W)`` patch grids of ``modality`` (Qwen-style models)."""
+    return VIDEO_GRID_THW if modality == "video" else IMAGE_GRID_THW
+
+
+def encoded_media(call: Mapping[str, Any], modality: str) -> Any:
+    """The vision-tower output of the call's images or videos when ``generate`` encoded them beforehand."""
+    return (call.get(ENCODER_OUTPUTS) or {}).get(modality)
 
 
 def encoded_features(encoded: Any) -> Any:
@@ -112,6 +126,12 @@ def attention_implementation(config: Any) -> str:
 def set_attention_implementation(config: Any, implementation: str) -> None:
     """Select the attention backend of a model built from ``config``."""
     config._attn_implementation = implementation
+
+
+def recurrent_mask(key_valid: torch.Tensor) -> torch.Tensor | None:
+    """The 2-D padding mask a recurrent (linear-attention, state-space) decoder layer multiplies its input
+    with, as ``masking_utils.create_recurrent_attention_mask`` builds it: ``None`` when nothing is padded."""
+    return None if bool(key_valid.all()) else key_valid.long()
 
 
 def causal_mask(config: Any, key_valid: torch.Tensor, query_length: int, dtype: torch.dtype) -> torch.Tensor | None:
@@ -174,8 +194,19 @@ def rotary_function(attention: nn.Module) -> Callable[..., tuple[torch.Tensor, t
     return rotate
 
 
+def attention_queries(attention: nn.Module, hidden: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """``[B, L, heads, head_dim]``: a decoder attention's query states before its norm and rotary. A gated
+    attention (Qwen3.5, Qwen3-Next) projects each head's query and output gate together; the gate is
+    dropped."""
+    states = attention.q_proj(hidden)
+    heads = int(attention.config.num_attention_heads)
+    if states.shape[-1] == 2 * heads * head_dim:
+        return states.view(*hidden.shape[:2], heads, 2 * head_dim)[..., :head_dim]
+    return states.view(*hidden.shape[:2], -1, head_dim)
+
+
 def vision_rotary_function(attention: nn.Module) -> Callable:
-    """The ``apply_rotary_pos_emb_vision`` of a Qwen vision attention module's modeling file."""
+    """The ``apply_rotary_pos_emb_vision`` of a packed vision attention module's modeling file."""
     return _modeling_function(attention, "apply_rotary_pos_emb_vision",
                               "encoder signals support Qwen-style rotary vision towers")
 
@@ -191,19 +222,26 @@ def vision_window_index(grid_thw: torch.Tensor, visual: nn.Module) -> torch.Tens
 
 
 DEEPSTACK_METHOD = "_deepstack_process"  # Qwen3-VL: adds deepstack features after the first layers
+PACK_IMAGE_FEATURES = "pack_image_features"  # LLaVA-NeXT family: crops -> base image + unpadded mosaic rows
+IMAGE_NEWLINE = "image_newline"  # its argument: the embedding appended to every mosaic row
 
 
-def wrap_deepstack(language_model: nn.Module, wrapper: Callable[[Callable], Callable]) -> Callable[[], None]:
-    """Replace Qwen3-VL's deepstack method of ``language_model`` by ``wrapper(original)`` on this
-    instance only (a method, not a module: no hook reaches it); returns the undo."""
-    original = getattr(language_model, DEEPSTACK_METHOD)
-    had_own = DEEPSTACK_METHOD in vars(language_model)
-    setattr(language_model, DEEPSTACK_METHOD, wrapper(original))
+def wrap_method(owner: nn.Module, name: str, wrapper: Callable[[Callable], Callable]) -> Callable[[], None]:
+    """Replace the method ``name`` of ``owner`` by ``wrapper(original)`` on this instance only (a method,
+    not a module: no hook reaches it); returns the undo."""
+    original = getattr(owner, name)
+    had_own = name in vars(owner)
+    setattr(owner, name, wrapper(original))
 
     def restore() -> None:
         if had_own:
-            setattr(language_model, DEEPSTACK_METHOD, original)
+            setattr(owner, name, original)
         else:
-            delattr(language_model, DEEPSTACK_METHOD)
+            delattr(owner, name)
 
     return restore
+
+
+def wrap_deepstack(language_model: nn.Module, wrapper: Callable[[Callable], Callable]) -> Callable[[], None]:
+    """Wrap Qwen3-VL's deepstack method of ``language_model`` (``wrap_method``)."""
+    return wrap_method(language_model, DEEPSTACK_METHOD, wrapper)

@@ -1,8 +1,8 @@
 """Where the visual tokens sit in a model's sequence, and how a pruned sequence is laid out.
 
-``VisualLayout`` says which sequence positions hold the tokens of each video and on which
-``(T, H, W)`` grid (one entry per video, per sample); every other position (text, newline and
-timestamp tokens, padding) is never dropped. ``SequenceLayout`` describes a (possibly pruned,
+``VisualLayout`` says which sequence positions hold the tokens of each video or image and on which
+``(T, H, W)`` grid (one entry per grid, per sample; an image is a grid with ``T = 1``); every other
+position (text, newline and timestamp tokens, padding, media the user does not reduce) is never dropped. ``SequenceLayout`` describes a (possibly pruned,
 left re-padded) sequence by the original position of every slot, so that hidden states, position
 ids, masks and caches of different lengths can be related to each other without loops over tokens.
 """
@@ -15,30 +15,48 @@ from dataclasses import dataclass
 import torch
 
 
+MODALITIES = ("video", "image")
+
+
 @dataclass(frozen=True)
 class VideoSpan:
-    """One video in one sample: its LLM grid and the sequence positions of its grid tokens.
+    """One grid of one video or image in one sample: the grid and the sequence positions of its tokens.
 
     ``positions`` is a long tensor ``[T*H*W]`` in flat grid order ``t*H*W + h*W + w``; the
-    positions need not be contiguous (Qwen3-VL puts timestamp tokens between frames).
+    positions need not be contiguous (Qwen3-VL puts timestamp tokens between frames). ``-1`` marks a
+    grid position that has no token in the sequence (a model that compressed it away before the LLM,
+    as VideoLLaMA3 does); such positions are never valid for a reducer. ``modality`` is ``"video"``
+    or ``"image"`` (an image is a grid with ``T = 1``).
     """
 
     sample: int
     grid: tuple[int, int, int]
     positions: torch.Tensor
+    modality: str = "video"
 
     def __post_init__(self) -> None:
         t, h, w = self.grid
         if min(self.grid) < 1:
-            raise ValueError(f"a video grid needs positive sizes, got {self.grid}")
+            raise ValueError(f"a {self.modality} grid needs positive sizes, got {self.grid}")
         if self.positions.ndim != 1 or self.positions.numel() != t * h * w:
-            raise ValueError(f"video grid {self.grid} has {t * h * w} tokens but {self.positions.numel()} "
-                             "sequence positions were given")
+            raise ValueError(f"{self.modality} grid {self.grid} has {t * h * w} tokens but "
+                             f"{self.positions.numel()} sequence positions were given")
+        if self.modality not in MODALITIES:
+            raise ValueError(f"modality must be one of {MODALITIES}, got {self.modality!r}")
+        if bool((self.positions < -1).any()):
+            raise ValueError("span positions must be >= 0, or -1 for a grid position without a token")
+        if not bool((self.positions >= 0).any()):
+            raise ValueError(f"{self.modality} grid {self.grid} has no token in the sequence")
+
+    @property
+    def present(self) -> torch.Tensor:
+        """``[T*H*W]`` bool: grid positions that have a token in the sequence."""
+        return self.positions >= 0
 
 
 @dataclass(frozen=True)
 class VisualLayout:
-    """All videos of a batch: ``spans`` in sample order (several per sample allowed)."""
+    """All reduced grids of a batch: ``spans`` in sample order (several per sample allowed)."""
 
     batch_size: int
     seq_len: int
@@ -49,22 +67,27 @@ class VisualLayout:
         taken = torch.zeros(batch_size, seq_len, dtype=torch.bool)
         for span in spans:
             if not 0 <= span.sample < batch_size:
-                raise ValueError(f"video span of sample {span.sample} outside batch size {batch_size}")
+                raise ValueError(f"{span.modality} span of sample {span.sample} outside batch size {batch_size}")
             pos = span.positions.cpu()
-            if bool(((pos < 0) | (pos >= seq_len)).any()):
-                raise ValueError(f"video span positions must lie in [0, {seq_len}), got "
+            pos = pos[pos >= 0]
+            if bool((pos >= seq_len).any()):
+                raise ValueError(f"{span.modality} span positions must lie in [0, {seq_len}), got "
                                  f"[{int(pos.min())}, {int(pos.max())}]")
             if bool(taken[span.sample, pos].any()) or pos.unique().numel() != pos.numel():
-                raise ValueError(f"video spans of sample {span.sample} overlap")
+                raise ValueError(f"video or image spans of sample {span.sample} overlap")
             taken[span.sample, pos] = True
         return cls(batch_size, seq_len, tuple(spans))
 
     def grid_groups(self) -> dict[tuple[int, int, int], list[int]]:
-        """Span indices grouped by grid, so videos of one size are reduced as one batch."""
+        """Span indices grouped by grid, so grids of one size are reduced as one batch."""
         groups: dict[tuple[int, int, int], list[int]] = {}
         for i, span in enumerate(self.spans):
             groups.setdefault(span.grid, []).append(i)
         return groups
+
+    def only(self, modalities) -> VisualLayout:
+        """The spans of the given modalities."""
+        return VisualLayout(self.batch_size, self.seq_len, tuple(s for s in self.spans if s.modality in modalities))
 
 
 NEW_TOKEN = -2  # source of a slot holding a token that did not exist before (Reduction.extra)

@@ -91,7 +91,7 @@ def reduce_llm_input(
     following = next_position(positions, layout.valid)
     for group in groups:
         rows = group.samples[:, None].expand_as(group.positions)
-        group.embeddings = embeds[rows, group.positions]
+        group.embeddings = embeds[rows, group.where]
     edit = run_steps([(s, None) for s in steps], groups, embeds, layout, num_layers=num_layers,
                      encoder_signals=encoder_signals) if steps else None
     mask_dtype = mask.dtype if mask is not None else torch.long

@@ -4,7 +4,9 @@
   ``inputs_embeds``; the position ids, attention mask and extra per-token inputs (Qwen3-VL
   deepstack) follow;
 * before each decoder layer: in-LLM steps run before layer K with the probe of layer K-1, the hidden
-  states shrink and every later layer gets the matching mask and rotary embeddings;
+  states shrink and every later layer gets the matching mask (a causal mask for softmax attention,
+  the 2-D padding mask for a recurrent layer, whose convolution and recurrent states then hold the
+  reduced sequence) and rotary embeddings;
 * inside a decoder layer, for steps whose ``position`` is ``"after_attention"`` (FrameFusion): a
   pre-hook on layer K-1's post-attention norm reduces ``residual + attention`` with layer K-1's
   probe, so its MLP runs on the kept tokens only; a hook on the MLP hands the layer a zero to add
@@ -19,30 +21,36 @@ from typing import Any
 import torch
 
 from tokenreduce.adapters import hf
-from tokenreduce.adapters.layout import SequenceLayout, gather_slots
+from tokenreduce.adapters.encoder import media_signals
+from tokenreduce.adapters.layout import SequenceLayout, VisualLayout, gather_slots
 from tokenreduce.adapters.llm_input import reduce_llm_input
 from tokenreduce.adapters.probe import AttentionInputs, last_query_attention
 from tokenreduce.adapters.schedule import Schedule, encoder_layer
 from tokenreduce.adapters.state import ForwardState, LayoutInputs
-from tokenreduce.adapters.steps import SequenceEdit, run_steps
+from tokenreduce.adapters.steps import SequenceEdit, run_steps, video_groups
 
 
 class Prefill:
     """Runs the scheduled steps of one reducer during a prefill; every call gets the prefill's state."""
 
-    def __init__(self, adapter: Any, schedule: Schedule, *, positions: str, probe_queries: int) -> None:
+    def __init__(self, adapter: Any, schedule: Schedule, *, positions: str, probe_queries: int,
+                 modalities: tuple[str, ...]) -> None:
         self.adapter = adapter
         self.schedule = schedule
         self.positions = positions
         self.probe_queries = probe_queries
+        self.modalities = modalities
 
     # ----- the language model's input -----------------------------------------------------------
     def language_model_input(self, state: ForwardState, args: tuple, kwargs: dict[str, Any]):
-        """Run the encoder and pre-LLM steps on the LLM input; ``None`` when it is unchanged."""
+        """Locate the grids; run the encoder and pre-LLM steps on the LLM input; ``None`` when it is unchanged."""
         embeds = kwargs.get(hf.INPUTS_EMBEDS)
         if embeds is None:
             raise RuntimeError("the language model was called without inputs_embeds during a reduced prefill")
         batch, length = embeds.shape[:2]
+        visual = self.adapter.visual_layout(state.call, self.modalities, embeds)
+        state.visual = visual if visual is not None else VisualLayout(batch, length, ())
+        state.groups = video_groups(state.visual, embeds.device)
         if length != state.visual.seq_len or batch != state.visual.batch_size:
             raise RuntimeError(f"the language model received a sequence of shape {(batch, length)}, the visual "
                                f"layout describes {(state.visual.batch_size, state.visual.seq_len)}")
@@ -66,23 +74,14 @@ class Prefill:
         return args, kwargs
 
     def _encoder_signals(self, state: ForwardState) -> dict[int, list[tuple[torch.Tensor, torch.Tensor]]] | None:
+        """Per encoder step: ``(importance, keys)`` of every span, from its vision layer."""
         steps = self.schedule.encoder_steps
-        if not steps:
+        if not steps or not state.visual.spans:
             return None
-        capture = self.adapter.capture
-        record = capture.find(state.encoded) if capture is not None else None
-        if record is None:
-            raise RuntimeError("encoder steps need the vision tower to run while the reducer is applied (pass "
-                               "pixel values, not features encoded before tr.apply)")
-        grids = [span.grid for span in state.visual.spans]
-        signals = {id(step): self.adapter.encoder_token_signals(record, encoder_layer(step), len(grids))
-                   for step in steps}
-        for per_video in signals.values():
-            if [imp.numel() for imp, _ in per_video] != [t * h * w for t, h, w in grids]:
-                raise NotImplementedError("the vision-tower call does not match the videos of the prompt one to one "
-                                          "(generate repeats videos for beams / num_return_sequences); encoder "
-                                          "steps need one encoded video per video of the prompt")
-        return signals
+        per_layer: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        for layer in {encoder_layer(step) for step in steps}:
+            per_layer[layer] = media_signals(self.adapter, state.call, state.visual, layer)
+        return {id(step): per_layer[encoder_layer(step)] for step in steps}
 
     # ----- before a decoder layer ---------------------------------------------------------------
     def record_probe_inputs(self, state: ForwardState, index: int, args: tuple, kwargs: dict[str, Any]) -> None:
@@ -108,7 +107,9 @@ class Prefill:
             return None
         state.layer_layouts[index] = state.current.layout
         kwargs = dict(kwargs)
-        kwargs[hf.ATTENTION_MASK] = state.current.attention_mask
+        softmax = index in self.schedule.softmax
+        kwargs[hf.ATTENTION_MASK] = state.current.attention_mask if softmax else hf.recurrent_mask(
+            state.current.layout.valid)
         kwargs[hf.POSITION_EMBEDDINGS] = state.current.position_embeddings
         if kwargs.get(hf.POSITION_IDS) is not None:
             kwargs[hf.POSITION_IDS] = state.current.position_ids

@@ -3,8 +3,8 @@
 Fused attention kernels (sdpa, flash) never materialise attention weights, so asking the model
 for ``output_attentions`` would force the slow eager path for the whole forward. The probe
 instead recomputes only the rows it needs from the layer's own projections: ``q_proj`` of the
-last ``n`` queries and ``k_proj`` of all keys, the per-head ``q_norm``/``k_norm`` when the layer
-has them (Qwen3), the layer's own rotary function with the position embeddings it received
+last ``n`` queries (without the output gate of a gated attention, Qwen3.5) and ``k_proj`` of all
+keys, the per-head ``q_norm``/``k_norm`` when the layer has them (Qwen3), the layer's own rotary function with the position embeddings it received
 (M-RoPE included: the rotary embedding already merged the rows), grouped-query heads, scaling and
 the attention mask. The result equals the eager attention rows.
 """
@@ -35,8 +35,8 @@ def _batched(embedding: torch.Tensor, batch: int) -> torch.Tensor:
     return embedding.expand(shape)
 
 
-def _heads(projection: nn.Module, norm: nn.Module | None, x: torch.Tensor, head_dim: int) -> torch.Tensor:
-    states = projection(x).view(x.shape[0], x.shape[1], -1, head_dim)
+def _heads(states: torch.Tensor, norm: nn.Module | None) -> torch.Tensor:
+    """``[B, L, heads, head_dim]`` states, normed per head when the layer has the norm, as ``[B, heads, L, d]``."""
     if norm is not None:
         states = norm(states)
     return states.transpose(1, 2)
@@ -55,8 +55,8 @@ def last_query_attention(attention: nn.Module, inputs: AttentionInputs, num_quer
     head_dim = int(attention.head_dim)
     rotary = hf.rotary_function(attention)
     cos, sin = (_batched(e, x.shape[0]) for e in inputs.position_embeddings)
-    q = _heads(attention.q_proj, getattr(attention, "q_norm", None), x[:, -n:], head_dim)
-    k = _heads(attention.k_proj, getattr(attention, "k_norm", None), x, head_dim)
+    q = _heads(hf.attention_queries(attention, x[:, -n:], head_dim), getattr(attention, "q_norm", None))
+    k = _heads(attention.k_proj(x).view(x.shape[0], length, -1, head_dim), getattr(attention, "k_norm", None))
     q = rotary(q, q, cos[..., -n:, :], sin[..., -n:, :])[0]
     k = rotary(k, k, cos, sin)[0]
     groups = q.shape[1] // k.shape[1]

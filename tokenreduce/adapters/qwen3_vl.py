@@ -1,12 +1,13 @@
-"""Qwen3-VL: the Qwen2-VL layout plus per-frame timestamp tokens and deepstack features.
+"""Qwen3-VL and Qwen3-VL-MoE: the Qwen2-VL layout plus per-frame timestamp tokens and deepstack features.
 
 Each frame of a video is wrapped in its own vision-start/end tokens with a timestamp between
 frames; the placeholders of one video are therefore not contiguous, but still in grid order, so
 the Qwen2-VL mapping applies unchanged (timestamps are text and always kept). Deepstack adds
-vision features to the hidden states of the visual tokens after the first decoder layers; the
-adapter prunes ``visual_pos_masks`` and ``deepstack_visual_embeds`` with the sequence, and keeps
-them aligned after in-LLM pruning by remapping them in the deepstack method (a method, not a
-module, so no hook can reach it; the instance attribute is removed on exit).
+vision features to the hidden states of the visual tokens (images and videos) after the first
+decoder layers; the adapter prunes ``visual_pos_masks`` and ``deepstack_visual_embeds`` with the
+sequence, and keeps them aligned after in-LLM pruning by remapping them in the deepstack method (a
+method, not a module, so no hook can reach it; the instance attribute is removed on exit). The MoE
+variant differs in its decoder's MLPs only.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, ClassVar
 import torch
 
 from tokenreduce.adapters import hf
-from tokenreduce.adapters.qwen_vl import Qwen2VLAdapter
+from tokenreduce.adapters.grid_thw import GridThwFamily
 from tokenreduce.adapters.state import Phase
 from tokenreduce.registry import register_adapter
 
@@ -34,10 +35,11 @@ def select_visual(mask: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor
 
 
 @register_adapter("qwen3_vl")
-class Qwen3VLAdapter(Qwen2VLAdapter):
-    """``Qwen3VLForConditionalGeneration``."""
+class Qwen3VLAdapter(GridThwFamily):
+    """Qwen3-VL and Qwen3-VL-MoE (videos and images; deepstack features follow the pruned tokens)."""
 
-    model_classes: ClassVar[tuple[str, ...]] = ("Qwen3VLForConditionalGeneration",)
+    model_classes: ClassVar[tuple[str, ...]] = ("Qwen3VLForConditionalGeneration",
+                                                "Qwen3VLMoeForConditionalGeneration")
 
     def prune_language_inputs(self, kwargs: dict[str, Any], index: torch.Tensor) -> None:
         mask = kwargs.get(hf.VISUAL_POS_MASKS)
@@ -50,8 +52,6 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
             kwargs[hf.DEEPSTACK_VISUAL_EMBEDS] = [e[rows.to(e.device)] for e in embeds]
 
     def install(self, session: Any) -> list[Any]:
-        undo = super().install(session)
-
         def aligned(original):
             def deepstack_process(hidden_states, visual_pos_masks, visual_embeds):
                 state = session.state
@@ -62,4 +62,4 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
                 return original(hidden_states, visual_pos_masks, visual_embeds)
             return deepstack_process
 
-        return [*undo, hf.wrap_deepstack(self.language_model, aligned)]
+        return [hf.wrap_deepstack(self.language_model, aligned)]

@@ -1,10 +1,20 @@
 """Where each single-stage step of a reducer runs in one model: which vision-encoder layers the encoder
-steps read, which steps run on the LLM input, and which run before (or inside) which decoder layer."""
+steps read, which steps run on the LLM input, and which run before (or inside) which decoder layer.
+
+In-LLM steps that read the attention probe run right after a softmax-attention layer, whose last
+query's attention is the importance. In a hybrid decoder (Qwen3.5: three Gated-DeltaNet layers for
+each full-attention layer) a step asked to run before layer K whose layer K-1 has no softmax
+attention runs after the first softmax-attention layer at or after K-1 instead; a layer-wise step
+(FrameFusion) that wants the probe waits for the next layer that follows a softmax-attention layer.
+Steps that read no importance run where they ask.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Set
+
 from tokenreduce.adapters.state import ForwardState
-from tokenreduce.interfaces import LayerwiseReducer, Reducer, Stage, in_llm_position
+from tokenreduce.interfaces import LayerwiseReducer, Reducer, Signal, Stage, in_llm_position
 
 POSITION_POLICIES = ("original", "contiguous")
 
@@ -15,12 +25,19 @@ def encoder_layer(step: Reducer) -> int:
     return int(getattr(step.config, "encoder_layer", -2))
 
 
-class Schedule:
-    """The steps of ``reducer`` placed in a decoder of ``num_layers`` layers (checked here, before any
-    hook is installed)."""
+def reads_importance(step: Reducer) -> bool:
+    """The step reads ``VisualTokens.importance`` (required or optional)."""
+    return Signal.IMPORTANCE in step.requires | step.optional
 
-    def __init__(self, reducer: Reducer, num_layers: int, positions: str) -> None:
+
+class Schedule:
+    """The steps of ``reducer`` placed in a decoder of ``num_layers`` layers whose layers ``softmax`` have
+    softmax attention (default: all); checked here, before any hook is installed."""
+
+    def __init__(self, reducer: Reducer, num_layers: int, positions: str, softmax: Set[int] | None = None) -> None:
         self.num_layers = num_layers
+        self.softmax = set(range(num_layers)) if softmax is None else set(softmax)
+        self.placed: dict[int, int] = {}  # id() of an in-LLM step -> the layer it runs before
         self.steps = reducer.steps()
         self.encoder_steps: list[Reducer] = []
         self.pre_steps: list[Reducer] = []
@@ -42,10 +59,19 @@ class Schedule:
             self.pre_steps.append(step)
             return
         layer = step.layer
+        name = step.registered_name or type(step).__name__
         first = 0 if isinstance(step, LayerwiseReducer) else 1  # layer 0 has no previous layer to probe
         if layer is None or not first <= layer < self.num_layers:
-            raise ValueError(f"{step.registered_name or type(step).__name__}.layer must be in [{first}, "
-                             f"{self.num_layers - 1}] for a decoder with {self.num_layers} layers, got {layer}")
+            raise ValueError(f"{name}.layer must be in [{first}, {self.num_layers - 1}] for a decoder with "
+                             f"{self.num_layers} layers, got {layer}")
+        if not isinstance(step, LayerwiseReducer) and reads_importance(step):
+            after = min((i for i in self.softmax if i >= layer - 1), default=None)
+            if after is None or after + 1 >= self.num_layers:
+                raise ValueError(f"{name}.layer={layer} reads the attention probe, but no softmax-attention layer "
+                                 f"from layer {layer - 1} on is followed by another layer (softmax-attention "
+                                 f"layers: {sorted(self.softmax)})")
+            layer = after + 1
+        self.placed[id(step)] = layer
         self.in_steps.setdefault(layer, []).append(step)
         if in_llm_position(step) == "after_attention":
             self.after_attention.add(id(step))
@@ -62,13 +88,22 @@ class Schedule:
     def steps_at(self, layer: int, state: ForwardState) -> list[tuple[Reducer, int]]:
         """The ``(step, layer)`` pairs that reduce before decoder ``layer`` in this prefill."""
         steps = [(s, layer) for s in self.in_steps.get(layer, [])]
-        if self.layerwise_from is not None and layer > self.layerwise_from and state.layerwise_active():
+        if self._layerwise_continues(layer, state):
             started = {key for g in state.groups for key in g.layerwise}
             steps += [(s, layer) for s in self.layerwise if id(s) in started and s.layer < layer]
         return steps
 
+    def _layerwise_continues(self, layer: int, state: ForwardState) -> bool:
+        """A started layer-wise step takes its next step before ``layer`` (one that wants the probe waits for
+        a layer after a softmax-attention layer)."""
+        if self.layerwise_from is None or layer <= self.layerwise_from or not state.layerwise_active():
+            return False
+        return layer - 1 in self.softmax or not state.layerwise_wants_importance()
+
     def needs_probe(self, layer: int, state: ForwardState | None) -> bool:
         """Whether a step before ``layer`` reads the attention probe of layer ``layer - 1``."""
+        if layer - 1 not in self.softmax:
+            return False
         if layer in self.in_steps:
             return True
         if self.layerwise_from is None or layer <= self.layerwise_from or state is None:

@@ -1,8 +1,8 @@
 """The session that makes a model really process fewer visual tokens.
 
 One ``ReductionSession`` drives one reducer on one model through forward hooks. A hook on the model
-(``adapter.top``) tells each call's ``Phase``: a prefill with video (a new reduction from scratch,
-``prefill.py``), a decode step on the cache that prefill filled (``decode.py``), or an unrelated
+(``adapter.top``) tells each call's ``Phase``: a prefill with videos or images of the modalities the
+session reduces (a new reduction from scratch, ``prefill.py``), a decode step on the cache that prefill filled (``decode.py``), or an unrelated
 call, which is left alone. Hooks on the language model, on each decoder layer (and on its attention
 and, for steps placed after the attention block, its MLP) hand each call to the phase's code. Where
 each step runs is decided once, before any hook is installed (``schedule.py``).
@@ -19,10 +19,11 @@ import torch
 
 from tokenreduce.adapters import hf
 from tokenreduce.adapters.decode import Decode
+from tokenreduce.adapters.encoder import install_capture
+from tokenreduce.adapters.layout import MODALITIES
 from tokenreduce.adapters.prefill import Prefill
 from tokenreduce.adapters.schedule import POSITION_POLICIES, Schedule
 from tokenreduce.adapters.state import ForwardState, Phase
-from tokenreduce.adapters.steps import video_groups
 from tokenreduce.interfaces import Reducer
 
 
@@ -36,9 +37,12 @@ class ReductionSession:
             (the pruned LLM input is renumbered 0..L-1; pre-LLM steps only).
         probe_queries: the importance is the attention of the last ``probe_queries`` queries,
             averaged.
+        modalities: the media that are reduced, ``"video"`` and/or ``"image"`` (default: both, where
+            the model family maps them onto grids); the tokens of the others are kept untouched.
     """
 
-    def __init__(self, adapter, reducer: Reducer, *, positions: str = "original", probe_queries: int = 1) -> None:
+    def __init__(self, adapter, reducer: Reducer, *, positions: str = "original", probe_queries: int = 1,
+                 modalities: tuple[str, ...] | list[str] | str = MODALITIES) -> None:
         if not isinstance(reducer, Reducer):
             raise TypeError(f"reducer must be a tokenreduce Reducer (e.g. tr.build('random', ratio=0.3)), "
                             f"got {type(reducer).__name__}")
@@ -50,10 +54,13 @@ class ReductionSession:
         self.reducer = reducer
         self.positions = positions
         self.probe_queries = probe_queries
+        self.modalities = _check_modalities(modalities)
         self.num_layers = len(adapter.layers)
-        self.schedule = Schedule(reducer, self.num_layers, positions)
-        self.prefill = Prefill(adapter, self.schedule, positions=positions, probe_queries=probe_queries)
-        self.decode = Decode(adapter)
+        softmax = {i for i, layer in enumerate(adapter.layers) if adapter.attention_of(layer) is not None}
+        self.schedule = Schedule(reducer, self.num_layers, positions, softmax)
+        self.prefill = Prefill(adapter, self.schedule, positions=positions, probe_queries=probe_queries,
+                               modalities=self.modalities)
+        self.decode = Decode(adapter, self.schedule.softmax)
         self.state: ForwardState | None = None
         self._phase: Phase | None = None
         self._handles: list[Any] = []
@@ -68,6 +75,7 @@ class ReductionSession:
     def attach(self) -> None:
         """Install the hooks; on any failure nothing stays installed."""
         try:
+            self._restore.extend(install_capture(self.adapter, self.encoder_layers))
             self._restore.extend(self.adapter.install(self))
             top, lm = self.adapter.top, self.adapter.language_model
             self._hook(top.register_forward_pre_hook(self._top_pre, with_kwargs=True))
@@ -76,7 +84,8 @@ class ReductionSession:
             for index, layer in enumerate(self.adapter.layers):
                 self._hook(layer.register_forward_pre_hook(self._layer_pre(index), with_kwargs=True))
                 attention = self.adapter.attention_of(layer)
-                self._hook(attention.register_forward_pre_hook(self._attention_pre(index), with_kwargs=True))
+                if attention is not None:  # recurrent layers have no attention to probe
+                    self._hook(attention.register_forward_pre_hook(self._attention_pre(index), with_kwargs=True))
                 if self.schedule.after_attention:
                     self._attach_mid_layer(index, layer)
         except BaseException:
@@ -108,8 +117,9 @@ class ReductionSession:
 
     # ----- reporting --------------------------------------------------------------------------
     def kept_indices(self) -> list[torch.Tensor]:
-        """Per video (in the adapter's span order): the flat grid indices the last prefill kept."""
-        if self.state is None:
+        """Per reduced grid — each video, each image (in sample order, then sequence order): the flat grid
+        indices the last prefill kept."""
+        if self.state is None or self.state.visual is None:
             return []
         out: list[torch.Tensor | None] = [None] * len(self.state.visual.spans)
         for group in self.state.groups:
@@ -118,9 +128,9 @@ class ReductionSession:
         return out  # type: ignore[return-value]
 
     def inserted_counts(self) -> list[int]:
-        """Per video (in the order of ``kept_indices``): the new tokens the last prefill inserted after it
+        """Per grid (in the order of ``kept_indices``): the new tokens the last prefill inserted after it
         (``Reduction.extra``, e.g. VisionZip's contextual tokens)."""
-        if self.state is None:
+        if self.state is None or self.state.visual is None:
             return []
         out = [0] * len(self.state.visual.spans)
         for group in self.state.groups:
@@ -129,10 +139,16 @@ class ReductionSession:
         return out
 
     def video_grids(self) -> list[tuple[int, tuple[int, int, int]]]:
-        """Per video (in the order of ``kept_indices``): its batch row and its ``(T, H, W)`` token grid."""
-        if self.state is None:
+        """Per grid (in the order of ``kept_indices``): its batch row and its ``(T, H, W)`` token grid."""
+        if self.state is None or self.state.visual is None:
             return []
         return [(span.sample, span.grid) for span in self.state.visual.spans]
+
+    def grid_modalities(self) -> list[str]:
+        """Per grid (in the order of ``kept_indices``): ``"video"`` or ``"image"``."""
+        if self.state is None or self.state.visual is None:
+            return []
+        return [span.modality for span in self.state.visual.spans]
 
     @property
     def phase(self) -> Phase | None:
@@ -153,13 +169,13 @@ class ReductionSession:
     def _top_pre(self, module, args, kwargs):
         call = hf.call_arguments(args, kwargs)
         cache = hf.cache_argument(call)
-        visual = self.adapter.visual_layout(call)
-        if visual is not None:
+        if self.adapter.carries_media(call, self.modalities):
             if cache is not None and hf.cache_length(cache) > 0:
-                raise NotImplementedError("a video arrived on top of a non-empty cache; token reduction starts "
-                                          "from an empty cache (a new generate call) only")
-            device = self.adapter.language_model_device()
-            self.state = ForwardState(visual, video_groups(visual, device), encoded=hf.encoded_video(call))
+                raise NotImplementedError("a video or image arrived on top of a non-empty cache; token reduction "
+                                          "starts from an empty cache (a new generate call) only")
+            self.state = ForwardState(call)
+            if self.adapter.capture is not None:
+                self.adapter.capture.mark()
             self._phase = Phase.PREFILL
             return None
         state = self.state
@@ -210,3 +226,11 @@ class ReductionSession:
         def hook(*args):
             return function(self.state, *args) if self._phase is Phase.PREFILL else None
         return hook
+
+
+def _check_modalities(modalities: Any) -> tuple[str, ...]:
+    chosen = (modalities,) if isinstance(modalities, str) else tuple(modalities)
+    unknown = [m for m in chosen if m not in MODALITIES]
+    if unknown or not chosen:
+        raise ValueError(f"modalities must name one or more of {MODALITIES}, got {modalities!r}")
+    return chosen

@@ -36,13 +36,13 @@ class LayoutInputs:
 class ForwardState:
     """Everything one prefill decided; decode steps read it."""
 
-    visual: VisualLayout
-    groups: list[VideoGroup]
+    call: dict[str, Any]  # the model's forward arguments
+    visual: VisualLayout | None = None  # the reduced grids, known once the language model is called
+    groups: list[VideoGroup] = field(default_factory=list)
     lm_layout: SequenceLayout | None = None  # layout the decoder layers start from
     lm_changed: bool = False  # the pre-LLM steps changed the LLM input
     current: LayoutInputs | None = None  # in-LLM layout in force (None: the LM's own)
     layer_layouts: dict[int, SequenceLayout] = field(default_factory=dict)
-    encoded: Any = None  # the pre-encoded video output of this prefill (generate), if any
     next_position: torch.Tensor | None = None  # [B] position of the first generated token
     position_shift: torch.Tensor | None = None  # subtracted from later positions (contiguous; shift_positions)
     seq_len: int = 0

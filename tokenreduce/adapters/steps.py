@@ -1,7 +1,7 @@
-"""Running a reducer's steps on the videos of a sequence and turning results into sequence edits.
+"""Running a reducer's steps on the videos and images of a sequence and turning results into sequence edits.
 
-Videos of one grid size are reduced together as one ``VisualTokens`` batch (samples of different
-sizes simply form different groups). Each group remembers which of its tokens are still present,
+Grids of one size are reduced together as one ``VisualTokens`` batch (samples of different sizes
+simply form different groups; an image is a grid with ``T = 1``). Each group remembers which of its tokens are still present,
 so a later step (or a later layer of a ``LayerwiseReducer``) sees earlier drops as ``valid``, and
 ratio budgets keep referring to the original token count, as in ``Pipeline``.
 """
@@ -20,7 +20,8 @@ from tokenreduce.tokens import Reduction, VisualTokens
 
 @dataclass
 class VideoGroup:
-    """Videos sharing one grid: their samples ``[G]``, positions ``[G, N]`` and present tokens."""
+    """Spans sharing one grid: their samples ``[G]``, positions ``[G, N]`` (``-1``: no token) and
+    present tokens."""
 
     grid: tuple[int, int, int]
     span_ids: list[int]
@@ -29,14 +30,20 @@ class VideoGroup:
     present: torch.Tensor
     embeddings: torch.Tensor | None = None
     layerwise: dict[int, Any] = field(default_factory=dict)
-    inserted: list[int] = field(default_factory=list)  # per video: new tokens inserted (Reduction.extra)
+    inserted: list[int] = field(default_factory=list)  # per span: new tokens inserted (Reduction.extra)
 
     def __post_init__(self) -> None:
         self.inserted = self.inserted or [0] * len(self.span_ids)
+        self.base = self.present.sum(dim=1)  # [G] tokens each span had in the sequence (ratio budgets)
 
     @property
     def num_tokens(self) -> int:
         return int(self.positions.shape[1])
+
+    @property
+    def where(self) -> torch.Tensor:
+        """``[G, N]`` positions usable as an index (absent grid positions point at position 0)."""
+        return self.positions.clamp(min=0)
 
 
 @dataclass
@@ -73,8 +80,7 @@ def video_groups(visual: VisualLayout, device: torch.device) -> list[VideoGroup]
         spans = [visual.spans[i] for i in span_ids]
         positions = torch.stack([s.positions.to(device) for s in spans])
         samples = torch.tensor([s.sample for s in spans], device=device)
-        present = torch.ones(positions.shape, dtype=torch.bool, device=device)
-        groups.append(VideoGroup(grid, span_ids, samples, positions, present))
+        groups.append(VideoGroup(grid, span_ids, samples, positions, positions >= 0))
     return groups
 
 
@@ -105,7 +111,7 @@ def run_steps(
         rows = group.samples[:, None].expand_as(group.positions)
         merged = None  # features merged by an earlier step of this round
         for step, layer in steps:
-            slots = layout.slot_of[rows, group.positions]
+            slots = layout.slot_of[rows, group.where]
             present = group.present & (slots >= 0)
             where = slots.clamp(min=0)
             features = hidden[rows, where] if merged is None else merged.to(hidden.dtype)
@@ -127,7 +133,7 @@ def run_steps(
                 importance=None if step_importance is None else _grid_view(
                     step_importance.masked_fill(~present, 0.0), group.grid),
                 signals=signals,
-                budget_base=torch.full((len(group.span_ids),), group.num_tokens, device=hidden.device),
+                budget_base=group.base.to(hidden.device),
                 num_layers=num_layers,
             )
             reduction = _call_step(step, layer, group, tokens)
@@ -165,5 +171,5 @@ def _record(edit: SequenceEdit, group: VideoGroup, rows: torch.Tensor, present: 
         extra_valid = getattr(reduction, "extra_valid", None)
         for row in range(reduction.extra.shape[0]):  # a loop over the videos of the group
             tokens = reduction.extra[row] if extra_valid is None else reduction.extra[row][extra_valid[row]]
-            edit.extras.append((int(group.samples[row]), int(group.positions[row, -1]), tokens))
+            edit.extras.append((int(group.samples[row]), int(group.positions[row].max()), tokens))
             group.inserted[row] += int(tokens.shape[0])
