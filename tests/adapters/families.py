@@ -70,6 +70,8 @@ FAMILIES = {
                        **QWEN),
     "qwen3_vl_moe": Family("Qwen3VLMoeForConditionalGeneration", "qwen3_vl", tm.qwen3_vl_moe, _grid("qwen3"),
                            **QWEN),
+    "qwen3_5": Family("Qwen3_5ForConditionalGeneration", "qwen3_5", tm.qwen3_5, _grid("qwen3"), **QWEN),
+    "qwen3_5_moe": Family("Qwen3_5MoeForConditionalGeneration", "qwen3_5", tm.qwen3_5_moe, _grid("qwen3"), **QWEN),
     "llava_onevision": Family("LlavaOnevisionForConditionalGeneration", "llava_onevision", tm.llava_onevision,
                               _llava, eager=True, **LLAVA),
     "llava_next_video": Family("LlavaNextVideoForConditionalGeneration", "llava_next_video", tm.llava_next_video,
