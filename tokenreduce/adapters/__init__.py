@@ -4,7 +4,7 @@ Importing this package registers the built-in adapters (one module per model fam
 """
 
 from tokenreduce.adapters import (  # noqa: F401  (registers the adapters)
-    generic, glm4v, internvl, llava, qwen3_5, qwen3_vl, qwen_vl)
+    generic, glm4v, internvl, llava, qwen3_5, qwen3_vl, qwen_vl, video_llama3)
 from tokenreduce.adapters.media import MediaItem
 from tokenreduce.adapters.base import ModelAdapter
 from tokenreduce.adapters.generic import GenericDecoderAdapter, contiguous_video, reduce_sequence
