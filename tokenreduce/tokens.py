@@ -65,6 +65,25 @@ def _check_grid_tensor(
     return value
 
 
+def first_non_finite(values: torch.Tensor) -> list[int] | None:
+    """The index of the first NaN or inf element of a float tensor, or ``None`` when all are finite.
+
+    One fused reduction decides: ``aminmax`` propagates NaN and returns an infinite extreme when
+    there is one, and, unlike a sum, it cannot overflow on finite values (an fp16 sum of finite
+    features easily does). Only on failure is an element-wise mask built, to name the culprit.
+    """
+    if values.numel() == 0:
+        return None
+    low, high = torch.aminmax(values)
+    if bool(torch.isfinite(low) & torch.isfinite(high)):
+        return None
+    return [int(i) for i in (~torch.isfinite(values)).nonzero()[0].tolist()]
+
+
+def _index_text(index: list[int], axes: str) -> str:
+    return "[" + ", ".join(f"{axis}={i}" for axis, i in zip(axes, index)) + "]"
+
+
 class VisualTokens:
     """A batch of visual-token grids and the signals reducers may use.
 
@@ -82,7 +101,15 @@ class VisualTokens:
             step so that each step's ratio is a fraction of the original video.
         num_layers: the LLM's decoder layer count when the tokens come from a model; cost
             budgets (FrameFusion / ST-SimDiff formula) need it.
+
+    The constructor validates everything once: types, shapes, dtypes and devices (O(1)), and the
+    values (finite features and importance, a valid token per sample, ``budget_base >= 1``) with
+    one fused reduction each. ``replace`` validates only the fields it changes; library code that
+    builds tokens from tensors it made or already validated uses ``VisualTokens.trusted`` and
+    ``replace_trusted``, which check structure but not values.
     """
+
+    VALUE_CHECKED = ("features", "valid", "importance", "budget_base")
 
     def __init__(
         self,
@@ -94,6 +121,30 @@ class VisualTokens:
         budget_base: torch.Tensor | None = None,
         num_layers: int | None = None,
     ) -> None:
+        self._assign(features, valid, importance, signals, budget_base, num_layers,
+                     check_values=self.VALUE_CHECKED)
+
+    @classmethod
+    def trusted(
+        cls,
+        features: torch.Tensor,
+        valid: torch.Tensor | None = None,
+        importance: torch.Tensor | None = None,
+        *,
+        signals: Mapping[str, torch.Tensor] | None = None,
+        budget_base: torch.Tensor | None = None,
+        num_layers: int | None = None,
+    ) -> VisualTokens:
+        """Tokens made by library code from tensors it produced or already validated (a pipeline
+        step's survivors, an adapter's hidden states): types, shapes, dtypes and devices are
+        checked, the values are not (no pass over the features)."""
+        tokens = cls.__new__(cls)
+        tokens._assign(features, valid, importance, signals, budget_base, num_layers, check_values=())
+        return tokens
+
+    def _assign(self, features: Any, valid: Any, importance: Any, signals: Any, budget_base: Any,
+                num_layers: Any, *, check_values: tuple[str, ...]) -> None:
+        """Check the structure of every field and the values of the fields in ``check_values``."""
         if not isinstance(features, torch.Tensor):
             raise TypeError("features must be a torch.Tensor of shape [B, T, H, W, D], "
                             f"got {type(features).__name__}")
@@ -110,17 +161,23 @@ class VisualTokens:
         device = features.device
         if valid is not None:
             valid = _check_grid_tensor("valid", valid, grid, kind="bool", device=device)
-            empty = ~valid.flatten(1).any(dim=1)
-            if bool(empty.any()):
-                raise ValueError(f"valid marks no token of sample(s) {empty.nonzero().flatten().tolist()}"
-                                 " as valid: every sample needs at least one valid token")
-        if not bool(torch.isfinite(features).all()):
-            raise ValueError("features contain NaN or inf values")
+            if "valid" in check_values:
+                empty = ~valid.flatten(1).any(dim=1)
+                if bool(empty.any()):
+                    raise ValueError(f"valid marks no token of sample(s) {empty.nonzero().flatten().tolist()}"
+                                     " as valid: every sample needs at least one valid token")
+        if "features" in check_values:
+            bad = first_non_finite(features)
+            if bad is not None:
+                raise ValueError(f"features contain NaN or inf values (first at {_index_text(bad, 'BTHWD')}: "
+                                 f"{features[tuple(bad)].item()})")
         if importance is not None:
             importance = _check_grid_tensor("importance", importance, grid, kind="float", device=device)
-            finite = torch.isfinite(importance) if valid is None else torch.isfinite(importance) | ~valid
-            if not bool(finite.all()):
-                raise ValueError("importance contains NaN or inf values at valid tokens")
+            if "importance" in check_values:
+                bad = first_non_finite(importance if valid is None else importance.masked_fill(~valid, 0.0))
+                if bad is not None:
+                    raise ValueError("importance contains NaN or inf values at valid tokens (first at "
+                                     f"{_index_text(bad, 'BTHW')}: {importance[tuple(bad)].item()})")
         checked_signals: dict[str, torch.Tensor] = {}
         for key, value in (signals or {}).items():
             if not isinstance(key, str):
@@ -131,7 +188,7 @@ class VisualTokens:
             if not isinstance(budget_base, torch.Tensor) or budget_base.shape != (grid[0],):
                 raise ValueError(f"budget_base must be a tensor of shape [B]=({grid[0]},)")
             budget_base = budget_base.to(device=device, dtype=torch.long)
-            if bool((budget_base < 1).any()):
+            if "budget_base" in check_values and bool((budget_base < 1).any()):
                 raise ValueError("budget_base must be >= 1 for every sample")
         if num_layers is not None and (isinstance(num_layers, bool) or not isinstance(num_layers, int)
                                        or num_layers < 1):
@@ -205,7 +262,18 @@ class VisualTokens:
 
     # ----- derived token sets ---------------------------------------------------------------
     def replace(self, **changes: Any) -> VisualTokens:
-        """A copy with some fields replaced (validated again)."""
+        """A copy with some fields replaced. The new fields are validated (and importance again
+        when ``valid`` changes: it must be finite at the valid tokens); the others were validated
+        when these tokens were made. Shapes are always checked against each other."""
+        changed = set(changes) | ({"importance"} if "valid" in changes else set())
+        return self._copy(changes, check_values=tuple(k for k in self.VALUE_CHECKED if k in changed))
+
+    def replace_trusted(self, **changes: Any) -> VisualTokens:
+        """``replace`` for library code whose new fields it produced itself (a pipeline step's
+        kept mask, merged features): structure is checked, values are not (see ``trusted``)."""
+        return self._copy(changes, check_values=())
+
+    def _copy(self, changes: dict[str, Any], *, check_values: tuple[str, ...]) -> VisualTokens:
         fields = {"features": self.features, "valid": self.valid, "importance": self.importance,
                   "signals": self.signals, "budget_base": self.budget_base,
                   "num_layers": self.num_layers}
@@ -213,14 +281,17 @@ class VisualTokens:
         if unknown:
             raise TypeError(f"unknown VisualTokens field(s) {sorted(unknown)}; valid: {sorted(fields)}")
         fields.update(changes)
-        return VisualTokens(**fields)
+        tokens = VisualTokens.__new__(VisualTokens)
+        tokens._assign(fields["features"], fields["valid"], fields["importance"], fields["signals"],
+                       fields["budget_base"], fields["num_layers"], check_values=check_values)
+        return tokens
 
     def sample(self, b: int) -> VisualTokens:
         """Sample ``b`` alone, as a batch of one."""
         if not 0 <= b < self.batch_size:
             raise IndexError(f"sample index {b} out of range for batch size {self.batch_size}")
         pick = slice(b, b + 1)
-        return VisualTokens(
+        return VisualTokens.trusted(
             self.features[pick],
             None if self.valid is None else self.valid[pick],
             None if self.importance is None else self.importance[pick],
