@@ -34,10 +34,12 @@ import dataclasses
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from tokenreduce.budget import check_ratio, cost_prune_ratio, scaled_count
 from tokenreduce.config import Config
 from tokenreduce.errors import ConfigError, MissingSignalError
+from tokenreduce.graph.blocked import pair_dots
 from tokenreduce.interfaces import IN_LLM_POSITIONS, LayerwiseReducer, Signal
 from tokenreduce.pipeline import combine
 from tokenreduce.registry import register_strategy
@@ -67,23 +69,47 @@ class FrameFusionState:
         return any(m and not p for m, p in zip(self.merging_done, self.pruning_done))
 
 
+def previous_in_chain(valid: torch.Tensor) -> torch.Tensor:
+    """Long ``[B, T, H, W]``: the frame of each token's previous valid token at its grid position
+    (-1 where there is none)."""
+    t = valid.shape[1]
+    frame = torch.arange(t, device=valid.device).view(1, t, 1, 1)
+    last_valid = torch.where(valid, frame, -1).cummax(dim=1).values
+    return torch.cat([torch.full_like(last_valid[:, :1], -1), last_valid[:, :-1]], dim=1)
+
+
 def temporal_similarity(features: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """``[B, T, H, W]``: cosine similarity of each valid token to the previous valid token of its
     grid position (``NO_NEIGHBOUR`` where there is none, and at invalid tokens).
 
-    The cosine is ``dot / (|a| * |b|)`` without epsilon, as upstream; a zero vector gives NaN,
-    which is replaced by ``NO_NEIGHBOUR`` (never merged). Only the token pairs that exist are
-    read, so later merge points (fewer tokens left) cost less.
+    The cosine is ``dot / (|a| * |b|)`` without epsilon, as upstream, in the features' dtype; a
+    zero vector gives NaN, which is replaced by ``NO_NEIGHBOUR`` (never merged). Only the token
+    pairs that exist are read, so later merge points (fewer tokens left) cost less. fp32/fp64
+    features go through ``pair_dots`` (the rows are read in place, not gathered).
     """
-    t = features.shape[1]
-    frame = torch.arange(t, device=features.device).view(1, t, 1, 1)
-    last_valid = torch.where(valid, frame, -1).cummax(dim=1).values
-    previous = torch.cat([torch.full_like(last_valid[:, :1], -1), last_valid[:, :-1]], dim=1)
-    b, f, h, w = (valid & (previous >= 0)).nonzero(as_tuple=True)
-    token, neighbour = features[b, f, h, w], features[b, previous[b, f, h, w], h, w]
-    cosine = (token * neighbour).sum(dim=-1) / (token.norm(dim=-1) * neighbour.norm(dim=-1))
+    b, t, h, w, d = features.shape
+    n = t * h * w
+    previous = previous_in_chain(valid)
+    has = valid & (previous >= 0)
     similarity = torch.full(valid.shape, NO_NEIGHBOUR, dtype=features.dtype, device=features.device)
-    similarity[b, f, h, w] = cosine.masked_fill(cosine.isnan(), NO_NEIGHBOUR)
+    if features.dtype in (torch.float32, torch.float64):
+        flat = features.reshape(b * n, d)
+        node = torch.arange(b * n, device=valid.device).reshape(valid.shape)
+        later, earlier = node[has], (node - (torch.arange(t, device=valid.device).view(1, t, 1, 1) - previous)
+                                     * (h * w))[has]
+        own = node[valid]
+        rows, cols = torch.cat([later, own]), torch.cat([earlier, own])
+        order = torch.argsort(rows * (b * n) + cols)
+        dots = torch.empty_like(rows, dtype=features.dtype)
+        dots[order] = pair_dots(flat, flat, rows[order], cols[order])
+        squares = torch.zeros(b * n, dtype=features.dtype, device=features.device)
+        squares[own] = dots[later.shape[0]:]
+        cosine = dots[:later.shape[0]] / (squares[later].sqrt() * squares[earlier].sqrt())
+    else:
+        bb, f, hh, ww = has.nonzero(as_tuple=True)
+        token, neighbour = features[bb, f, hh, ww], features[bb, previous[bb, f, hh, ww], hh, ww]
+        cosine = (token * neighbour).sum(dim=-1) / (token.norm(dim=-1) * neighbour.norm(dim=-1))
+    similarity[has] = cosine.masked_fill(cosine.isnan(), NO_NEIGHBOUR)
     return similarity
 
 
@@ -94,6 +120,7 @@ def merge_runs(features: torch.Tensor, valid: torch.Tensor, merge: torch.Tensor)
     holds the first valid token of a grid position). Returns ``(features, anchors)``: a copy of
     the features with every anchor replaced by the mean of itself and its run (summed in run
     order, then divided, as upstream), and bool ``[B, N]``: the anchors that absorbed a token.
+    Only the anchors and their runs are read (one ``embedding_bag``), besides the copy.
     """
     b, t, h, w, d = features.shape
     n = t * h * w
@@ -104,11 +131,20 @@ def merge_runs(features: torch.Tensor, valid: torch.Tensor, merge: torch.Tensor)
     rows = sample * n + member
     targets = sample * n + flat_anchor.reshape(b, n)[sample, member]
     flat = features.reshape(b * n, d)
-    merged = flat.clone().index_add_(0, targets, flat[rows])
-    counts = torch.ones(b * n, dtype=features.dtype, device=features.device)
-    counts.index_add_(0, targets, torch.ones_like(targets, dtype=features.dtype))
-    anchors = counts > 1
-    merged[anchors] /= counts[anchors].unsqueeze(-1)
+    merged = flat.clone()
+    anchor_rows = torch.unique(targets)  # ascending
+    # each anchor's bag: the anchor itself, then its run in flat (= run) order
+    bag = torch.cat([torch.arange(anchor_rows.shape[0], device=features.device),
+                     torch.searchsorted(anchor_rows, targets)])
+    counts = torch.bincount(bag, minlength=anchor_rows.shape[0])
+    if features.dtype in (torch.float32, torch.float64):  # embedding_bag adds in that order, in the dtype
+        members = torch.cat([anchor_rows, rows])[torch.argsort(bag, stable=True)]
+        sums = F.embedding_bag(members, flat, counts.cumsum(0) - counts, mode="sum")
+    else:  # half precision: added one by one in the dtype, as upstream
+        sums = merged.index_add_(0, targets, flat[rows])[anchor_rows]
+    merged[anchor_rows] = sums / counts.to(features.dtype).unsqueeze(-1)
+    anchors = torch.zeros(b * n, dtype=torch.bool, device=features.device)
+    anchors[anchor_rows] = True
     return merged.reshape(features.shape), anchors.reshape(b, n)
 
 
