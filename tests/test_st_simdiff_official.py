@@ -207,7 +207,7 @@ def test_reference_equals_official_code_at_exact_thresholds(tau_diff):
 def test_reference_equals_official_code_on_large_static_components(monkeypatch, block_rows):
     """The selection's fast kernels (row blocks, community sums, sampled dots) on components of
     hundreds of members that span many row blocks, with duplicate tokens (equal weights) and a
-    scene cut: the static regions are exact copies over time, as in the paper-scale benchmark."""
+    scene cut; the static regions repeat exactly from frame to frame."""
     from tokenreduce.graph import blocked
 
     monkeypatch.setattr(blocked, "BLOCK_ROWS", block_rows)
