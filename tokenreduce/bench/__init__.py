@@ -37,7 +37,7 @@ class BenchOptions:
     parts: Sequence[str] = ("selection", "end-to-end")
     device: str = "cpu"
     strategies: Sequence[Spec] | None = None
-    ratios: Sequence[float] = (0.3, 0.5)
+    ratios: Sequence[float] = (0.3,)
     selection_frames: int = 64
     selection_grid: int = 13
     dim: int = 3584
@@ -94,13 +94,15 @@ def _selection(options: BenchOptions, results: ResultsFile) -> None:
 
 def _end_to_end(options: BenchOptions, results: ResultsFile) -> None:
     part = results.part("end_to_end")
+    results.write()
     title = f"{options.size} model, {options.device}"
 
     def keep(runs: list[PrefillRun]) -> None:
         part["runs"] = [run.as_dict() for run in runs]
         results.write()
-        if options.plot_path:
-            plot(runs, options.plot_path, title=title)
+        timed = [run for run in runs if run.prefill_cpu_s is not None]
+        if options.plot_path and timed and len(timed) == len(runs):  # after each round of repeats
+            plot(timed, options.plot_path, title=title)
 
     def note(line: str) -> None:
         part["notes"].append(line)

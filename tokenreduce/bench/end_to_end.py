@@ -5,7 +5,8 @@ process, so the ratios compare like with like. Per run:
 
 - ``ttft_s``: one forward pass over the prompt with the KV cache on and the first token picked
   (vision tower + selection + LLM prefill + LM head on the last position), wall clock, as all
-  ``repeats`` (min / median / max) after one warm-up pass (the memory pass below). The repeats of
+  ``repeats`` (min / median / max) after a warm-up pass of the full model and one of the
+  configuration (the memory pass below). The repeats of
   all configurations of one frame count are interleaved (full, strategy 1, strategy 2, ..., full,
   ...), so that other work on the machine disturbs them alike.
 - ``vision_s``: the part of it spent in the vision tower (forward hooks); ``prefill_s`` is
@@ -61,11 +62,11 @@ class PrefillRun:
     config: dict[str, Any] | None
     visual_tokens: int
     kept_tokens: int
-    ttft_s: Spread
-    vision_s: Spread
-    prefill_s: Spread
-    ttft_cpu_s: Spread
-    prefill_cpu_s: Spread
+    ttft_s: Spread | None  # timings are None until the first timed repeat has run
+    vision_s: Spread | None
+    prefill_s: Spread | None
+    ttft_cpu_s: Spread | None
+    prefill_cpu_s: Spread | None
     peak_bytes: int
     logits: torch.Tensor | None = None
 
@@ -75,7 +76,7 @@ class PrefillRun:
 
     @property
     def repeats(self) -> int:
-        return len(self.ttft_s.values)
+        return 0 if self.ttft_s is None else len(self.ttft_s.values)
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"frames": self.frames, "strategy": self.strategy, "ratio": self.ratio,
@@ -83,7 +84,8 @@ class PrefillRun:
                                "kept_tokens": self.kept_tokens, "peak_bytes": self.peak_bytes,
                                "repeats": self.repeats}
         for name in ("ttft_s", "vision_s", "prefill_s", "ttft_cpu_s", "prefill_cpu_s"):
-            out[name] = getattr(self, name).as_dict()
+            value = getattr(self, name)
+            out[name] = None if value is None else value.as_dict()
         return out
 
 
@@ -236,28 +238,38 @@ def _timed_prefill(model: torch.nn.Module, prompt: VideoPrompt, timer: _VisionTi
 
 def _run_of(config: Config, frames: int, prompt: VideoPrompt, kept: int, peak: int, logits: torch.Tensor | None,
             timings: list[Timing]) -> PrefillRun:
-    walls, visions, cpus, vision_cpus = zip(*timings)
-    return PrefillRun(
-        frames=frames, strategy=config.label, ratio=config.ratio,
-        config=None if config.reducer is None else config.reducer.config.to_dict(),
-        visual_tokens=prompt.visual_tokens, kept_tokens=kept, ttft_s=Spread.of(walls), vision_s=Spread.of(visions),
-        prefill_s=Spread.of([w - v for w, v in zip(walls, visions)]), ttft_cpu_s=Spread.of(cpus),
-        prefill_cpu_s=Spread.of([c - v for c, v in zip(cpus, vision_cpus)]), peak_bytes=peak, logits=logits)
+    spreads: list[Spread | None] = [None] * 5
+    if timings:
+        walls, visions, cpus, vision_cpus = zip(*timings)
+        spreads = [Spread.of(walls), Spread.of(visions), Spread.of([w - v for w, v in zip(walls, visions)]),
+                   Spread.of(cpus), Spread.of([c - v for c, v in zip(cpus, vision_cpus)])]
+    return PrefillRun(frames, config.label, config.ratio,
+                      None if config.reducer is None else config.reducer.config.to_dict(),
+                      prompt.visual_tokens, kept, *spreads, peak_bytes=peak, logits=logits)
 
 
 def measure(model: torch.nn.Module, prompt: VideoPrompt, configs: Sequence[Config], *, frames: int, repeats: int,
             device: torch.device, progress: Progress | None = None,
             keep_logits: bool = False) -> Iterator[list[PrefillRun]]:
     """Time and memory of every configuration at one frame count (see the module docstring):
-    yields the runs measured so far after each round of repeats."""
+    yields the runs measured so far after each warm-up pass (timings still None) and after each
+    round of repeats."""
     timer = _VisionTimer(model.model.visual, device)
     memory = _PeakMemory(model.model.language_model, device)
     step = progress.now if progress is not None else (lambda what: None)
     done = progress.advance if progress is not None else (lambda: None)
     kept, peaks, logits = [], [], []
     timings: list[list[Timing]] = [[] for _ in configs]
+
+    def measured() -> list[PrefillRun]:
+        return [_run_of(*measurement) for measurement in
+                zip(configs, [frames] * len(kept), [prompt] * len(kept), kept, peaks, logits, timings)]
+
     try:
-        for config in configs:  # warm-up: kept count, peak memory, logits
+        step(f"{frames} frames: warm-up")
+        _prefill(model, prompt)  # one-time allocations (caches, workspaces) happen before any measurement
+        done()
+        for config in configs:  # each configuration's own warm-up: kept count, peak memory, logits
             step(f"{frames} frames: {config.title}, warm-up and memory")
             with reduced(model, config.reducer):
                 peak, (count, first_logits) = memory.measure(lambda: _prefill(model, prompt))
@@ -265,14 +277,14 @@ def measure(model: torch.nn.Module, prompt: VideoPrompt, configs: Sequence[Confi
             peaks.append(peak)
             logits.append(first_logits.float().cpu() if keep_logits else None)
             done()
+            yield measured()
         for round_index in range(repeats):
             for config, runs_of_config in zip(configs, timings):
                 step(f"{frames} frames: {config.title}, timing {round_index + 1}/{repeats}")
                 with reduced(model, config.reducer):
                     runs_of_config.append(_timed_prefill(model, prompt, timer, device))
                 done()
-            yield [_run_of(config, frames, prompt, count, peak, first_logits, runs_of_config)
-                   for config, count, peak, first_logits, runs_of_config in zip(configs, kept, peaks, logits, timings)]
+            yield measured()
     finally:
         timer.close()
         memory.close()
@@ -333,8 +345,9 @@ def end_to_end(*, size: str, frame_counts: Sequence[int], strategies: Sequence[S
                on_note: Callable[[str], None] = lambda note: None) -> tuple[list[PrefillRun], list[str]]:
     """Measure the full model and every (strategy, ratio) at every frame count.
 
-    ``on_runs`` gets every run measured so far after each round of repeats. Returns the runs and
-    notes: strategies ``tr.apply`` cannot install are skipped with the reason; with
+    ``on_runs`` gets every run measured so far (the latest frame count's possibly not timed yet)
+    after each pass. Returns the runs and notes: strategies ``tr.apply`` cannot install are
+    skipped with the reason; with
     ``check_logits``, how far apart the logits of configurations of one strategy are.
     """
     torch_device = torch.device(device)
@@ -343,7 +356,7 @@ def end_to_end(*, size: str, frame_counts: Sequence[int], strategies: Sequence[S
     for note in notes:
         on_note(note)
     finished: list[PrefillRun] = []
-    with Progress("end-to-end", len(frame_counts) * len(configs) * (1 + repeats), enabled=progress) as bar:
+    with Progress("end-to-end", len(frame_counts) * (1 + len(configs) * (1 + repeats)), enabled=progress) as bar:
         for frames in frame_counts:
             prompt = video_prompt(frames, resolution, device=device)
             latest: list[PrefillRun] = []

@@ -3,22 +3,25 @@
 The selection's cost is reading the features: 64 frames of 13x13 tokens at d = 3584 are 155 MB,
 and one read of them takes ~12 ms on one CPU core. These kernels read them three times in all
 (the graph's norms and neighbour dots; the per-community sums; each token's dot with its
-community sum) and compute nothing else proportional to ``M * D``.
+community sum) and compute nothing else proportional to ``M * D``; none of them loops over
+tokens or communities, and none synchronises with the host per community.
 
 - Row-wise dot products on CPU run over blocks of ``BLOCK_ROWS`` contiguous rows (so that a block
   and its neighbours are still in cache for the next dot) through NumPy's ``vecdot``: one BLAS
   ``sdot`` per row, which multiplies and adds in one pass and writes nothing but the result.
   ``torch.linalg.vecdot`` writes the whole product before summing it and is ~3x slower on one
-  thread. A row's dot does not depend on where the row sits in a block, so identical tokens get
-  bit-identical results. The block loop runs ``M / BLOCK_ROWS`` times whatever the grid is; it is
-  a memory tiling, not a loop over frames, rows or tokens. On other devices torch computes each
-  product over the whole matrix at once.
+  thread. The block loop runs ``M / BLOCK_ROWS`` times whatever the grid is; it is a memory
+  tiling, not a loop over frames, rows or tokens. On other devices torch computes each product
+  over the whole matrix at once.
 - Community sums of fp32 features are one ``embedding_bag`` (a gather-and-sum kernel that reads
   each member row once, in ascending row order within each community); other dtypes are
   converted block by block and summed with ``index_add_``.
+- Dots of chosen pairs of rows (a token with its community sum) are one sampled matrix product
+  (``pair_dots``), which reads both rows in place instead of gathering copies.
 
-bf16/fp16 rows are converted to fp32 before any product, so every dot product, norm and sum
-accumulates in fp32.
+A row's dot product does not depend on where the row sits (in a block, in the sampled product),
+so identical tokens get bit-identical results and their ties stay ties. bf16/fp16 rows are
+converted to fp32 before any product, so every dot product, norm and sum accumulates in fp32.
 """
 
 from __future__ import annotations
