@@ -118,10 +118,15 @@ class PruMergePlus(Reducer):
         """
         frames, patches, dim = features.shape
         positions, real = kept_rows(kept)
-        unit = F.normalize(at_least_float32(keys), dim=-1)
-        similarity = unit.gather(1, positions.unsqueeze(-1).expand(-1, -1, unit.shape[-1])) @ unit.transpose(1, 2)
+        keys = at_least_float32(keys)
+        centres = keys.gather(1, positions.unsqueeze(-1).expand(-1, -1, keys.shape[-1]))
+        centres /= torch.linalg.vector_norm(centres, dim=-1, keepdim=True).clamp(min=1e-12)  # F.normalize
+        # cosine = (unit centre key . key) / |key|: the patches' norms divide the [kept, P] products
+        # instead of normalising every key first (a copy of all keys)
+        similarity = centres @ keys.transpose(1, 2)
+        similarity /= torch.linalg.vector_norm(keys, dim=-1).clamp(min=1e-12).unsqueeze(1)
         itself = torch.arange(patches, device=valid.device) == positions.unsqueeze(-1)
-        similarity = similarity.masked_fill(itself | ~valid.unsqueeze(1) | ~real.unsqueeze(-1), float("-inf"))
+        similarity.masked_fill_(itself | ~valid.unsqueeze(1) | ~real.unsqueeze(-1), float("-inf"))
         nearest_similarity, nearest = top_k_exact(similarity, self.config.neighbours)
         available = nearest_similarity > float("-inf")
         flat = features.reshape(frames * patches, dim)
@@ -130,13 +135,13 @@ class PruMergePlus(Reducer):
         width = nearest.shape[-1]
         sums = F.embedding_bag(rows.reshape(-1), flat, torch.arange(0, rows.numel(), width, device=valid.device),
                                mode="sum", per_sample_weights=weights.reshape(-1))
-        counts = available.sum(dim=-1).reshape(-1)
-        dump = frames * patches  # padding slots of ``positions`` add their (empty) sums here
-        centre = torch.where(real, torch.arange(frames, device=valid.device).unsqueeze(1) * patches + positions, dump)
-        merged = torch.cat([flat, flat.new_zeros(1, dim)]).index_add_(0, centre.reshape(-1), sums)
-        absorbed_any = torch.zeros(dump + 1, dtype=torch.bool, device=valid.device)
-        absorbed_any[centre.reshape(-1)] = counts > 0
-        return merged[:dump].reshape(features.shape), absorbed_any[:dump].reshape(frames, patches)
+        counts = available.sum(dim=-1)
+        # padding slots of ``positions`` have no neighbour: their sums are zero and add nothing
+        centre = (torch.arange(frames, device=valid.device).unsqueeze(1) * patches + positions).reshape(-1)
+        merged = flat.clone().index_add_(0, centre, sums)
+        absorbed_any = torch.zeros(frames * patches, dtype=torch.bool, device=valid.device)
+        absorbed_any[centre[real.reshape(-1)]] = (counts > 0)[real]
+        return merged.reshape(features.shape), absorbed_any.reshape(frames, patches)
 
     def reduce(self, tokens: VisualTokens) -> Reduction:
         batch, t = tokens.batch_size, tokens.grid[0]
