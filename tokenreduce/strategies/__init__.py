@@ -5,6 +5,7 @@ from tokenreduce.strategies import (  # noqa: F401
     fastervlm,
     fastv,
     framefusion,
+    holitom,
     keep_all,
     prumerge_plus,
     random_select,

@@ -1,0 +1,277 @@
+"""HoliTom against a slow oracle that follows the official code (cokeshao/HoliTom @ e9b2972,
+``holitom/llava_arch.py``: ``select_static_windows``, ``get_static_dynamic_features``, ``holitom``,
+``merge_tokens_by_attention_density``, ``merge_tokens_by_density``, ``cluster_dpc_knn``,
+``merge_tokens_by_clustering``; ``holitom/modeling_qwen2.py``: the merge at layer ``HOLITOM_k``)
+step by step, one video at a time; hand-computed cases; bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from structured_videos import structured_video
+
+import tokenreduce as tr
+from tokenreduce.graph.static_windows import select_static_windows
+from tokenreduce.strategies.holitom import HoliTomMerge, HoliTomOuter, halving_merge
+
+SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+# ----- the oracle: the official functions, rewritten as plain loops for one video ---------------------
+def official_windows(sim: torch.Tensor, frames: int, tau: float, max_window: int) -> tuple[list[tuple[int, int]], float]:
+    """``select_static_windows``: ``sim`` ``[T-1, P]`` -> windows ``[(start, end)]`` and ``dp[-1]``."""
+    positions = sim.shape[1] if sim.ndim == 2 else 0
+    saved = [[0.0] * frames for _ in range(frames)]
+    for s in range(frames):
+        for e in range(s + 1, frames):
+            still = [all(float(sim[f, p]) > tau for f in range(s, e)) for p in range(positions)]
+            saved[s][e] = float(sum(still) * (e - s))
+    dp = [0.0] * frames
+    prev = [0] * frames
+    for i in range(frames):
+        best, start = (dp[i - 1] if i > 0 else 0.0), i
+        for size in range(2, min(i + 1, max_window) + 1):
+            j = i - size
+            value = (dp[j] if j >= 0 else 0.0) + saved[j + 1][i]
+            if value > best:
+                best, start = value, j + 1
+        dp[i], prev[i] = best, start
+    windows, i = [], frames - 1
+    while i >= 0:
+        windows.append((prev[i], i))
+        i = prev[i] - 1
+    return windows[::-1], dp[-1]
+
+
+def official_dpc_centres(x: torch.Tensor, clusters: int, k: int) -> tuple[list[int], torch.Tensor]:
+    """``cluster_dpc_knn`` for one set (the density noise left out): sorted centres, distances."""
+    dist = torch.cdist(x.float()[None], x.float()[None])[0] / (x.shape[-1] ** 0.5)
+    nearest = torch.topk(dist, k, dim=-1, largest=False).values
+    density = (-(nearest ** 2).mean(dim=-1)).exp()
+    n = x.shape[0]
+    score = []
+    for i in range(n):
+        higher = [float(dist[i, j]) for j in range(n) if float(density[j]) > float(density[i])]
+        score.append((min(higher) if higher else float(dist.max())) * float(density[i]))
+    order = sorted(range(n), key=lambda i: (-score[i], i))
+    return sorted(order[:clusters]), dist
+
+
+def official_cluster_merge(x: torch.Tensor, clusters: int, k: int, beta: float) -> dict[int, torch.Tensor]:
+    """``merge_tokens_by_density`` / the contextual branch: centre slot -> merged token."""
+    centres, dist = official_dpc_centres(x, clusters, k)
+    members: dict[int, list[int]] = {c: [] for c in centres}
+    for i in range(x.shape[0]):
+        if i not in centres:
+            members[min(centres, key=lambda c: (float(dist[i, c]), centres.index(c)))].append(i)
+    out = {}
+    for c in centres:
+        if members[c]:
+            out[c] = beta * x[c] + (1 - beta) * x[members[c]].mean(dim=0)
+        else:
+            out[c] = x[c]
+    return out
+
+
+def official_outer(video: torch.Tensor, attention: torch.Tensor, retain: float, *, tau=0.8, beta=0.6,
+                   contextual=0.0, k=7, max_window=1024) -> dict[int, torch.Tensor]:
+    """HoliTom before the LLM on one video ``[T, P, D]`` with ``attention`` ``[T, P]``: flat index
+    (``t * P + p``) -> the token the LLM receives there."""
+    frames, positions, _ = video.shape
+    normed = torch.nn.functional.normalize(video, p=2, dim=-1)
+    sim = torch.nn.functional.cosine_similarity(normed[:-1], normed[1:], dim=-1)
+    windows, reduced = official_windows(sim, frames, tau, max_window)
+    total = frames * positions
+    retain = min(retain / ((total - reduced) / total), 1)
+    out: dict[int, torch.Tensor] = {}
+
+    def frame_part(f: int, slots: list[int]) -> None:  # merge_tokens_by_attention_density, one frame
+        n = len(slots)
+        dominant = round(math.ceil(n * retain) * (1 - contextual))
+        rest_count = math.ceil(n * retain) - dominant
+        order = sorted(slots, key=lambda p: (-float(attention[f, p]), p))
+        for p in order[:dominant]:
+            out[f * positions + p] = video[f, p]
+        rest = [p for p in slots if p not in order[:dominant]]
+        if rest_count > 0:
+            merged = official_cluster_merge(video[f, rest], rest_count, min(k, rest_count), beta)
+            for slot, token in merged.items():
+                out[f * positions + rest[slot]] = token
+
+    for start, end in windows:
+        if start == end:
+            frame_part(start, list(range(positions)))
+            continue
+        static = [p for p in range(positions) if all(float(sim[f, p]) > tau for f in range(start, end))]
+        dynamic = [p for p in range(positions) if p not in static]
+        for f in range(start, end + 1):
+            frame_part(f, dynamic)
+        clusters = round(len(static) * retain)
+        if static and clusters > 0:
+            means = video[start:end + 1][:, static].mean(dim=0)
+            for slot, token in official_cluster_merge(means, clusters, min(k, clusters), beta).items():
+                out[start * positions + static[slot]] = token
+    return out
+
+
+def official_inner(hidden: torch.Tensor, attention: torch.Tensor, merge_ratio: float) -> dict[int, torch.Tensor]:
+    """The merge of ``Qwen2Model_holitom.forward`` on the visual tokens ``[N, D]`` of one video."""
+    n = hidden.shape[0]
+    keep = sorted(sorted(range(n), key=lambda i: (-float(attention[i]), i))[:round(n * (1 - merge_ratio))])
+    hidden = hidden.clone()
+    original = hidden.clone()
+    for i in [i for i in range(n) if i not in keep]:
+        sims = [float(original[i] @ original[j] / (original[i].norm() * original[j].norm())) for j in keep]
+        target = keep[max(range(len(keep)), key=lambda m: (sims[m], -m))]
+        hidden[target] = (hidden[target] + hidden[i]) / 2
+    return {i: hidden[i] for i in keep}
+
+
+# ----- helpers ------------------------------------------------------------------------------------
+def as_dict(reduction: tr.Reduction, features: torch.Tensor, b: int = 0) -> dict[int, torch.Tensor]:
+    source = reduction.features if reduction.features is not None else features.reshape(features.shape[0], -1,
+                                                                                       features.shape[-1])
+    return {int(i): source[b, i] for i in reduction.keep_indices(b)}
+
+
+def assert_same(ours: dict[int, torch.Tensor], official: dict[int, torch.Tensor]) -> None:
+    assert sorted(ours) == sorted(official)
+    for i in ours:
+        torch.testing.assert_close(ours[i], official[i].to(ours[i].dtype), rtol=1e-5, atol=1e-5)
+
+
+def outer_case(video: torch.Tensor, seed: int, **options):
+    b, t, h, w, d = video.shape
+    attention = torch.rand(b, t, h, w, generator=torch.Generator().manual_seed(seed))
+    reducer = HoliTomOuter(**options)
+    return reducer(tr.VisualTokens(video, importance=attention)), attention
+
+
+# ----- against the official code ------------------------------------------------------------------
+@pytest.mark.parametrize("ratio,tau,contextual", [(0.15, 0.8, 0.0), (0.3, 0.8, 0.0), (0.25, 0.65, 0.0),
+                                                  (0.3, 0.8, 0.4), (0.5, 0.9, 0.2)])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_outer_equals_official_on_structured_videos(ratio, tau, contextual, seed):
+    video = structured_video(8, 5, 6, 16, seed=seed, noise=0.3)
+    reduction, attention = outer_case(video, seed, ratio=ratio, tau=tau, contextual=contextual)
+    official = official_outer(video[0].reshape(8, 30, 16), attention[0].reshape(8, 30), ratio, tau=tau,
+                              contextual=contextual)
+    assert_same(as_dict(reduction, video), official)
+
+
+def test_structured_video_really_has_static_windows_and_a_cut():
+    video = structured_video(8, 5, 6, 16, seed=0, noise=0.3)
+    reduction, _ = outer_case(video, 0, ratio=0.3)
+    starts = reduction.info["windows"][0]
+    assert len(set(starts)) >= 2 and 4 in starts  # the cut at frame 4 starts a window
+    assert int(reduction.stats.roles["REPRESENTATIVE"][0]) > 0  # static tokens were merged
+
+
+@SETTINGS
+@given(shape=st.tuples(st.integers(1, 6), st.integers(1, 4), st.integers(1, 4), st.integers(2, 6)),
+       seed=st.integers(0, 2**16), ratio=st.sampled_from([0.1, 0.25, 0.5, 0.9]),
+       tau=st.sampled_from([0.0, 0.5, 0.8]), contextual=st.sampled_from([0.0, 0.5]),
+       static=st.sampled_from([0.0, 0.8, 0.95]))
+def test_outer_equals_official_on_random_grids(shape, seed, ratio, tau, contextual, static):
+    t, h, w, d = shape
+    g = torch.Generator().manual_seed(seed)
+    video = torch.randn(1, t, h, w, d, generator=g)
+    video = (1 - static) * video + static * video[:, :1]
+    reduction, attention = outer_case(video, seed, ratio=ratio, tau=tau, contextual=contextual)
+    official = official_outer(video[0].reshape(t, h * w, d), attention[0].reshape(t, h * w), ratio, tau=tau,
+                              contextual=contextual)
+    assert_same(as_dict(reduction, video), official)
+
+
+@pytest.mark.parametrize("merge_ratio", [0.5, 0.3, 0.75])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_inner_merge_equals_official(merge_ratio, seed):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(1, 3, 4, 4, 12, generator=g)
+    attention = torch.rand(1, 3, 4, 4, generator=g)
+    reduction = HoliTomMerge(merge_ratio=merge_ratio)(tr.VisualTokens(hidden, importance=attention))
+    official = official_inner(hidden.reshape(48, 12), attention.reshape(48), merge_ratio)
+    assert_same(as_dict(reduction, hidden), official)
+
+
+def test_batch_with_padding_equals_each_sample_alone():
+    video = torch.cat([structured_video(6, 4, 4, 8, seed=s, noise=0.3) for s in (3, 4)])
+    valid = torch.rand(2, 6, 4, 4, generator=torch.Generator().manual_seed(1)) < 0.8
+    attention = torch.rand(2, 6, 4, 4, generator=torch.Generator().manual_seed(2))
+    reducer = tr.build("holitom", ratio=0.3, contextual=0.3)
+    batch = reducer(tr.VisualTokens(video, valid, attention))
+    for b in range(2):
+        alone = reducer(tr.VisualTokens(video[b:b + 1], valid[b:b + 1], attention[b:b + 1]))
+        assert torch.equal(batch.keep_mask[b], alone.keep_mask[0])
+        kept = batch.keep_mask[b]
+        torch.testing.assert_close(batch.features[b][kept], alone.features[0][kept])
+        assert not bool((batch.keep_mask[b] & ~valid[b].flatten()).any())
+
+
+# ----- hand-computed cases ------------------------------------------------------------------------
+def test_static_windows_by_hand():
+    # 4 frames, 2 positions; position 0 static over frames 0-3, position 1 static over 2-3 only
+    static = torch.tensor([[[True, False], [True, False], [True, True]]])
+    windows = select_static_windows(static, max_window=1024)
+    # savings: [0,1] 1, [0,2] 2, [0,3] 3, [1,2] 1, [1,3] 2, [2,3] 2 (both positions). At frame 3 the
+    # candidates are dp2 = 2, dp1 + [2,3] = 3, dp0 + [1,3] = 2, [0,3] = 3: the first best is [2,3]
+    # after [0,1] (dp1 = 1, from [0,1]).
+    assert windows.start.tolist() == [[0, 0, 2, 2]]
+    assert windows.saved == [3.0]
+    assert windows.static().tolist() == [[[True, False], [True, False], [True, True], [True, True]]]
+    limited = select_static_windows(static, max_window=1)
+    assert limited.start.tolist() == [[0, 1, 2, 3]] and limited.saved == [0.0]
+
+
+def test_static_video_becomes_one_frame_of_blended_clusters_by_hand():
+    # two frames of the same 3 tokens: every position static; retain 1/3 of 6 -> r' = 2/3 of 3 left
+    x = torch.tensor([[[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]]]).expand(2, 3, 2).reshape(1, 2, 1, 3, 2)
+    reduction = HoliTomOuter(ratio=1 / 3, beta=0.6)(tr.VisualTokens(x, importance=torch.ones(1, 2, 1, 3)))
+    assert reduction.keep_mask.sum() == 2 and reduction.info["retain_ratio"] == [pytest.approx(2 / 3)]
+    kept = reduction.keep_indices(0).tolist()
+    assert all(i < 3 for i in kept)  # placed in the window's first frame
+    assert bool((reduction.roles[0, 3:] & int(tr.Role.ABSORBED)).all())
+
+
+def test_halving_merge_by_hand():
+    hidden = torch.tensor([[[8.0], [0.0], [4.0], [100.0]]])
+    merging = torch.tensor([[False, True, True, False]])
+    target = torch.tensor([[0, 0, 0, 3]])
+    out = halving_merge(hidden, merging, target)
+    assert out[0, :, 0].tolist() == [((8 + 0) / 2 + 4) / 2, 0.0, 4.0, 100.0]
+
+
+def test_ratio_one_keeps_every_token_unchanged():
+    video = structured_video(4, 3, 3, 8, seed=2)
+    tokens = tr.VisualTokens(video, importance=torch.rand(1, 4, 3, 3))
+    reduction = tr.build("holitom", ratio=1.0)(tokens)
+    assert bool(reduction.keep_mask.all())
+    torch.testing.assert_close(reduction.features, video.reshape(1, 36, 8))
+
+
+def test_steps_and_their_stages():
+    steps = tr.build("holitom", ratio=0.2, layer=3, merge_ratio=0.4).steps()
+    assert [s.stage for s in steps] == [tr.Stage.ENCODER, tr.Stage.IN_LLM]
+    assert steps[1].layer == 3 and steps[1].config.merge_ratio == 0.4
+    assert [s.stage for s in tr.build("holitom", layer=None).steps()] == [tr.Stage.ENCODER]
+
+
+# ----- bad input ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("options,field", [
+    ({"ratio": 0.3, "count": 4}, "ratio or count"), ({"ratio": 0.0}, "ratio"), ({"count": 0}, "count"),
+    ({"tau": 1.5}, "tau"), ({"beta": -0.1}, "beta"), ({"contextual": 2.0}, "contextual"),
+    ({"neighbours": 0}, "neighbours"), ({"max_window": 0}, "max_window"), ({"layer": 0}, "layer"),
+    ({"merge_ratio": 1.0}, "merge_ratio"),
+])
+def test_bad_config_names_the_field(options, field):
+    with pytest.raises(tr.ConfigError, match=field):
+        tr.build("holitom", **options)
+
+
+def test_missing_importance_is_a_clear_error():
+    with pytest.raises(tr.MissingSignalError, match="importance"):
+        tr.build("holitom")(tr.VisualTokens(torch.randn(1, 2, 2, 2, 4)))
