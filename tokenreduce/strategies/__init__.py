@@ -2,6 +2,7 @@
 
 from tokenreduce.strategies import (  # noqa: F401
     attention_prune,
+    dart,
     fastervlm,
     fastv,
     framefusion,
