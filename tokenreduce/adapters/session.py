@@ -30,9 +30,9 @@ import torch
 from tokenreduce.adapters.layout import SequenceLayout, VisualLayout, gather_slots
 from tokenreduce.adapters.llm_input import reduce_llm_input
 from tokenreduce.adapters.masks import causal_mask_for
-from tokenreduce.adapters.probe import AttentionInputs, last_query_attention
+from tokenreduce.adapters.probe import AttentionInputs, key_states, last_query_attention
 from tokenreduce.adapters.steps import SequenceEdit, VideoGroup, run_steps, video_groups
-from tokenreduce.interfaces import LayerwiseReducer, Reducer, Stage, in_llm_position
+from tokenreduce.interfaces import LayerwiseReducer, Reducer, Signal, Stage, in_llm_position
 
 POSITION_POLICIES = ("original", "contiguous")
 
@@ -66,6 +66,7 @@ class ForwardState:
     tail_valid: torch.Tensor | None = None
     probe_inputs: dict[int, AttentionInputs] = field(default_factory=dict)
     importance: dict[int, torch.Tensor] = field(default_factory=dict)  # probe results by layer
+    keys: dict[int, torch.Tensor] = field(default_factory=dict)  # [B, L, Dk] key states by layer (Signal.KEYS)
     layer_counts: dict[int, int] = field(default_factory=dict)  # sequence length each layer saw
     layer_kwargs: dict[str, Any] | None = None  # what the running decoder layer received
     mid: list[torch.Tensor] = field(default_factory=list)  # [reduced residual, MLP output] inside a layer
@@ -234,6 +235,7 @@ class ReductionSession:
             state.decoded = 0
             state.probe_inputs.clear()
             state.importance.clear()
+            state.keys.clear()
             state.current = None
         elif state is not None and self._phase == "decode":
             call = dict(kwargs)
@@ -374,7 +376,8 @@ class ReductionSession:
             current = state.current.layout if state.current is not None else state.lm_layout
             importance = self._probe_importance(index - 1)
             edit = run_steps(steps, state.groups, hidden, current, importance=importance,
-                             num_layers=self.num_layers)
+                             num_layers=self.num_layers,
+                             sequence_signals=self._sequence_signals(steps, index - 1, hidden))
             hidden = self._apply_in_llm(edit, current, hidden, kwargs)
         state.layer_counts[index] = int(hidden.shape[1])
         if state.current is None:
@@ -393,13 +396,28 @@ class ReductionSession:
 
     def _probe_importance(self, layer: int) -> torch.Tensor | None:
         """``[B, L]`` head-averaged probe of decoder layer ``layer``, if it was recorded (computed once,
-        for the steps after that layer's attention and those before the next layer alike)."""
+        for the steps after that layer's attention and those before the next layer alike); the
+        layer's key states are kept too when a step of the next layer declares ``Signal.KEYS``."""
         state = self.state
         inputs = state.probe_inputs.pop(layer, None)
         if inputs is not None:
             attention = self.adapter.attention_of(self.adapter.layers[layer])
             state.importance[layer] = last_query_attention(attention, inputs, self.probe_queries).mean(dim=1)
+            if any(Signal.KEYS in s.requires | s.optional for s in self.in_steps.get(layer + 1, [])):
+                state.keys[layer] = key_states(attention, inputs)
         return state.importance.get(layer)
+
+    def _sequence_signals(self, steps: list[tuple[Reducer, int]], probed: int,
+                          hidden: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The in-LLM signals besides the probe that ``steps`` declare, over every slot of ``hidden``:
+        ``"keys"`` of decoder layer ``probed`` and ``"normed"`` (the final norm of ``hidden``)."""
+        wanted = set().union(*(s.requires | s.optional for s, _ in steps))
+        signals = {}
+        if Signal.KEYS in wanted and probed in self.state.keys:
+            signals[Signal.KEYS.value] = self.state.keys[probed]
+        if Signal.NORMED in wanted:
+            signals[Signal.NORMED.value] = self.adapter.final_norm(hidden)
+        return signals
 
     # ----- inside a decoder layer (steps at "after_attention") ---------------------------------
     def _attach_mid_layer(self, index: int, layer) -> None:
@@ -420,7 +438,8 @@ class ReductionSession:
             residual = args[0]
             current = state.current.layout if state.current is not None else state.lm_layout
             edit = run_steps(steps, state.groups, residual, current, importance=self._probe_importance(index),
-                             num_layers=self.num_layers)
+                             num_layers=self.num_layers,
+                             sequence_signals=self._sequence_signals(steps, index, residual))
             reduced = self._apply_in_llm(edit, current, residual, state.layer_kwargs)
             if reduced is residual:
                 return None
