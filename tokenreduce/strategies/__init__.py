@@ -5,6 +5,7 @@ from tokenreduce.strategies import (  # noqa: F401
     dart,
     fastervlm,
     fastv,
+    flashvid,
     framefusion,
     holitom,
     keep_all,
