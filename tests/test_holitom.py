@@ -70,7 +70,20 @@ def test_outer_equals_official_on_random_grids(shape, seed, ratio, tau, contextu
     reduction, attention = outer_case(video, seed, ratio=ratio, tau=tau, contextual=contextual)
     official = official_outer(video[0].reshape(t, h * w, d), attention[0].reshape(t, h * w), ratio, tau=tau,
                               contextual=contextual)
+    if not official:  # upstream hands the LLM no token of the video; one static cluster stays (documented)
+        assert reduction.kept_counts().tolist() == [1]
+        return
     assert_same(as_dict(reduction, video), official)
+
+
+def test_a_video_that_would_keep_nothing_keeps_one_static_cluster():
+    # two equal frames of two tokens: one window, 2 static positions; r' = 0.1 / (2/4) = 0.2 and
+    # round(2 * 0.2) = 0 clusters: upstream keeps no token, here one cluster of the window stays
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).expand(2, 2, 2).reshape(1, 2, 1, 2, 2)
+    tokens = tr.VisualTokens(x, importance=torch.ones(1, 2, 1, 2))
+    assert official_outer(x[0].reshape(2, 2, 2), torch.ones(2, 2), 0.1) == {}
+    reduction = HoliTomOuter(ratio=0.1)(tokens)
+    assert reduction.kept_counts().tolist() == [1] and int(reduction.keep_indices(0)[0]) < 2
 
 
 @pytest.mark.parametrize("merge_ratio", [0.5, 0.3, 0.75])

@@ -10,10 +10,12 @@ import tiny_vlms as tm
 import torch
 from adapter_oracle import capture_lm_inputs, layer_lengths, manual_greedy
 from dart_official import official_retained
+from flashvid_official import official_prune
 from holitom_official import official_inner
 
 import tokenreduce as tr
 from tokenreduce.adapters.probe import AttentionInputs, last_query_attention
+from tokenreduce.strategies.flashvid import FlashVIDPrune
 from tokenreduce.strategies.holitom import HoliTomMerge
 
 pytest.importorskip("transformers")
@@ -397,10 +399,21 @@ def test_dart_reads_the_models_keys_final_norm_and_prompt(family_name):
     assert 2 < kept.numel() < n_video
 
 
+# in-LLM steps of two-step strategies, each with the official code's decision on the visual rows of the
+# hidden states entering layer 1 and layer 0's last-query attention: {kept row: its new hidden state}
+IN_LLM_STEPS = {
+    "holitom": (lambda: HoliTomMerge(layer=1, merge_ratio=0.5), lambda h, a: official_inner(h, a, 0.5)),
+    "flashvid": (lambda: FlashVIDPrune(layer=1, llm_ratio=0.3), lambda h, a: {i: h[i] for i in official_prune(a, 0.3)}),
+}
+
+
 @pytest.mark.parametrize("family_name", ["qwen2_vl", "qwen3_vl", "llava_onevision"])
-def test_holitom_merge_inside_the_llm_matches_the_uncached_oracle(family_name):
-    """HoliTom's in-LLM step really shortens the decoder's sequence and writes the merged hidden states:
-    generation equals an uncached decoder that applies the official merge before layer 1."""
+@pytest.mark.parametrize("strategy", sorted(IN_LLM_STEPS))
+def test_in_llm_step_matches_the_uncached_oracle(family_name, strategy):
+    """The in-LLM step of HoliTom (merge) and FlashVID (prune) really shortens the decoder's sequence
+    and writes its hidden states: generation equals an uncached decoder applying the official code's
+    decision before layer 1."""
+    build, official = IN_LLM_STEPS[strategy]
     family = FAMILIES[family_name]
     model = family.build("eager")
     inputs = family.inputs([family.grid])
@@ -410,20 +423,20 @@ def test_holitom_merge_inside_the_llm_matches_the_uncached_oracle(family_name):
     with torch.no_grad():
         attention = model(**inputs, output_attentions=True, use_cache=False).attentions[0][0, :, -1].mean(0)
     seq = inputs["input_ids"].shape[1]
-    with torch.no_grad(), tr.apply(model, HoliTomMerge(layer=1, merge_ratio=0.5)) as session:
+    with torch.no_grad(), tr.apply(model, build()) as session:
         with layer_lengths(lm.layers) as rec:
             out = model.generate(**inputs, max_new_tokens=4, do_sample=False, output_logits=True,
                                  return_dict_in_generate=True)
         kept = session.kept_indices()[0]
     video = _video_positions(inputs, n_video)
-    assert kept.numel() == round(n_video * 0.5)
+    assert 0 < kept.numel() < n_video
     assert rec.prefill() == {0: seq, 1: seq - n_video + kept.numel(), 2: seq - n_video + kept.numel()}
 
     def merge(h):
-        merged = official_inner(h[0, video], attention[video], 0.5)
-        assert sorted(merged) == kept.tolist()
+        decided = official(h[0, video], attention[video])
+        assert sorted(decided) == kept.tolist()
         h = h.clone()
-        for i, value in merged.items():
+        for i, value in decided.items():
             h[0, video[i]] = value
         return h
 

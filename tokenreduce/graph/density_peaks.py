@@ -9,8 +9,10 @@ that distance x density; the ``clusters`` highest scores are the centres; every 
 belongs to its nearest centre.
 
 Sets are rows of a padded ``[S, M, D]`` batch with a ``valid`` mask, so sets of different sizes
-(and with different ``clusters``/``k``) run together. Distances are computed pair by pair (not
-through a matrix product), so a set's result does not depend on how far it was padded. Both
+(and with different ``clusters``/``k``) run together. Distances are ``torch.cdist``'s, computed the
+way upstream's call computes them for a set of that size: pair by pair up to 25 tokens, through a
+matrix product above (on the set's ``M`` slots, so callers pad every set to one width, a frame's
+token count, and a set's distances never depend on the other sets of a batch). Both
 official codes add ``U(0, 1e-6)`` noise to the densities to break ties at random; here ties are
 broken deterministically: equal densities are not each other's parent, equal scores and equal
 distances prefer the lower index.
@@ -24,6 +26,8 @@ from dataclasses import dataclass
 import torch
 
 from tokenreduce.selection import top_k_mask
+
+MM_ABOVE = 25  # torch.cdist uses a matrix product for more vectors than this
 
 
 @dataclass(frozen=True)
@@ -45,8 +49,7 @@ def density_peak_clusters(features: torch.Tensor, valid: torch.Tensor, clusters:
     ``clusters[s]`` clusters using ``neighbours[s]`` nearest tokens for the density (both long
     ``[S]``; ``1 <= neighbours[s]`` and ``clusters[s] <= `` the set's size)."""
     x = features.float()
-    dim = x.shape[-1]
-    distances = torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist") / math.sqrt(dim)
+    distances = set_distances(x, valid) / math.sqrt(x.shape[-1])
     pair = valid.unsqueeze(1) & valid.unsqueeze(2)
     nearest = torch.sort(distances.masked_fill(~valid.unsqueeze(1), float("inf")), dim=-1).values
     density = torch.zeros(valid.shape, dtype=torch.float32, device=x.device)
@@ -64,6 +67,24 @@ def density_peak_clusters(features: torch.Tensor, valid: torch.Tensor, clusters:
     own = torch.arange(valid.shape[1], device=x.device).expand_as(assignment)
     assignment = torch.where(centers, own, assignment)
     return Clusters(centers, assignment, distances)
+
+
+def set_distances(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """fp32 ``[S, M, M]`` Euclidean distances within each set (values at padding are meaningless).
+
+    ``torch.cdist`` works pair by pair for at most ``MM_ABOVE`` vectors and through a matrix
+    product above, which loses digits for near-equal tokens; sets of up to ``MM_ABOVE`` valid tokens
+    are moved to the front and measured pair by pair, as upstream's call on the set alone would.
+    """
+    distances = torch.cdist(x, x)  # M > MM_ABOVE: the matrix product, as upstream for such sets
+    small = (valid.sum(dim=1) <= MM_ABOVE).nonzero().flatten()
+    if small.numel() and x.shape[1] > MM_ABOVE:
+        order = torch.sort((~valid[small]).to(torch.int8), dim=1, stable=True).indices[:, :MM_ABOVE]
+        front = x[small].gather(1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        pairwise = torch.cdist(front, front, compute_mode="donot_use_mm_for_euclid_dist")
+        rows = small.view(-1, 1, 1)
+        distances[rows, order.unsqueeze(2), order.unsqueeze(1)] = pairwise
+    return distances
 
 
 def cluster_sums(values: torch.Tensor, assignment: torch.Tensor, members: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

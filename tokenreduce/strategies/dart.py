@@ -24,7 +24,6 @@ import dataclasses
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 
 from tokenreduce.budget import check_count, check_ratio
 from tokenreduce.config import Config
@@ -35,6 +34,7 @@ from tokenreduce.selection import at_least_float32, top_k_mask
 from tokenreduce.tokens import Reduction, Role, VisualTokens
 
 DEFAULT_REDUCTION_RATIO = 0.778  # upstream's default (keep 22.2 %)
+COSINE_EPS = 1e-8  # F.cosine_similarity's default
 
 
 @register_strategy("dart")
@@ -113,10 +113,10 @@ class DART(Reducer):
         valid = tokens.flat_valid()
         image, text, quota = self._pivots(tokens)
         name = compared_states(tokens)
-        states = at_least_float32(tokens.flat_signal(name) if name != "features" else tokens.flat_features())
+        states = unit(tokens.flat_signal(name) if name != "features" else tokens.flat_features())
         sources = [(states, image)]
         if text is not None:
-            sources.append((at_least_float32(tokens.context[name]), text))
+            sources.append((unit(tokens.context[name]), text))
         picked = torch.zeros_like(valid)
         free = valid & ~image
         for pivot_states, pivot_mask in sources:
@@ -124,7 +124,7 @@ class DART(Reducer):
                 has = pivot >= 0
                 row = torch.arange(valid.shape[0], device=valid.device)
                 centre = pivot_states[row, pivot.clamp(min=0)]
-                distance = -F.cosine_similarity(centre.unsqueeze(1), states, dim=-1)
+                distance = -torch.bmm(states, centre.unsqueeze(-1)).squeeze(-1)  # minus the cosine
                 chosen = top_k_mask(distance, torch.where(has, quota, 0), free)
                 picked |= chosen
                 free &= ~chosen
@@ -137,6 +137,12 @@ def compared_states(tokens: VisualTokens) -> str:
     """What the pivots are compared by: ``"normed"`` (the final norm's output, upstream) when the
     tokens carry it, else ``"features"``; text pivots need the same entry in ``tokens.context``."""
     return "normed" if "normed" in tokens.signals else "features"
+
+
+def unit(states: torch.Tensor) -> torch.Tensor:
+    """``states`` over their L2 norm (at least ``1e-8``, as ``F.cosine_similarity`` divides), fp32 or wider."""
+    x = at_least_float32(states)
+    return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp(min=COSINE_EPS)
 
 
 def key_norms(keys: torch.Tensor) -> torch.Tensor:

@@ -112,6 +112,18 @@ class FlashVIDCompress(Reducer):
             budgets = [math.ceil(h * w * rate * cfg.expansion)] * tokens.batch_size
         return torch.tensor(budgets, dtype=torch.long, device=tokens.device)
 
+    def keeps_everything(self, tokens: VisualTokens, budget: torch.Tensor) -> torch.Tensor:
+        """Bool ``[B]``: the budget covers the whole video (``ratio`` 1, ``count`` >= its tokens, or a
+        frame budget no frame exceeds); every token stays (upstream fails there)."""
+        t = tokens.grid[0]
+        largest = tokens.flat_valid().reshape(tokens.batch_size, t, -1).sum(dim=2).amax(dim=1)
+        covered = budget >= largest
+        if self.config.ratio == 1:
+            covered |= True
+        if self.config.count is not None:
+            covered |= tokens.valid_counts() <= self.config.count
+        return covered
+
     def reduce(self, tokens: VisualTokens) -> Reduction:
         cfg = self.config
         b, (t, h, w) = tokens.batch_size, tokens.grid
@@ -119,7 +131,7 @@ class FlashVIDCompress(Reducer):
         valid = tokens.flat_valid().reshape(b, t, p)
         features = tokens.features.reshape(b, t, p, -1)
         budget = self.frame_budgets(tokens)
-        everything = (budget >= p).view(b, 1, 1)  # upstream fails there; every token stays
+        everything = self.keeps_everything(tokens, budget).view(b, 1, 1)
         valid_here = valid & ~everything
         selecting = torch.tensor([math.ceil(n * cfg.alpha) for n in budget.tolist()], device=tokens.device)
         merging = budget - selecting

@@ -144,13 +144,18 @@ class HoliTomOuter(Reducer):
             0, first_frame, torch.ones_like(first_frame))
         means = window_sums / lengths.clamp(min=1).to(features.dtype).view(b * t, 1, 1)
         static_clusters = round_times(slots.sum(dim=2), keep_ratio.unsqueeze(1))
+        dynamic = valid & ~static
+        kept = ceil_times(dynamic.sum(dim=2), keep_ratio.unsqueeze(1))
+        # a video that would keep nothing (static windows rounding to no cluster) keeps one cluster
+        # in its first static window (upstream would hand the LLM no token of it)
+        empty = (static_clusters.sum(dim=1) + kept.sum(dim=1)) == 0
+        first_window = (slots.sum(dim=2) > 0).long().argmax(dim=1)
+        static_clusters[empty, first_window[empty]] = 1
         stat = blended_clusters(means, slots.reshape(b * t, p), static_clusters.reshape(-1), cfg.neighbours,
                                 cfg.beta)
         merged_away = static & (static_clusters.gather(1, windows.start) > 0).unsqueeze(-1)
 
         # dynamic tokens of every frame: by attention, then density clusters of the rest
-        dynamic = valid & ~static
-        kept = ceil_times(dynamic.sum(dim=2), keep_ratio.unsqueeze(1))
         dominant_counts = round_times(kept, torch.tensor(1 - cfg.contextual, dtype=torch.float64))
         dominant = frame_top_k(tokens.flat_importance(), dominant_counts, dynamic.reshape(b, -1), t).reshape(b, t, p)
         rest = dynamic & ~dominant
