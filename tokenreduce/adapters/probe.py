@@ -11,11 +11,12 @@ the attention mask. The result equals the eager attention rows.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from tokenreduce.adapters import hf
 
 
 @dataclass
@@ -25,15 +26,6 @@ class AttentionInputs:
     hidden_states: torch.Tensor  # [B, L, D]
     position_embeddings: tuple[torch.Tensor, torch.Tensor]
     attention_mask: torch.Tensor | None
-
-
-def _rotary_function(attention: nn.Module):
-    module = sys.modules[type(attention).__module__]
-    rotary = getattr(module, "apply_rotary_pos_emb", None)
-    if rotary is None:
-        raise TypeError(f"{type(attention).__name__} has no apply_rotary_pos_emb in {module.__name__}; the "
-                        "attention probe supports rotary decoder layers (Llama/Qwen style)")
-    return rotary
 
 
 def _heads(projection: nn.Module, norm: nn.Module | None, x: torch.Tensor, head_dim: int) -> torch.Tensor:
@@ -52,7 +44,7 @@ def _rotated(attention: nn.Module, inputs: AttentionInputs, projection: str, nor
     sin = sin.expand(x.shape[0], *sin.shape[1:])[:, rows]
     states = _heads(getattr(attention, projection), getattr(attention, norm, None), x[:, rows],
                     int(attention.head_dim))
-    return _rotary_function(attention)(states, states, cos, sin)[0]
+    return hf.rotary_function(attention)(states, states, cos, sin)[0]
 
 
 def key_states(attention: nn.Module, inputs: AttentionInputs) -> torch.Tensor:
