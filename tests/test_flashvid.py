@@ -11,6 +11,7 @@ import torch
 from flashvid_official import official_adts, official_compress, official_prune, official_segments
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from kept_tokens import assert_same_tokens, kept_tokens
 from structured_videos import structured_video
 
 import tokenreduce as tr
@@ -22,16 +23,6 @@ from tokenreduce.strategies.flashvid import FlashVIDCompress, FlashVIDPrune
 SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def as_dict(reduction: tr.Reduction) -> dict[int, torch.Tensor]:
-    return {int(i): reduction.features[0, i] for i in reduction.keep_indices(0)}
-
-
-def assert_same(ours: dict[int, torch.Tensor], official: dict[int, torch.Tensor]) -> None:
-    assert sorted(ours) == sorted(official)
-    for i in ours:
-        torch.testing.assert_close(ours[i], official[i].to(ours[i].dtype), rtol=1e-4, atol=1e-5)
-
-
 def compare(video: torch.Tensor, attention: torch.Tensor, *, ratio: float, selection="attn_div_v2", **options):
     _, t, h, w, d = video.shape
     reducer = FlashVIDCompress(ratio=ratio, selection=selection, **options)
@@ -40,7 +31,7 @@ def compare(video: torch.Tensor, attention: torch.Tensor, *, ratio: float, selec
     assert int(reducer.frame_budgets(tr.VisualTokens(video))[0]) == budget
     official = official_compress(video[0].reshape(t, h * w, d), attention[0].reshape(t, h * w), budget,
                                  v2=selection == "attn_div_v2", **options)
-    assert_same(as_dict(reduction), official)
+    assert_same_tokens(kept_tokens(reduction, video), official, rtol=1e-4)
     return reduction
 
 
@@ -171,22 +162,9 @@ def test_tree_root_is_its_sum_over_one_plus_its_direct_children():
     assert trees.values[0, 0, 0, 0].item() == (2 + 4 + 8) / 2
 
 
-def test_batch_with_padding_equals_each_sample_alone():
-    video = torch.cat([structured_video(6, 4, 4, 8, seed=s, noise=0.3) for s in (3, 4)])
-    valid = torch.rand(2, 6, 4, 4, generator=torch.Generator().manual_seed(1)) < 0.8
-    attention = torch.rand(2, 6, 4, 4, generator=torch.Generator().manual_seed(2))
-    reducer = tr.build("flashvid", ratio=0.3, layer=None, min_segments=3)
-    batch = reducer(tr.VisualTokens(video, valid, attention))
-    for b in range(2):
-        alone = reducer(tr.VisualTokens(video[b:b + 1], valid[b:b + 1], attention[b:b + 1]))
-        assert torch.equal(batch.keep_mask[b], alone.keep_mask[0])
-        kept = batch.keep_mask[b]
-        torch.testing.assert_close(batch.features[b][kept], alone.features[0][kept])
-
-
 # ----- bad input ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("options,field", [
-    ({"ratio": 0.3, "retention_ratio": 0.2}, "ratio, count or retention_ratio"), ({"ratio": 0.0}, "ratio"),
+    ({"ratio": 0.3, "retention_ratio": 0.2}, "one of ratio, retention_ratio, count"), ({"ratio": 0.0}, "ratio"),
     ({"count": 0}, "count"), ({"retention_ratio": 2.0}, "retention_ratio"), ({"expansion": 0.0}, "expansion"),
     ({"alpha": 1.5}, "alpha"), ({"temporal_threshold": 1.0}, "temporal_threshold"),
     ({"segment_threshold": 2.0}, "segment_threshold"), ({"min_segments": 0}, "min_segments"),
@@ -195,8 +173,3 @@ def test_batch_with_padding_equals_each_sample_alone():
 def test_bad_config_names_the_field(options, field):
     with pytest.raises(tr.ConfigError, match=field):
         tr.build("flashvid", **options)
-
-
-def test_missing_importance_is_a_clear_error():
-    with pytest.raises(tr.MissingSignalError, match="importance"):
-        tr.build("flashvid")(tr.VisualTokens(torch.randn(1, 2, 2, 2, 4)))

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from holitom_official import official_inner, official_outer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from holitom_official import official_inner, official_outer
+from kept_tokens import assert_same_tokens, kept_tokens
 from structured_videos import structured_video
 
 import tokenreduce as tr
@@ -18,20 +19,8 @@ SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[Healt
 
 
 # ----- helpers ------------------------------------------------------------------------------------
-def as_dict(reduction: tr.Reduction, features: torch.Tensor, b: int = 0) -> dict[int, torch.Tensor]:
-    source = reduction.features if reduction.features is not None else features.reshape(features.shape[0], -1,
-                                                                                       features.shape[-1])
-    return {int(i): source[b, i] for i in reduction.keep_indices(b)}
-
-
-def assert_same(ours: dict[int, torch.Tensor], official: dict[int, torch.Tensor]) -> None:
-    assert sorted(ours) == sorted(official)
-    for i in ours:
-        torch.testing.assert_close(ours[i], official[i].to(ours[i].dtype), rtol=1e-5, atol=1e-5)
-
-
 def outer_case(video: torch.Tensor, seed: int, **options):
-    b, t, h, w, d = video.shape
+    b, t, h, w, _ = video.shape
     attention = torch.rand(b, t, h, w, generator=torch.Generator().manual_seed(seed))
     reducer = HoliTomOuter(**options)
     return reducer(tr.VisualTokens(video, importance=attention)), attention
@@ -46,7 +35,7 @@ def test_outer_equals_official_on_structured_videos(ratio, tau, contextual, seed
     reduction, attention = outer_case(video, seed, ratio=ratio, tau=tau, contextual=contextual)
     official = official_outer(video[0].reshape(8, 30, 16), attention[0].reshape(8, 30), ratio, tau=tau,
                               contextual=contextual)
-    assert_same(as_dict(reduction, video), official)
+    assert_same_tokens(kept_tokens(reduction, video), official)
 
 
 def test_structured_video_really_has_static_windows_and_a_cut():
@@ -73,7 +62,7 @@ def test_outer_equals_official_on_random_grids(shape, seed, ratio, tau, contextu
     if not official:  # upstream hands the LLM no token of the video; one static cluster stays (documented)
         assert reduction.kept_counts().tolist() == [1]
         return
-    assert_same(as_dict(reduction, video), official)
+    assert_same_tokens(kept_tokens(reduction, video), official)
 
 
 def test_a_video_that_would_keep_nothing_keeps_one_static_cluster():
@@ -94,21 +83,7 @@ def test_inner_merge_equals_official(merge_ratio, seed):
     attention = torch.rand(1, 3, 4, 4, generator=g)
     reduction = HoliTomMerge(merge_ratio=merge_ratio)(tr.VisualTokens(hidden, importance=attention))
     official = official_inner(hidden.reshape(48, 12), attention.reshape(48), merge_ratio)
-    assert_same(as_dict(reduction, hidden), official)
-
-
-def test_batch_with_padding_equals_each_sample_alone():
-    video = torch.cat([structured_video(6, 4, 4, 8, seed=s, noise=0.3) for s in (3, 4)])
-    valid = torch.rand(2, 6, 4, 4, generator=torch.Generator().manual_seed(1)) < 0.8
-    attention = torch.rand(2, 6, 4, 4, generator=torch.Generator().manual_seed(2))
-    reducer = tr.build("holitom", ratio=0.3, contextual=0.3)
-    batch = reducer(tr.VisualTokens(video, valid, attention))
-    for b in range(2):
-        alone = reducer(tr.VisualTokens(video[b:b + 1], valid[b:b + 1], attention[b:b + 1]))
-        assert torch.equal(batch.keep_mask[b], alone.keep_mask[0])
-        kept = batch.keep_mask[b]
-        torch.testing.assert_close(batch.features[b][kept], alone.features[0][kept])
-        assert not bool((batch.keep_mask[b] & ~valid[b].flatten()).any())
+    assert_same_tokens(kept_tokens(reduction, hidden), official)
 
 
 # ----- hand-computed cases ------------------------------------------------------------------------
@@ -161,7 +136,7 @@ def test_steps_and_their_stages():
 
 # ----- bad input ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("options,field", [
-    ({"ratio": 0.3, "count": 4}, "ratio or count"), ({"ratio": 0.0}, "ratio"), ({"count": 0}, "count"),
+    ({"ratio": 0.3, "count": 4}, "one of ratio, count"), ({"ratio": 0.0}, "ratio"), ({"count": 0}, "count"),
     ({"tau": 1.5}, "tau"), ({"beta": -0.1}, "beta"), ({"contextual": 2.0}, "contextual"),
     ({"neighbours": 0}, "neighbours"), ({"max_window": 0}, "max_window"), ({"layer": 0}, "layer"),
     ({"merge_ratio": 1.0}, "merge_ratio"),
@@ -169,8 +144,3 @@ def test_steps_and_their_stages():
 def test_bad_config_names_the_field(options, field):
     with pytest.raises(tr.ConfigError, match=field):
         tr.build("holitom", **options)
-
-
-def test_missing_importance_is_a_clear_error():
-    with pytest.raises(tr.MissingSignalError, match="importance"):
-        tr.build("holitom")(tr.VisualTokens(torch.randn(1, 2, 2, 2, 4)))

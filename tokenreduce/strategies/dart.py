@@ -25,7 +25,7 @@ from typing import ClassVar
 
 import torch
 
-from tokenreduce.budget import check_count, check_ratio
+from tokenreduce.budget import check_one_budget
 from tokenreduce.config import Config
 from tokenreduce.errors import ConfigError
 from tokenreduce.interfaces import Reducer, Signal, Stage
@@ -59,13 +59,8 @@ class DART(Reducer):
         pivot_text: int = 4
 
         def validate(self) -> None:
-            given = [k for k in ("ratio", "count", "reduction_ratio") if getattr(self, k) is not None]
-            if len(given) > 1:
-                raise ConfigError(f"{self.name}: give one of ratio, count or reduction_ratio, got {given}")
-            if self.ratio is not None:
-                check_ratio(self.ratio, f"{self.name}.ratio")
-            if self.count is not None:
-                check_count(self.count, f"{self.name}.count")
+            check_one_budget(self.name, {"ratio": self.ratio}, {"count": self.count},
+                             {"reduction_ratio": self.reduction_ratio})
             if self.reduction_ratio is not None and not 0.0 <= self.reduction_ratio < 1.0:
                 raise ConfigError(f"{self.name}.reduction_ratio must be in [0, 1), got {self.reduction_ratio}")
             if self.layer < 1:

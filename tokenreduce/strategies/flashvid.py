@@ -35,17 +35,22 @@ from typing import ClassVar, Literal
 
 import torch
 
-from tokenreduce.budget import check_count, check_ratio
+from tokenreduce.budget import check_one_budget, check_ratio
 from tokenreduce.config import Config
 from tokenreduce.errors import ConfigError
 from tokenreduce.graph.density_peaks import cluster_sums, density_peak_clusters
-from tokenreduce.graph.diversity import ATTENTION_SCALE, calibrated_distances, max_min_diverse, segment_relevance
+from tokenreduce.graph.diversity import (
+    ATTENTION_SCALE,
+    calibrated_distances,
+    max_min_diverse,
+    segment_relevance,
+)
 from tokenreduce.graph.redundancy_trees import grow_trees, merge_links, previous_frame_links
 from tokenreduce.graph.video_segments import frame_means, segment_cuts, segment_ids
 from tokenreduce.interfaces import EncoderConfig, Reducer, Signal, Stage
 from tokenreduce.pipeline import run_in_order
 from tokenreduce.registry import register_strategy
-from tokenreduce.selection import top_k_mask
+from tokenreduce.strategies.attention_prune import AttentionShare
 from tokenreduce.tokens import Reduction, Role, VisualTokens
 
 DEFAULT_RETENTION_RATIO = 0.25  # upstream's ``flashvid()`` default
@@ -70,15 +75,8 @@ class CompressFields(EncoderConfig):
     encoder_layer: int = -1
 
     def validate(self) -> None:
-        given = [k for k in ("ratio", "count", "retention_ratio") if getattr(self, k) is not None]
-        if len(given) > 1:
-            raise ConfigError(f"{self.name}: give one of ratio, count or retention_ratio, got {given}")
-        if self.ratio is not None:
-            check_ratio(self.ratio, f"{self.name}.ratio")
-        if self.count is not None:
-            check_count(self.count, f"{self.name}.count")
-        if self.retention_ratio is not None:
-            check_ratio(self.retention_ratio, f"{self.name}.retention_ratio")
+        check_one_budget(self.name, {"ratio": self.ratio, "retention_ratio": self.retention_ratio},
+                         {"count": self.count})
         if self.expansion <= 0:
             raise ConfigError(f"{self.name}.expansion must be > 0, got {self.expansion}")
         if not 0.0 <= self.alpha <= 1.0:
@@ -210,26 +208,21 @@ class FlashVIDCompress(Reducer):
         return centers, merged.reshape(b, t, p, d), roles
 
 
-class FlashVIDPrune(Reducer):
+class FlashVIDPrune(AttentionShare):
     """FlashVID inside the LLM: keep ``ceil(n · llm_ratio)`` tokens by last-query attention."""
-
-    stage: ClassVar[Stage] = Stage.IN_LLM
-    requires: ClassVar[frozenset[Signal]] = frozenset({Signal.IMPORTANCE})
 
     @dataclasses.dataclass
     class Config(Config):
         layer: int = 20
         llm_ratio: float = 0.3
 
-    def planned_counts(self, tokens: VisualTokens) -> torch.Tensor:
-        kept = [max(math.ceil(n * self.config.llm_ratio), 1) for n in tokens.valid_counts().tolist()]
-        return torch.tensor(kept, dtype=torch.long, device=tokens.device)
+    def kept_count(self, present: int) -> int:
+        return math.ceil(present * self.config.llm_ratio)
 
     def reduce(self, tokens: VisualTokens) -> Reduction:
-        valid = tokens.flat_valid()
-        keep = top_k_mask(tokens.flat_importance(), self.planned_counts(tokens), valid)
+        keep = self.most_attended(tokens)
         return Reduction(keep, torch.full_like(keep, int(Role.IMPORTANT), dtype=torch.int32), grid=tokens.grid,
-                         valid=valid)
+                         valid=tokens.flat_valid())
 
 
 @register_strategy("flashvid")

@@ -31,12 +31,11 @@ Budget: ``ratio`` r (the fraction of the video's tokens that enter the LLM: upst
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import ClassVar
 
 import torch
 
-from tokenreduce.budget import check_count, check_ratio
+from tokenreduce.budget import check_one_budget
 from tokenreduce.config import Config
 from tokenreduce.errors import ConfigError
 from tokenreduce.frames import frame_top_k, sample_rows
@@ -46,7 +45,7 @@ from tokenreduce.graph.static_windows import select_static_windows
 from tokenreduce.interfaces import EncoderConfig, Reducer, Signal, Stage
 from tokenreduce.pipeline import run_in_order
 from tokenreduce.registry import register_strategy
-from tokenreduce.selection import top_k_mask
+from tokenreduce.strategies.attention_prune import AttentionShare
 from tokenreduce.tokens import Reduction, Role, VisualTokens
 
 DEFAULT_RATIO = 0.15
@@ -175,25 +174,21 @@ class HoliTomOuter(Reducer):
                          info={"windows": windows.start.tolist(), "retain_ratio": keep_ratio.tolist()})
 
 
-class HoliTomMerge(Reducer):
+class HoliTomMerge(AttentionShare):
     """HoliTom's merging inside the LLM: keep the most attended tokens, average the others in."""
-
-    stage: ClassVar[Stage] = Stage.IN_LLM
-    requires: ClassVar[frozenset[Signal]] = frozenset({Signal.IMPORTANCE})
 
     @dataclasses.dataclass
     class Config(Config):
         layer: int = 18
         merge_ratio: float = 0.5
 
-    def planned_counts(self, tokens: VisualTokens) -> torch.Tensor:
-        """``round(n · (1 - merge_ratio))`` of the ``n`` tokens present, at least one."""
-        kept = [max(round(n * (1 - self.config.merge_ratio)), 1) for n in tokens.valid_counts().tolist()]
-        return torch.tensor(kept, dtype=torch.long, device=tokens.device)
+    def kept_count(self, present: int) -> int:
+        """``round(n · (1 - merge_ratio))``, upstream's Python ``round``."""
+        return round(present * (1 - self.config.merge_ratio))
 
     def reduce(self, tokens: VisualTokens) -> Reduction:
         valid = tokens.flat_valid()
-        keep = top_k_mask(tokens.flat_importance(), self.planned_counts(tokens), valid)
+        keep = self.most_attended(tokens)
         merging = valid & ~keep
         hidden = tokens.flat_features()
         norms = hidden.norm(dim=-1)
@@ -246,13 +241,7 @@ class HoliTom(Reducer):
         merge_ratio: float = 0.5
 
         def validate(self) -> None:
-            if self.ratio is not None and self.count is not None:
-                raise ConfigError(f"{self.name}: give ratio or count, not both "
-                                  f"(ratio={self.ratio}, count={self.count})")
-            if self.ratio is not None:
-                check_ratio(self.ratio, f"{self.name}.ratio")
-            if self.count is not None:
-                check_count(self.count, f"{self.name}.count")
+            check_one_budget(self.name, {"ratio": self.ratio}, {"count": self.count})
             if not -1.0 <= self.tau <= 1.0:
                 raise ConfigError(f"{self.name}.tau must be in [-1, 1], got {self.tau}")
             for field in ("beta", "contextual"):
