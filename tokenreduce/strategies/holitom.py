@@ -45,6 +45,7 @@ from tokenreduce.graph.static_windows import select_static_windows
 from tokenreduce.interfaces import EncoderConfig, Reducer, Signal, Stage
 from tokenreduce.pipeline import run_in_order
 from tokenreduce.registry import register_strategy
+from tokenreduce.selection import at_least_float32
 from tokenreduce.strategies.attention_prune import AttentionShare
 from tokenreduce.tokens import Reduction, Role, VisualTokens
 
@@ -191,10 +192,14 @@ class HoliTomMerge(AttentionShare):
         keep = self.most_attended(tokens)
         merging = valid & ~keep
         hidden = tokens.flat_features()
-        norms = hidden.norm(dim=-1)
-        similarity = (hidden @ hidden.transpose(1, 2)) / (norms.unsqueeze(2) * norms.unsqueeze(1))
-        similarity = similarity.nan_to_num(nan=float("-inf")).masked_fill(~keep.unsqueeze(1), float("-inf"))
-        target = similarity.argmax(dim=-1)  # the lowest kept index on ties
+        x = at_least_float32(hidden)
+        slots = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices[:, :int(keep.sum(dim=1).max())]
+        norms = torch.linalg.vector_norm(x, dim=-1)
+        kept = x.gather(1, slots.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # the kept tokens, in flat order
+        similarity = (x @ kept.transpose(1, 2)) / (norms.unsqueeze(2) * norms.gather(1, slots).unsqueeze(1))
+        similarity = similarity.nan_to_num(nan=float("-inf")).masked_fill(~keep.gather(1, slots).unsqueeze(1),
+                                                                         float("-inf"))
+        target = slots.gather(1, similarity.argmax(dim=-1))  # the lowest kept index on ties
         merged = halving_merge(hidden, merging, target)
         anchors = torch.zeros_like(keep).scatter_(1, target.masked_fill(~merging, 0), merging) & keep
         roles = (torch.where(keep, int(Role.IMPORTANT), 0) | torch.where(anchors, int(Role.MERGED), 0)
