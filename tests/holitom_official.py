@@ -4,9 +4,11 @@ video at a time: ``holitom/llava_arch.py`` (``select_static_windows``, ``get_sta
 ``cluster_dpc_knn``, ``merge_tokens_by_clustering``) and ``holitom/modeling_qwen2.py`` (the merge
 at layer ``HOLITOM_k``), as plain loops.
 
-Documented conventions replace behaviour the official code leaves to chance: the density noise
-(``rand * 1e-6``) is left out, and equal scores, attentions and distances prefer the lower index
-(upstream's ``topk``/``argmin`` order is unspecified).
+Documented conventions replace behaviour the official code leaves to chance or where it fails:
+the density noise (``rand * 1e-6``) is left out; equal scores, attentions and distances prefer the
+lower index (upstream's ``topk``/``argmin`` order is unspecified); the contextual branch (``D > 0``)
+keeps each cluster at its centre's position (upstream's ``pos.masked_select(mask.unsqueeze(-1))``
+does not broadcast and fails there).
 """
 
 from __future__ import annotations
