@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from tokenreduce.graph.blocked import row_blocks
 from tokenreduce.registry import register_strategy
 from tokenreduce.selection import top_k_mask
 from tokenreduce.strategies.pruning_rate import PruningRateReducer
@@ -38,16 +39,19 @@ def temporal_dissimilarity(features: torch.Tensor, valid: torch.Tensor) -> torch
 
     The cosine is ``torch.nn.functional.cosine_similarity`` in the input dtype (each vector divided
     by ``max(‖x‖, 1e-8)``, then the dot product), as vLLM computes it: EVS's stable sort turns the
-    last bit of this score into the kept set on static content, so no other formula will do.
+    last bit of this score into the kept set on static content, so no other formula will do. It is
+    taken row by row, so it runs on cache-sized blocks of rows (``row_blocks``) with the same result.
     """
+    b, t, h, w, d = features.shape
     previous = previous_frame_positions(valid)
-    frame = torch.arange(valid.shape[1], device=valid.device).view(1, -1, 1, 1)
-    if bool(((previous == frame - 1) | ~valid)[:, 1:].all()):  # frame t - 1: compare views, no copy
-        similarity = F.cosine_similarity(features[:, 1:], features[:, :-1], dim=-1)
-        return F.pad(1 - similarity, (0, 0, 0, 0, 1, 0), value=NO_PREVIOUS)
-    index = previous.clamp(min=0).unsqueeze(-1).expand_as(features)
-    similarity = F.cosine_similarity(features, features.gather(1, index), dim=-1)
-    return torch.where(previous >= 0, 1 - similarity, NO_PREVIOUS)
+    frame = torch.arange(t, device=valid.device).view(1, -1, 1, 1)
+    rows = torch.arange(b * t * h * w, device=valid.device).view(b, t, h, w)
+    partner = torch.where(previous >= 0, rows - (frame - previous) * (h * w), rows).flatten()
+    flat = features.reshape(-1, d)
+    similarity = torch.empty(flat.shape[0], dtype=features.dtype, device=features.device)
+    for start, stop in row_blocks(flat.shape[0], flat.device):
+        similarity[start:stop] = F.cosine_similarity(flat[start:stop], flat[partner[start:stop]], dim=-1)
+    return torch.where(previous >= 0, 1 - similarity.view(b, t, h, w), NO_PREVIOUS)
 
 
 @register_strategy("evs")
