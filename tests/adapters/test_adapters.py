@@ -104,7 +104,8 @@ def _runs_on(family_name, name):
 ALL_STRATEGIES = [n for n in tr.list_strategies() if n != "pipeline"]
 
 # one-step selections: checked against the uncached oracle (at the planned count when a strategy plans one)
-ORACLE = [n for n in ("random", "uniform", "attention_prune", "fastv", "dart") if n in tr.STRATEGIES]
+ORACLE = [n for n in ("random", "uniform", "attention_prune", "fastv", "evs", "vidcom2", "dart")
+          if n in tr.STRATEGIES]
 
 
 def _planned(reducer, n_video):

@@ -28,6 +28,13 @@ class AttentionInputs:
     attention_mask: torch.Tensor | None
 
 
+def _batched(embedding: torch.Tensor, batch: int) -> torch.Tensor:
+    """A rotary ``cos`` or ``sin`` with its batch axis (before the sequence axis) expanded to ``batch``."""
+    shape = list(embedding.shape)
+    shape[hf.rotary_sequence_dim(embedding) - 1] = batch
+    return embedding.expand(shape)
+
+
 def _heads(projection: nn.Module, norm: nn.Module | None, x: torch.Tensor, head_dim: int) -> torch.Tensor:
     states = projection(x).view(x.shape[0], x.shape[1], -1, head_dim)
     if norm is not None:
@@ -39,9 +46,7 @@ def _rotated(attention: nn.Module, inputs: AttentionInputs, projection: str, nor
              rows: slice = slice(None)) -> torch.Tensor:
     """``[B, heads, L', head_dim]``: the layer's query or key states of ``rows``, rotary applied."""
     x = inputs.hidden_states
-    cos, sin = inputs.position_embeddings
-    cos = cos.expand(x.shape[0], *cos.shape[1:])[:, rows]
-    sin = sin.expand(x.shape[0], *sin.shape[1:])[:, rows]
+    cos, sin = (_batched(e, x.shape[0])[..., rows, :] for e in inputs.position_embeddings)
     states = _heads(getattr(attention, projection), getattr(attention, norm, None), x[:, rows],
                     int(attention.head_dim))
     return hf.rotary_function(attention)(states, states, cos, sin)[0]

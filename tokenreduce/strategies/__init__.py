@@ -3,6 +3,7 @@
 from tokenreduce.strategies import (  # noqa: F401
     attention_prune,
     dart,
+    evs,
     fastervlm,
     fastv,
     flashvid,
@@ -15,5 +16,6 @@ from tokenreduce.strategies import (  # noqa: F401
     st_simdiff_reference,
     st_simdiff_select,
     uniform,
+    vidcom2,
     visionzip,
 )
