@@ -153,8 +153,8 @@ def _configure_bench(parser: argparse.ArgumentParser) -> Runner:
     parser.add_argument("--strategy", action="append", metavar="NAME|CONFIG", type=_strategy_spec,
                         help="strategy to measure: a name, a .json/.yaml config, a JSON object, or a name with "
                              "options (st_simdiff:variant=reference); repeat for several (default: every "
-                             "registered one for selection; st_simdiff, fastv, visionzip, framefusion, uniform "
-                             "when registered for end-to-end)")
+                             "registered one for selection; st_simdiff, fastv, visionzip, framefusion, evs, "
+                             "vidcom2, dart, uniform when registered for end-to-end)")
     parser.add_argument("--ratios", type=_list_of(keep_ratio, "ratios in (0, 1]"), default=[0.3],
                         help="keep ratios of the reduced runs (default 0.3, the paper's budget; e.g. 0.3,0.5)")
     parser.add_argument("--selection-frames", type=positive_int, default=64,

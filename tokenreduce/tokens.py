@@ -65,6 +65,24 @@ def _check_grid_tensor(
     return value
 
 
+def _check_context(context: Mapping[str, Any], batch: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Validate ``VisualTokens.context``: a bool ``"valid"`` ``[B, M]`` and ``[B, M, ...]`` tensors."""
+    if not isinstance(context, Mapping) or "valid" not in context:
+        raise ValueError("context must be a dict with a bool 'valid' tensor [B, M] (and [B, M, ...] signals)")
+    valid = context["valid"]
+    if not isinstance(valid, torch.Tensor) or valid.dtype != torch.bool or valid.ndim != 2 or valid.shape[0] != batch:
+        raise ValueError(f"context['valid'] must be a bool tensor [B, M] with B={batch}")
+    checked = {}
+    for key, value in context.items():
+        if not isinstance(value, torch.Tensor) or tuple(value.shape[:2]) != tuple(valid.shape):
+            raise ValueError(f"context[{key!r}] must be a tensor [B, M, ...]={_shape_text(valid.shape)} + trailing "
+                             f"dims, got {type(value).__name__} {_shape_text(getattr(value, 'shape', ()))}")
+        if value.device != device:
+            raise ValueError(f"context[{key!r}] is on {value.device} but features are on {device}")
+        checked[key] = value
+    return checked
+
+
 def first_non_finite(values: torch.Tensor) -> list[int] | None:
     """The index of the first NaN or inf element of a float tensor, or ``None`` when all are finite.
 
@@ -101,6 +119,10 @@ class VisualTokens:
             step so that each step's ratio is a fraction of the original video.
         num_layers: the LLM's decoder layer count when the tokens come from a model; cost
             budgets (FrameFusion / ST-SimDiff formula) need it.
+        context: optional tokens of the sequence that are not on the grid, per sample:
+            ``context["valid"]`` bool ``[B, M]`` marks the real ones and every other entry is a
+            ``[B, M, ...]`` tensor. Inside the LLM these are the tokens after the video (the
+            prompt) with the in-LLM signals of the grid tokens (``"keys"``, ``"normed"``).
 
     The constructor validates everything once: types, shapes, dtypes and devices (O(1)), and the
     values (finite features and importance, a valid token per sample, ``budget_base >= 1``) with
@@ -120,8 +142,9 @@ class VisualTokens:
         signals: Mapping[str, torch.Tensor] | None = None,
         budget_base: torch.Tensor | None = None,
         num_layers: int | None = None,
+        context: Mapping[str, torch.Tensor] | None = None,
     ) -> None:
-        self._assign(features, valid, importance, signals, budget_base, num_layers,
+        self._assign(features, valid, importance, signals, budget_base, num_layers, context,
                      check_values=self.VALUE_CHECKED)
 
     @classmethod
@@ -134,16 +157,17 @@ class VisualTokens:
         signals: Mapping[str, torch.Tensor] | None = None,
         budget_base: torch.Tensor | None = None,
         num_layers: int | None = None,
+        context: Mapping[str, torch.Tensor] | None = None,
     ) -> VisualTokens:
         """Tokens made by library code from tensors it produced or already validated (a pipeline
         step's survivors, an adapter's hidden states): types, shapes, dtypes and devices are
         checked, the values are not (no pass over the features)."""
         tokens = cls.__new__(cls)
-        tokens._assign(features, valid, importance, signals, budget_base, num_layers, check_values=())
+        tokens._assign(features, valid, importance, signals, budget_base, num_layers, context, check_values=())
         return tokens
 
     def _assign(self, features: Any, valid: Any, importance: Any, signals: Any, budget_base: Any,
-                num_layers: Any, *, check_values: tuple[str, ...]) -> None:
+                num_layers: Any, context: Any, *, check_values: tuple[str, ...]) -> None:
         """Check the structure of every field and the values of the fields in ``check_values``."""
         if not isinstance(features, torch.Tensor):
             raise TypeError("features must be a torch.Tensor of shape [B, T, H, W, D], "
@@ -199,6 +223,7 @@ class VisualTokens:
         self.signals: dict[str, torch.Tensor] = checked_signals
         self.budget_base = budget_base
         self.num_layers = num_layers
+        self.context = None if context is None else _check_context(context, grid[0], device)
 
     # ----- shape --------------------------------------------------------------------------
     @property
@@ -276,14 +301,14 @@ class VisualTokens:
     def _copy(self, changes: dict[str, Any], *, check_values: tuple[str, ...]) -> VisualTokens:
         fields = {"features": self.features, "valid": self.valid, "importance": self.importance,
                   "signals": self.signals, "budget_base": self.budget_base,
-                  "num_layers": self.num_layers}
+                  "num_layers": self.num_layers, "context": self.context}
         unknown = set(changes) - set(fields)
         if unknown:
             raise TypeError(f"unknown VisualTokens field(s) {sorted(unknown)}; valid: {sorted(fields)}")
         fields.update(changes)
         tokens = VisualTokens.__new__(VisualTokens)
         tokens._assign(fields["features"], fields["valid"], fields["importance"], fields["signals"],
-                       fields["budget_base"], fields["num_layers"], check_values=check_values)
+                       fields["budget_base"], fields["num_layers"], fields["context"], check_values=check_values)
         return tokens
 
     def sample(self, b: int) -> VisualTokens:
@@ -298,6 +323,7 @@ class VisualTokens:
             signals={k: v[pick] for k, v in self.signals.items()},
             budget_base=None if self.budget_base is None else self.budget_base[pick],
             num_layers=self.num_layers,
+            context=None if self.context is None else {k: v[pick] for k, v in self.context.items()},
         )
 
     def __repr__(self) -> str:

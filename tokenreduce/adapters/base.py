@@ -59,6 +59,15 @@ class ModelAdapter:
     def attention_of(self, layer: nn.Module) -> nn.Module:
         return layer.self_attn
 
+    def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``hidden`` through the language model's final norm (what its LM head reads):
+        ``Signal.NORMED``."""
+        norm = getattr(self.language_model, "norm", None)
+        if not isinstance(norm, nn.Module):
+            raise TypeError(f"{type(self.language_model).__name__} has no final norm ('norm'); steps that "
+                            "declare Signal.NORMED need one")
+        return norm(hidden)
+
     def post_attention_norm_of(self, layer: nn.Module) -> nn.Module:
         """The norm a decoder layer applies to ``residual + attention`` before its MLP."""
         return _child(layer, "post_attention_layernorm")
@@ -68,13 +77,6 @@ class ModelAdapter:
 
     def language_model_device(self) -> torch.device:
         return next(self.language_model.parameters()).device
-
-    @staticmethod
-    def query_length(call: dict[str, Any]) -> int:
-        """Tokens in this forward call."""
-        if call.get("input_ids") is not None:
-            return int(call["input_ids"].shape[1])
-        return int(call["inputs_embeds"].shape[1])
 
     # ----- what subclasses provide -----------------------------------------------------------
     def visual_layout(self, call: dict[str, Any]) -> VisualLayout | None:
@@ -87,7 +89,7 @@ class ModelAdapter:
     # ----- the vision tower (generate encodes videos before the prefill forward) --------------
     @property
     def vision_tower(self) -> nn.Module | None:
-        """The vision module whose outputs ``generate`` hands to the prefill as ``mm_encoder_outputs``."""
+        """The vision module whose outputs ``generate`` hands to the prefill (``hf.encoded_video``)."""
         return None
 
     def encoder_call_info(self, args: tuple, kwargs: dict[str, Any]) -> Any:

@@ -29,7 +29,7 @@ from tokenreduce.bench.results import ResultsFile, environment
 from tokenreduce.bench.selection import SelectionRun, Spec, selection_overhead
 from tokenreduce.compare import default_strategies
 
-END_TO_END_PREFERRED = ("st_simdiff", "fastv", "visionzip", "framefusion", "uniform")
+END_TO_END_PREFERRED = ("st_simdiff", "fastv", "visionzip", "framefusion", "evs", "vidcom2", "dart", "uniform")
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ from typing import Any, TypeVar
 import torch
 
 import tokenreduce as tr
+from tokenreduce.adapters import hf
 from tokenreduce.bench.model import TEXT_TOKENS, VideoPrompt, build_model, video_prompt
 from tokenreduce.bench.progress import Progress
 from tokenreduce.bench.selection import Spec
@@ -142,8 +143,8 @@ def _prefill(model: torch.nn.Module, prompt: VideoPrompt) -> tuple[int, torch.Te
         out = model(**prompt.inputs, use_cache=True, logits_to_keep=1)
         logits = out.logits[:, -1]
         logits.argmax(-1)
-    last = len(out.past_key_values.layers) - 1
-    return int(out.past_key_values.get_seq_length(last)) - TEXT_TOKENS, logits
+    cache = hf.output_cache(out)
+    return hf.cache_length(cache, hf.cache_layers(cache) - 1) - TEXT_TOKENS, logits
 
 
 class _PeakMemory:

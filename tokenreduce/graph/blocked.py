@@ -39,10 +39,12 @@ _vecdot = getattr(np, "vecdot", None) or (  # NumPy < 2.0: the same sdot per row
     lambda a, b, out: np.matmul(a[..., None, :], b[..., :, None], out=out[..., None, None]))
 
 
-def row_blocks(num_rows: int) -> Iterator[tuple[int, int]]:
-    """``(start, stop)`` ranges of ``BLOCK_ROWS`` rows that tile ``[0, num_rows)``."""
-    for start in range(0, num_rows, BLOCK_ROWS):
-        yield start, min(start + BLOCK_ROWS, num_rows)
+def row_blocks(num_rows: int, device: torch.device) -> Iterator[tuple[int, int]]:
+    """``(start, stop)`` row ranges that tile ``[0, num_rows)``: ``BLOCK_ROWS`` rows on CPU, one
+    range elsewhere."""
+    step = max(num_rows if device.type != "cpu" else BLOCK_ROWS, 1)
+    for start in range(0, num_rows, step):
+        yield start, min(start + step, num_rows)
 
 
 def host_rows(flat: torch.Tensor) -> Callable[[int, int], np.ndarray]:
@@ -67,7 +69,7 @@ def norms_and_shifted_dots(flat: torch.Tensor, shifts: Sequence[int]) -> tuple[t
         dots = {k: torch.empty(max(rows - k, 0), dtype=torch.float32) for k in shifts}
         squares_out, dots_out = squares.numpy(), {k: v.numpy() for k, v in dots.items()}
         rows_of, largest = host_rows(flat), max(shifts, default=0)
-        for start, stop in row_blocks(rows):
+        for start, stop in row_blocks(rows, flat.device):
             block = rows_of(start, min(stop + largest, rows))
             _vecdot(block[:stop - start], block[:stop - start], out=squares_out[start:stop])
             for k in shifts:
@@ -138,3 +140,15 @@ def dots_with_segment_sums(flat: torch.Tensor, scale: torch.Tensor, rows: torch.
     """fp32 ``[R]``: ``scale[r] * dot(flat[r], sums[s])`` for each member row ``r`` (ascending) and
     its segment ``s``."""
     return pair_dots(flat.float(), sums, rows, segment) * scale[rows]
+
+
+def next_frame_cosine(features: torch.Tensor) -> torch.Tensor:
+    """fp32 ``[B, T-1, H, W]``: cosine of every token of ``features`` ``[B, T, H, W, D]`` with the
+    token at its position in the next frame (ST-SimDiff's temporal edge weight; 0 with a zero
+    vector). Callers mask pairs that involve padding."""
+    b, t, h, w, d = features.shape
+    frame = h * w
+    flat = features.reshape(b * t * frame, d)
+    inverse, dots = norms_and_shifted_dots(flat, [frame])
+    later = torch.cat([dots[frame], dots[frame].new_zeros(frame)]) * inverse * inverse.roll(-frame)
+    return later.reshape(b, t, h, w)[:, :-1]
