@@ -27,11 +27,13 @@ from typing import Any
 
 import torch
 
+from tokenreduce.adapters.concurrency import ForwardLock, PerThread
 from tokenreduce.adapters.layout import SequenceLayout, VisualLayout, gather_slots
 from tokenreduce.adapters.llm_input import reduce_llm_input
 from tokenreduce.adapters.masks import causal_mask_for
 from tokenreduce.adapters.probe import AttentionInputs, last_query_attention
 from tokenreduce.adapters.steps import SequenceEdit, VideoGroup, run_steps, video_groups
+from tokenreduce.errors import ConfigError, InputError, InputTypeError, brief
 from tokenreduce.interfaces import LayerwiseReducer, Reducer, Stage, in_llm_position
 
 POSITION_POLICIES = ("original", "contiguous")
@@ -74,6 +76,9 @@ class ForwardState:
 class ReductionSession:
     """Installs and removes the hooks driving ``reducer`` on the model ``adapter`` wraps.
 
+    Threads may share it: forwards take turns and each thread's prefill state is its own
+    (``concurrency.py``); the reports (``kept_indices`` ...) describe the calling thread's last prefill.
+
     Args:
         adapter: the model adapter.
         reducer: any reducer or pipeline; it is split into its single-stage ``steps()``.
@@ -83,14 +88,17 @@ class ReductionSession:
             averaged.
     """
 
+    state: ForwardState | None = PerThread()  # type: ignore[assignment]  # this thread's last prefill
+    _phase: str | None = PerThread()  # type: ignore[assignment]
+
     def __init__(self, adapter, reducer: Reducer, *, positions: str = "original", probe_queries: int = 1) -> None:
         if not isinstance(reducer, Reducer):
-            raise TypeError(f"reducer must be a tokenreduce Reducer (e.g. tr.build('random', ratio=0.3)), "
-                            f"got {type(reducer).__name__}")
+            raise InputTypeError(f"reducer must be a tokenreduce Reducer (e.g. tr.build('random', ratio=0.3)), "
+                                 f"got {type(reducer).__name__}")
         if positions not in POSITION_POLICIES:
-            raise ValueError(f"positions must be one of {POSITION_POLICIES}, got {positions!r}")
+            raise InputError(f"positions must be one of {POSITION_POLICIES}, got {brief(positions)}")
         if isinstance(probe_queries, bool) or not isinstance(probe_queries, int) or probe_queries < 1:
-            raise ValueError(f"probe_queries must be a positive int, got {probe_queries!r}")
+            raise InputError(f"probe_queries must be a positive int, got {brief(probe_queries)}")
         self.adapter = adapter
         self.reducer = reducer
         self.positions = positions
@@ -105,10 +113,9 @@ class ReductionSession:
         self.layerwise_from = min((s.layer for s in reducer.steps() if isinstance(s, LayerwiseReducer)),
                                   default=None)
         if self.in_steps and positions == "contiguous":
-            raise ValueError("positions='contiguous' renumbers the LLM input and works with pre-LLM steps only; "
+            raise InputError("positions='contiguous' renumbers the LLM input and works with pre-LLM steps only; "
                              "in-LLM steps keep the original positions")
-        self.state: ForwardState | None = None
-        self._phase: str | None = None
+        self._forward_lock = ForwardLock()
         self._handles: list[Any] = []
         self._restore: list[Any] = []
 
@@ -127,8 +134,8 @@ class ReductionSession:
         layer = step.layer
         first = 0 if isinstance(step, LayerwiseReducer) else 1  # layer 0 has no previous layer to probe
         if layer is None or not first <= layer < self.num_layers:
-            raise ValueError(f"{step.registered_name or type(step).__name__}.layer must be in [{first}, "
-                             f"{self.num_layers - 1}] for a decoder with {self.num_layers} layers, got {layer}")
+            raise ConfigError(f"{step.registered_name or type(step).__name__}.layer must be in [{first}, "
+                              f"{self.num_layers - 1}] for a decoder with {self.num_layers} layers, got {layer}")
         self.in_steps.setdefault(layer, []).append(step)
         if in_llm_position(step) == "after_attention":
             self.after_attention.add(id(step))
@@ -141,6 +148,8 @@ class ReductionSession:
             top, lm = self.adapter.top, self.adapter.language_model
             self._handles.append(top.register_forward_pre_hook(self._top_pre, with_kwargs=True))
             self._handles.append(top.register_forward_hook(self._top_post, with_kwargs=True))
+            for module in {id(m): m for m in (top, self.adapter.vision_tower) if m is not None}.values():
+                self._handles.extend(self._forward_lock.install(module))  # after the hooks above: runs last
             self._handles.append(lm.register_forward_pre_hook(self._lm_pre, with_kwargs=True))
             for index, layer in enumerate(self.adapter.layers):
                 self._handles.append(layer.register_forward_pre_hook(self._layer_hook(index), with_kwargs=True))
