@@ -11,11 +11,12 @@ the attention mask. The result equals the eager attention rows.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from tokenreduce.adapters import hf
 
 
 @dataclass
@@ -25,15 +26,6 @@ class AttentionInputs:
     hidden_states: torch.Tensor  # [B, L, D]
     position_embeddings: tuple[torch.Tensor, torch.Tensor]
     attention_mask: torch.Tensor | None
-
-
-def _rotary_function(attention: nn.Module):
-    module = sys.modules[type(attention).__module__]
-    rotary = getattr(module, "apply_rotary_pos_emb", None)
-    if rotary is None:
-        raise TypeError(f"{type(attention).__name__} has no apply_rotary_pos_emb in {module.__name__}; the "
-                        "attention probe supports rotary decoder layers (Llama/Qwen style)")
-    return rotary
 
 
 def _heads(projection: nn.Module, norm: nn.Module | None, x: torch.Tensor, head_dim: int) -> torch.Tensor:
@@ -54,7 +46,7 @@ def last_query_attention(attention: nn.Module, inputs: AttentionInputs, num_quer
     length = x.shape[1]
     n = min(max(int(num_queries), 1), length)
     head_dim = int(attention.head_dim)
-    rotary = _rotary_function(attention)
+    rotary = hf.rotary_function(attention)
     cos, sin = inputs.position_embeddings
     cos = cos.expand(x.shape[0], *cos.shape[1:])
     sin = sin.expand(x.shape[0], *sin.shape[1:])

@@ -27,10 +27,10 @@ from typing import Any
 
 import torch
 
+from tokenreduce.adapters import hf
 from tokenreduce.adapters.concurrency import ForwardLock, PerThread
 from tokenreduce.adapters.layout import SequenceLayout, VisualLayout, gather_slots
-from tokenreduce.adapters.llm_input import reduce_llm_input
-from tokenreduce.adapters.masks import causal_mask_for
+from tokenreduce.adapters.llm_input import reduce_llm_input, shift_positions
 from tokenreduce.adapters.probe import AttentionInputs, last_query_attention
 from tokenreduce.adapters.steps import SequenceEdit, VideoGroup, run_steps, video_groups
 from tokenreduce.errors import ConfigError, InputError, InputTypeError, brief
@@ -61,10 +61,11 @@ class ForwardState:
     layer_layouts: dict[int, SequenceLayout] = field(default_factory=dict)
     encoded: Any = None  # the pre-encoded video output of this prefill (generate), if any
     next_position: torch.Tensor | None = None  # [B] position of the first generated token
-    position_shift: torch.Tensor | None = None  # [B] subtracted from later positions (contiguous)
+    position_shift: torch.Tensor | None = None  # subtracted from later positions (contiguous; shift_positions)
     seq_len: int = 0
     cache: Any = None
-    decoded: int = 0
+    decoded: int = 0  # tokens decoded on top of the prefill
+    decode_steps: int = 0  # decode forwards recognised since the prefill
     tail_valid: torch.Tensor | None = None
     probe_inputs: dict[int, AttentionInputs] = field(default_factory=dict)
     importance: dict[int, torch.Tensor] = field(default_factory=dict)  # probe results by layer
@@ -205,32 +206,34 @@ class ReductionSession:
         return self._phase
 
     @property
+    def decode_steps(self) -> int:
+        """Decode forwards run on the cache of the last prefill (``generate``'s later steps)."""
+        return 0 if self.state is None else self.state.decode_steps
+
+    @property
     def layer_lengths(self) -> dict[int, int]:
         """Sequence length each decoder layer received in the last prefill."""
         return {} if self.state is None else dict(self.state.layer_counts)
 
     # ----- model-level hooks ------------------------------------------------------------------
     def _top_pre(self, module, args, kwargs):
-        call = dict(kwargs)
-        if args:
-            call.setdefault("input_ids", args[0])
-        cache = call.get("past_key_values")
+        call = hf.call_arguments(args, kwargs)
+        cache = hf.cache_argument(call)
         visual = self.adapter.visual_layout(call)
         if visual is not None:
-            if cache is not None and cache.get_seq_length() > 0:
+            if cache is not None and hf.cache_length(cache) > 0:
                 raise NotImplementedError("a video arrived on top of a non-empty cache; token reduction starts "
                                           "from an empty cache (a new generate call) only")
             device = self.adapter.language_model_device()
-            self.state = ForwardState(visual, video_groups(visual, device),
-                                      encoded=(call.get("mm_encoder_outputs") or {}).get("video"))
+            self.state = ForwardState(visual, video_groups(visual, device), encoded=hf.encoded_video(call))
             self._phase = "prefill"
             return None
         state = self.state
-        if state is not None and cache is not None and cache is state.cache and cache.get_seq_length() > 0:
+        if state is not None and cache is not None and cache is state.cache and hf.cache_length(cache) > 0:
             self._phase = "decode"
-            if kwargs.get("position_ids") is None and state.next_position is not None:
+            if kwargs.get(hf.POSITION_IDS) is None and state.next_position is not None:
                 kwargs = dict(kwargs)
-                kwargs["position_ids"] = self._decode_positions(self.adapter.query_length(call))
+                kwargs[hf.POSITION_IDS] = self._decode_positions(hf.query_length(call))
                 return args, kwargs
             return None
         self._phase = None
@@ -239,16 +242,14 @@ class ReductionSession:
     def _top_post(self, module, args, kwargs, output):
         state = self.state
         if state is not None and self._phase == "prefill":
-            state.cache = getattr(output, "past_key_values", None)
+            state.cache = hf.output_cache(output)
             state.decoded = 0
             state.probe_inputs.clear()
             state.importance.clear()
             state.current = None
         elif state is not None and self._phase == "decode":
-            call = dict(kwargs)
-            if args:
-                call.setdefault("input_ids", args[0])
-            state.decoded += self.adapter.query_length(call)
+            state.decoded += hf.query_length(hf.call_arguments(args, kwargs))
+            state.decode_steps += 1
         self._phase = None
 
     def _decode_positions(self, query_length: int) -> torch.Tensor:
@@ -268,7 +269,7 @@ class ReductionSession:
 
     def _prefill_lm(self, args, kwargs):
         state = self.state
-        embeds = kwargs.get("inputs_embeds")
+        embeds = kwargs.get(hf.INPUTS_EMBEDS)
         if embeds is None:
             raise RuntimeError("the language model was called without inputs_embeds during a reduced prefill")
         batch, length = embeds.shape[:2]
@@ -276,7 +277,7 @@ class ReductionSession:
             raise RuntimeError(f"the language model received a sequence of shape {(batch, length)}, the visual "
                                f"layout describes {(state.visual.batch_size, state.visual.seq_len)}")
         state.seq_len = length
-        reduced = reduce_llm_input(embeds, kwargs.get("position_ids"), kwargs.get("attention_mask"), state.groups,
+        reduced = reduce_llm_input(embeds, kwargs.get(hf.POSITION_IDS), kwargs.get(hf.ATTENTION_MASK), state.groups,
                                    self.encoder_steps + self.pre_steps, num_layers=self.num_layers,
                                    positions_policy=self.positions, encoder_signals=self._encoder_signals())
         state.lm_layout = reduced.layout
@@ -287,9 +288,9 @@ class ReductionSession:
         kwargs = dict(kwargs)
         if reduced.index is not None:
             self.adapter.prune_language_inputs(kwargs, reduced.index)
-        kwargs["inputs_embeds"] = reduced.inputs_embeds
-        kwargs["position_ids"] = reduced.position_ids
-        kwargs["attention_mask"] = reduced.attention_mask
+        kwargs[hf.INPUTS_EMBEDS] = reduced.inputs_embeds
+        kwargs[hf.POSITION_IDS] = reduced.position_ids
+        kwargs[hf.ATTENTION_MASK] = reduced.attention_mask
         state.lm_changed = True
         return args, kwargs
 
@@ -314,21 +315,20 @@ class ReductionSession:
     def _decode_lm(self, args, kwargs):
         state = self.state
         kwargs = dict(kwargs)
-        mask = kwargs.get("attention_mask")
-        query = self.adapter.query_length(kwargs)
+        mask = kwargs.get(hf.ATTENTION_MASK)
+        query = hf.query_length(kwargs)
         if mask is not None and isinstance(mask, torch.Tensor) and mask.ndim == 2:
             tail = mask[:, state.seq_len:].to(torch.bool)
         else:
             tail = torch.ones(state.visual.batch_size, state.decoded + query, dtype=torch.bool,
                               device=state.lm_layout.valid.device)
         state.tail_valid = tail
-        if state.position_shift is not None and kwargs.get("position_ids") is not None:
-            positions = kwargs["position_ids"]
-            shift = state.position_shift.to(positions.device)
-            kwargs["position_ids"] = positions - (shift[None, :, None] if positions.ndim == 3 else shift[:, None])
+        if state.position_shift is not None and kwargs.get(hf.POSITION_IDS) is not None:
+            positions = kwargs[hf.POSITION_IDS]
+            kwargs[hf.POSITION_IDS] = shift_positions(positions, state.position_shift.to(positions.device))
         if state.lm_changed:
             dtype = mask.dtype if isinstance(mask, torch.Tensor) else torch.long
-            kwargs["attention_mask"] = torch.cat([state.lm_layout.valid, tail], dim=1).to(dtype)
+            kwargs[hf.ATTENTION_MASK] = torch.cat([state.lm_layout.valid, tail], dim=1).to(dtype)
         return args, kwargs
 
     # ----- decoder-layer hooks ------------------------------------------------------------------
@@ -344,9 +344,9 @@ class ReductionSession:
     def _probe_hook(self, index: int):
         def hook(module, args, kwargs):
             if self._phase == "prefill" and self._needs_probe(index + 1):
-                hidden = kwargs.get("hidden_states", args[0] if args else None)
+                hidden = kwargs.get(hf.HIDDEN_STATES, args[0] if args else None)
                 self.state.probe_inputs[index] = AttentionInputs(
-                    hidden, kwargs["position_embeddings"], kwargs.get("attention_mask"))
+                    hidden, kwargs[hf.POSITION_EMBEDDINGS], kwargs.get(hf.ATTENTION_MASK))
         return hook
 
     def _needs_probe(self, layer: int) -> bool:
@@ -376,7 +376,7 @@ class ReductionSession:
 
     def _prefill_layer(self, index: int, args, kwargs):
         state = self.state
-        hidden = args[0] if args else kwargs["hidden_states"]
+        hidden = args[0] if args else kwargs[hf.HIDDEN_STATES]
         steps = [(s, layer) for s, layer in self._steps_at(index) if not self._runs_mid_layer(s, layer)]
         state.layer_kwargs = kwargs
         if steps:
@@ -390,14 +390,14 @@ class ReductionSession:
             return None
         state.layer_layouts[index] = state.current.layout
         kwargs = dict(kwargs)
-        kwargs["attention_mask"] = state.current.attention_mask
-        kwargs["position_embeddings"] = state.current.position_embeddings
-        if kwargs.get("position_ids") is not None:
-            kwargs["position_ids"] = state.current.position_ids
+        kwargs[hf.ATTENTION_MASK] = state.current.attention_mask
+        kwargs[hf.POSITION_EMBEDDINGS] = state.current.position_embeddings
+        if kwargs.get(hf.POSITION_IDS) is not None:
+            kwargs[hf.POSITION_IDS] = state.current.position_ids
         state.layer_kwargs = kwargs
         if args:
             return (hidden, *args[1:]), kwargs
-        kwargs["hidden_states"] = hidden
+        kwargs[hf.HIDDEN_STATES] = hidden
         return args, kwargs
 
     def _probe_importance(self, layer: int) -> torch.Tensor | None:
@@ -463,13 +463,13 @@ class ReductionSession:
         hidden = edit.apply_features(gather_slots(hidden, index, dim=1, fill=0.0), new_layout)
         if not edit.drops:
             return hidden
-        cos, sin = kwargs["position_embeddings"] if state.current is None else state.current.position_embeddings
-        positions = kwargs.get("position_ids") if state.current is None else state.current.position_ids
+        cos, sin = kwargs[hf.POSITION_EMBEDDINGS] if state.current is None else state.current.position_embeddings
+        positions = kwargs.get(hf.POSITION_IDS) if state.current is None else state.current.position_ids
         state.current = LayoutInputs(
             new_layout,
             (gather_slots(cos, index, dim=1), gather_slots(sin, index, dim=1)),
             None if positions is None else gather_slots(positions, index, dim=positions.ndim - 1, fill=1),
-            causal_mask_for(self.adapter.text_config, new_layout.valid, new_layout.length, hidden.dtype),
+            hf.causal_mask(self.adapter.text_config, new_layout.valid, new_layout.length, hidden.dtype),
         )
         return hidden
 
@@ -478,10 +478,10 @@ class ReductionSession:
         layout = state.layer_layouts.get(index)
         if layout is None:
             return None
-        hidden = args[0] if args else kwargs["hidden_states"]
+        hidden = args[0] if args else kwargs[hf.HIDDEN_STATES]
         key_valid = torch.cat([layout.valid, state.tail_valid.to(layout.valid.device)], dim=1)
         kwargs = dict(kwargs)
-        kwargs["attention_mask"] = causal_mask_for(self.adapter.text_config, key_valid, hidden.shape[1],
+        kwargs[hf.ATTENTION_MASK] = hf.causal_mask(self.adapter.text_config, key_valid, hidden.shape[1],
                                                    hidden.dtype)
         return args, kwargs
 
