@@ -57,6 +57,28 @@ def test_concurrent_prefills_each_get_their_own_reduction():
             assert torch.equal(kept, expected_kept)
 
 
+def _videos(family: str) -> list[dict]:
+    if family == "qwen2_vl":
+        return [tm.sample_of(tm.qwen_inputs([grid], seed=i), 0) for i, grid in enumerate(GRIDS)]
+    return [tm.llava_sample_of(tm.llava_inputs([frames], 2, 1, seed=i), 0) for i, frames in enumerate([2, 3, 4, 1])]
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava_onevision"])
+def test_concurrent_generates_decode_from_their_own_prefill(family):
+    model = getattr(tm, family)()
+    inputs = _videos(family)
+
+    def generate(i):
+        return model.generate(**inputs[i], max_new_tokens=4, do_sample=False)
+
+    with torch.no_grad(), tr.apply(model, tr.build("fastv", ratio=0.5, layer=1)):
+        alone = [generate(i) for i in range(len(inputs))]
+        results = run_threads(generate, list(range(len(inputs))) * 2, repeats=2)
+    for i, runs in enumerate(results):
+        for tokens in runs:
+            assert torch.equal(tokens, alone[i % len(inputs)])
+
+
 def test_a_plugin_adapter_whose_supports_raises_does_not_break_apply():
     @tr.register_adapter("aaa_exploding")
     class Exploding(tr.adapters.ModelAdapter):
