@@ -88,7 +88,7 @@ class Registry:
         self._origins: dict[str, str] = {}
         self._plugins: set[str] = set()  # names registered from entry points
         self._pending: dict[str, importlib.metadata.EntryPoint] | None = None
-        self._failed: dict[str, TokenReduceError] = {}  # skipped plugin name -> the error asking for it raises
+        self._failed: dict[str, tuple[type[TokenReduceError], str]] = {}  # skipped plugin -> (error, message)
 
     # ----- registration -------------------------------------------------------------------
     def register(self, name: str, *, origin: str | None = None) -> Callable[[T], T]:
@@ -158,21 +158,22 @@ class Registry:
             if name not in self._plugins and any(_origin_of(self._entries[name]) != ep.value.replace(":", ".")
                                                  for ep in claims):
                 self._skip(name, claims, f"the name belongs to the built-in {self._origins[name]}, which "
-                           "a plugin never overrides", UnknownNameError)
+                           "a plugin never overrides", error=None)  # the name still builds the built-in
             return
         if len(claims) > 1:
             self._skip(name, claims, f"{len(claims)} plugins claim it ({'; '.join(map(_describe, claims))}), so "
-                       "none is used: uninstall all but one", DuplicateRegistrationError)
+                       "none is used: uninstall all but one", error=DuplicateRegistrationError)
             return
         self._pending[name] = claims[0]  # type: ignore[index]
 
-    def _skip(self, name: str, claims: list[importlib.metadata.EntryPoint], why: str,
-              error: type[TokenReduceError] = PluginError) -> None:
-        """Warn that ``name``'s plugin(s) are not used and remember the error asking for it gives."""
+    def _skip(self, name: str, claims: list[importlib.metadata.EntryPoint], why: str, *,
+              error: type[TokenReduceError] | None = PluginError) -> None:
+        """Warn that ``name``'s plugin(s) are not used; asking for ``name`` then raises ``error``
+        (``None``: the name stays usable, as a built-in's)."""
         where = "; ".join(map(_describe, claims))
         message = f"tokenreduce plugin {name!r} ({where}) in group {self.group!r} was skipped: {why}"
-        if error is not UnknownNameError:  # a name a built-in holds still resolves to the built-in
-            self._failed[name] = error(f"{self.kind} {name!r} is unavailable: {message}")
+        if error is not None:
+            self._failed[name] = (error, f"{self.kind} {name!r} is unavailable: {message}")
         if self._pending is not None:
             self._pending.pop(name, None)
         warnings.warn(message, PluginWarning, stacklevel=4)
@@ -212,7 +213,8 @@ class Registry:
         if loaded is not None:
             return loaded
         if name in self._failed:
-            raise self._failed[name]
+            error, message = self._failed[name]
+            raise error(message)
         known = self.names()
         close = difflib.get_close_matches(name, known, n=3, cutoff=0.5) if len(name) <= 100 else []
         hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""

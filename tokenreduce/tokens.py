@@ -50,7 +50,7 @@ def _check_grid_tensor(
     """Validate an optional per-token tensor whose leading dims must be the grid ``[B,T,H,W]``."""
     if not isinstance(value, torch.Tensor):
         raise InputTypeError(f"{name} must be a torch.Tensor of shape [B, T, H, W]={_shape_text(grid)}, "
-                        f"got {type(value).__name__}")
+                             f"got {type(value).__name__}")
     if tuple(value.shape[:4]) != grid or (kind != "signal" and value.ndim != 4):
         expected = _shape_text(grid) + (" + trailing dims" if kind == "signal" else "")
         raise InputError(f"{name} must have shape [B, T, H, W]={expected} to match features, "
@@ -108,7 +108,7 @@ class VisualTokens:
     ) -> None:
         if not isinstance(features, torch.Tensor):
             raise InputTypeError("features must be a torch.Tensor of shape [B, T, H, W, D], "
-                            f"got {type(features).__name__}")
+                                 f"got {type(features).__name__}")
         if features.ndim != 5:
             raise InputError("features must have shape [B, T, H, W, D] (rank 5), "
                              f"got rank {features.ndim} with shape {_shape_text(features.shape)}")
