@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import ast
 import pathlib
-import tomllib
 
 import pytest
+import tomllib
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 

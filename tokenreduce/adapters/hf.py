@@ -148,10 +148,30 @@ def _modeling_function(module: nn.Module, name: str, what: str) -> Callable:
     return function
 
 
-def rotary_function(attention: nn.Module) -> Callable:
-    """The ``apply_rotary_pos_emb`` of a decoder attention module's modeling file."""
-    return _modeling_function(attention, "apply_rotary_pos_emb",
-                              "the attention probe supports rotary decoder layers (Llama/Qwen style)")
+def rotary_sequence_dim(cos: torch.Tensor) -> int:
+    """The sequence axis of the rotary ``(cos, sin)`` a decoder layer receives: ``[B, L, D]`` where the
+    rotary embedding merges the M-RoPE rows itself (5.2x), ``[3, B, L, D]`` where the attention merges
+    them (Qwen2-VL and Qwen2.5-VL before 5.2x)."""
+    return cos.ndim - 2
+
+
+def rotary_function(attention: nn.Module) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    """``rotate(q, k, cos, sin) -> (q, k)`` as a decoder attention module applies it: the modeling
+    file's ``apply_rotary_pos_emb``, or, for position embeddings with unmerged M-RoPE rows, its
+    ``apply_multimodal_rotary_pos_emb`` with the model's ``mrope_section``."""
+    module = sys.modules[type(attention).__module__]
+    plain = getattr(module, "apply_rotary_pos_emb", None)
+    multimodal = getattr(module, "apply_multimodal_rotary_pos_emb", None)
+    if plain is None and multimodal is None:
+        raise TypeError(f"{type(attention).__name__} has no apply_rotary_pos_emb in {module.__name__}; the attention "
+                        "probe supports rotary decoder layers (Llama/Qwen style)")
+
+    def rotate(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        if cos.ndim == 4 and multimodal is not None:
+            return multimodal(q, k, cos, sin, attention.config.rope_parameters["mrope_section"])
+        return plain(q, k, cos, sin)
+
+    return rotate
 
 
 def vision_rotary_function(attention: nn.Module) -> Callable:

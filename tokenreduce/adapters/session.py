@@ -465,9 +465,10 @@ class ReductionSession:
             return hidden
         cos, sin = kwargs[hf.POSITION_EMBEDDINGS] if state.current is None else state.current.position_embeddings
         positions = kwargs.get(hf.POSITION_IDS) if state.current is None else state.current.position_ids
+        seq_dim = hf.rotary_sequence_dim(cos)
         state.current = LayoutInputs(
             new_layout,
-            (gather_slots(cos, index, dim=1), gather_slots(sin, index, dim=1)),
+            (gather_slots(cos, index, dim=seq_dim), gather_slots(sin, index, dim=seq_dim)),
             None if positions is None else gather_slots(positions, index, dim=positions.ndim - 1, fill=1),
             hf.causal_mask(self.adapter.text_config, new_layout.valid, new_layout.length, hidden.dtype),
         )
