@@ -98,7 +98,7 @@ def _runs_on(family_name, name):
 ALL_STRATEGIES = [n for n in tr.list_strategies() if n != "pipeline"]
 
 # one-step selections at an exact budget: checked against the uncached oracle
-ORACLE = [n for n in ("random", "uniform", "attention_prune", "fastv") if n in tr.STRATEGIES]
+ORACLE = [n for n in ("random", "uniform", "attention_prune", "fastv", "evs", "vidcom2") if n in tr.STRATEGIES]
 
 
 def _matrix(names, attns_for, families=None):

@@ -17,6 +17,7 @@ import torch
 
 from tokenreduce.adapters import hf
 from tokenreduce.adapters.qwen_vl import Qwen2VLAdapter
+from tokenreduce.adapters.state import Phase
 from tokenreduce.registry import register_adapter
 
 
@@ -54,7 +55,7 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
         def aligned(original):
             def deepstack_process(hidden_states, visual_pos_masks, visual_embeds):
                 state = session.state
-                if session.phase == "prefill" and state is not None and state.current is not None:
+                if session.phase is Phase.PREFILL and state is not None and state.current is not None:
                     index = state.current.layout.slots_in(state.lm_layout)
                     visual_pos_masks, rows = select_visual(visual_pos_masks.to(index.device), index)
                     visual_embeds = visual_embeds[rows.to(visual_embeds.device)]
