@@ -188,6 +188,8 @@ BUILD = [
         "st_simdiff.event_percentile", "[0, 100]", "nan"),
     row("prune_ratio-optional-nan", lambda: tr.build("fastv", prune_ratio=NAN), tr.ConfigError,
         "fastv.prune_ratio", "[0, 1)", "nan"),
+    row("evs-prune_ratio-optional-nan", lambda: tr.build("evs", prune_ratio=NAN), tr.ConfigError,
+        "evs.prune_ratio", "[0, 1)", "nan"),
     row("similarity-bound-inf", lambda: tr.build("framefusion", similarity_lower_bound=INF), tr.ConfigError,
         "framefusion.similarity_lower_bound", "[-1, 1]"),
     row("layer-huge-int", lambda: tr.build("fastv", layer=10**400), tr.ConfigError, "fastv.layer", "int64"),
