@@ -209,8 +209,9 @@ def test_library_copies_do_not_validate_again(monkeypatch):
     from tokenreduce import tokens as tokens_module
 
     checked = []
-    original = tokens_module.first_non_finite
-    monkeypatch.setattr(tokens_module, "first_non_finite", lambda v: checked.append(v.shape) or original(v))
+    original = tokens_module.non_finite_at
+    monkeypatch.setattr(tokens_module, "non_finite_at",
+                        lambda values, valid=None: checked.append(values.shape) or original(values, valid))
     x = torch.randn(1, 4, 3, 3, 8)
     x[:, 1:] = x[:, :1] + 0.01 * torch.randn(1, 3, 3, 3, 8)
     tokens = tr.VisualTokens(x, importance=torch.rand(1, 4, 3, 3), num_layers=28)
