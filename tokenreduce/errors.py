@@ -37,3 +37,7 @@ class MissingDependencyError(TokenReduceError, ImportError):
 
 class MissingSignalError(TokenReduceError, ValueError):
     """A reducer was called without a signal it declares it needs (e.g. importance)."""
+
+
+class ServingError(TokenReduceError, ValueError):
+    """A strategy cannot run inside a serving engine as configured (e.g. it needs the LLM's attention)."""

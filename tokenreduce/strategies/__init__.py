@@ -4,6 +4,7 @@ from tokenreduce.strategies import (  # noqa: F401
     attention_prune,
     fastervlm,
     fastv,
+    fit_budget,
     framefusion,
     keep_all,
     prumerge_plus,
