@@ -19,6 +19,7 @@ from tokenreduce.errors import (
     DuplicateRegistrationError,
     MissingDependencyError,
     MissingSignalError,
+    ServingError,
     TokenReduceError,
     UnknownNameError,
 )
@@ -70,7 +71,7 @@ __all__ = [
     "CommunityDetector", "Component", "Config", "ConfigError", "ConfigTypeError",
     "DuplicateRegistrationError", "EncoderConfig", "EventDetector", "GraphBuilder", "ImportanceScorer",
     "LayerwiseReducer", "MissingDependencyError", "MissingSignalError", "Pipeline", "PluginWarning",
-    "Reducer", "Reduction", "ReductionStats", "Registry", "Role", "Signal", "Stage",
+    "Reducer", "Reduction", "ReductionStats", "Registry", "Role", "ServingError", "Signal", "Stage",
     "TokenReduceError", "UnknownNameError", "VisualTokens", "__version__", "apply", "build", "build_component",
     "cost_prune_ratio", "list_strategies", "load_config", "register_adapter", "register_community",
     "register_strategy", "registry_for", "remove", "save_config",
