@@ -6,7 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
 
-venv="$(mktemp -d)/vllm-venv"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+venv="$work/vllm-venv"
 python3 -m venv "$venv"
 # shellcheck disable=SC1091
 source "$venv/bin/activate"
@@ -20,5 +22,4 @@ pip install --quiet . "pytest>=8"
 python -c "import tokenreduce, torch, vllm; print('tokenreduce', tokenreduce.__version__, 'torch', torch.__version__, 'vllm', vllm.__version__)"
 
 python -m pytest -q -p no:cacheprovider tests/vllm
-echo "vLLM serving step: $(( $(date +%s) - start )) s; its environment: $(du -sh "$venv" | cut -f1)"
-rm -rf "$(dirname "$venv")"
+echo "vLLM serving step: $(( $(date +%s) - start )) s (environment and tests); environment: $(du -sh "$venv" | cut -f1)"

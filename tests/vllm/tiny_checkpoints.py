@@ -30,6 +30,14 @@ NUM_FRAMES = 8
 FPS = 2.0
 
 
+#: Language-model sizes: ``tiny`` for the tests, ``bench`` (~40 M parameters) where the language model's share
+#: of the time to first token should be visible (benchmarks/serving_vllm.py).
+SIZES = {"tiny": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
+                      num_key_value_heads=1),
+         "bench": dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8,
+                       num_key_value_heads=2)}
+
+
 @dataclass(frozen=True)
 class TinyModel:
     """A saved checkpoint and the video frame size its processor keeps unresized."""
@@ -53,9 +61,8 @@ def _tokenizer():
                                    chat_template=CHAT_TEMPLATE)
 
 
-def _text_config(tokenizer, **extra) -> dict:
-    return dict(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                num_attention_heads=2, num_key_value_heads=1, head_dim=64, max_position_embeddings=4096,
+def _text_config(tokenizer, size: str, **extra) -> dict:
+    return dict(vocab_size=len(tokenizer), **SIZES[size], head_dim=64, max_position_embeddings=8192,
                 rms_norm_eps=1e-6, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                 tie_word_embeddings=False, **extra)
 
@@ -66,24 +73,25 @@ def _special_ids(tokenizer) -> dict:
                 vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"))
 
 
-def build_qwen2_5_vl(path: Path) -> TinyModel:
+def build_qwen2_5_vl(path: Path, size: str = "tiny", frame_size: tuple[int, int] = (112, 168)) -> TinyModel:
     from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor,
                               Qwen2VLImageProcessor, Qwen2VLVideoProcessor)
 
     tokenizer = _tokenizer()
     rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [8, 12, 12]}
     config = Qwen2_5_VLConfig(
-        text_config=_text_config(tokenizer, rope_parameters=rope),
+        text_config=_text_config(tokenizer, size, rope_parameters=rope),
         vision_config=dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, patch_size=14,
-                           spatial_merge_size=2, temporal_patch_size=2, in_channels=3, out_hidden_size=128,
-                           window_size=56, fullatt_block_indexes=[1], tokens_per_second=1),
+                           spatial_merge_size=2, temporal_patch_size=2, in_channels=3,
+                           out_hidden_size=SIZES[size]["hidden_size"], window_size=56, fullatt_block_indexes=[1],
+                           tokens_per_second=1),
         **_special_ids(tokenizer))
-    pixels = {"min_pixels": 28 * 28, "max_pixels": 112 * 168}
+    pixels = {"min_pixels": 28 * 28, "max_pixels": frame_size[0] * frame_size[1]}
     processor = Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(**pixels),
                                     video_processor=Qwen2VLVideoProcessor(**pixels), tokenizer=tokenizer,
                                     chat_template=CHAT_TEMPLATE)
     _save(Qwen2_5_VLForConditionalGeneration, config, tokenizer, processor, path)
-    return TinyModel("qwen2_5_vl", path, (112, 168))
+    return TinyModel("qwen2_5_vl", path, frame_size)
 
 
 def build_qwen3_vl(path: Path) -> TinyModel:
@@ -93,7 +101,7 @@ def build_qwen3_vl(path: Path) -> TinyModel:
     tokenizer = _tokenizer()
     rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [8, 12, 12], "mrope_interleaved": True}
     config = Qwen3VLConfig(
-        text_config=_text_config(tokenizer, rope_parameters=rope),
+        text_config=_text_config(tokenizer, "tiny", rope_parameters=rope),
         vision_config=dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, patch_size=16,
                            spatial_merge_size=2, temporal_patch_size=2, in_channels=3, out_hidden_size=128,
                            num_position_embeddings=64, deepstack_visual_indexes=[0]),
@@ -122,17 +130,18 @@ def _save(model_cls, config, tokenizer, processor, path: Path) -> None:
 BUILDERS = {"qwen2_5_vl": build_qwen2_5_vl, "qwen3_vl": build_qwen3_vl}
 
 
-def moving_square_video(frame_size: tuple[int, int], seed: int = 0, noise: float = 0.0) -> np.ndarray:
-    """``NUM_FRAMES`` uint8 frames ``[T, H, W, 3]``: a textured background, the same in every frame up to
+def moving_square_video(frame_size: tuple[int, int], seed: int = 0, noise: float = 0.0,
+                        num_frames: int = NUM_FRAMES) -> np.ndarray:
+    """``num_frames`` uint8 frames ``[T, H, W, 3]``: a textured background, the same in every frame up to
     per-frame noise of standard deviation ``noise`` (grey levels), and a red square moving right."""
     height, width = frame_size
     rng = np.random.default_rng(seed)
     background = rng.integers(0, 255, size=(height, width, 3)).astype(np.float64)
-    jitter = rng.normal(0.0, noise, size=(NUM_FRAMES, height, width, 3)) if noise else 0.0
+    jitter = rng.normal(0.0, noise, size=(num_frames, height, width, 3)) if noise else 0.0
     frames = np.clip(background[None] + jitter, 0, 255).astype(np.uint8)
     side = height // 3
-    for index in range(NUM_FRAMES):
-        left = (index * (width - side)) // (NUM_FRAMES - 1)
+    for index in range(num_frames):
+        left = (index * (width - side)) // max(num_frames - 1, 1)
         frames[index, side:2 * side, left:left + side] = (230, 20, 20)
     return frames
 
