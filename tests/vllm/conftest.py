@@ -1,24 +1,26 @@
-"""vLLM serving tests. Collected only where vLLM is installed (its own venv, see .ci/vllm.sh): elsewhere the
+"""vLLM tests. Collected only where vLLM is installed (its own environment, see .ci/vllm.sh): elsewhere the
 folder is ignored, so the main run neither fails nor reports skips.
 
-In the vLLM venv: ``python -m pytest -q -p no:cacheprovider tests/vllm``. vLLM runs in single-process mode
-(one engine per ``LLM``, started once per model and strategy and shared by the tests of that case) with the
-test-environment fixes of ``cpu_site/`` applied in this process and, through ``PYTHONPATH``, in every
-Python process vLLM starts.
+In the vLLM environment: ``python -m pytest -q -p no:cacheprovider tests/vllm``. Presence is read from the
+installed distributions, not from an import: with ``tests/`` on ``sys.path`` this folder is itself
+importable as a namespace package named ``vllm``, and vLLM's own import needs the fixes below first. vLLM
+runs in single-process mode, with the test-environment fixes of ``cpu_site/`` applied in this process
+and, through ``PYTHONPATH``, in every Python process vLLM starts.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import importlib.metadata
 import os
 import sys
 from pathlib import Path
 
 import pytest
 
-if importlib.util.find_spec("vllm") is None:
-    collect_ignore_glob = ["*"]
+if "vllm" not in importlib.metadata.packages_distributions():
+    collect_ignore_glob = ["*.py"]
 else:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the shared factories of tests/
     CPU_SITE = Path(__file__).resolve().parent / "cpu_site"
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(CPU_SITE), os.environ.get("PYTHONPATH")]))
     sys.path.insert(0, str(CPU_SITE))

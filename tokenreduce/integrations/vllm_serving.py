@@ -39,10 +39,9 @@ logger = logging.getLogger(__name__)
 #: ``qwen2_5_vl``: kept tokens plus 4 M-RoPE channels; ``qwen3_vl``: per-frame timestamps, deepstack
 #: and 5 channels. ``None``: the model prunes in its own layout, which the plugin does not fill yet —
 #: with a strategy set it refuses to start rather than let vLLM run its own method.
-_QWEN2_5 = ("qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration", "qwen2_5_vl")
 _NANO = ("nano_nemotron_vl", "NemotronH_Nano_VL_V2", None)
 ARCHITECTURES: dict[str, tuple[str, str, str | None]] = {
-    "Qwen2_5_VLForConditionalGeneration": _QWEN2_5,
+    "Qwen2_5_VLForConditionalGeneration": ("qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration", "qwen2_5_vl"),
     "Exaone4_5_ForConditionalGeneration": ("exaone4_5", "Exaone4_5_ForConditionalGeneration", "qwen2_5_vl"),
     "OpenCUAForConditionalGeneration": ("opencua", "OpenCUAForConditionalGeneration", "qwen2_5_vl"),
     "Qwen3VLForConditionalGeneration": ("qwen3_vl", "Qwen3VLForConditionalGeneration", "qwen3_vl"),
