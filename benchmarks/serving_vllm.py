@@ -27,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CPU_SITE = ROOT / "tests" / "vllm" / "cpu_site"
-sys.path[:0] = [str(CPU_SITE), str(ROOT / "tests" / "vllm")]
+sys.path[:0] = [str(CPU_SITE), str(ROOT / "tests" / "vllm"), str(ROOT / "tests")]
 
 import vllm_cpu_fixes  # noqa: E402
 
@@ -37,7 +37,7 @@ for _name, _value in {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_S
                       "VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}.items():
     os.environ.setdefault(_name, _value)
 
-from tiny_checkpoints import build_qwen2_5_vl, moving_square_video, video_metadata, video_prompt  # noqa: E402
+from serving_checkpoints import build_qwen2_5_vl, moving_square_video, video_metadata, video_prompt  # noqa: E402
 
 from tokenreduce.integrations.vllm_serving import ENV_STRATEGY  # noqa: E402
 

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tokenreduce.adapters import hf
 from tokenreduce.errors import MissingDependencyError, TokenReduceError
 
 PROXY_IMPORTANCE = "patch contrast"
@@ -150,7 +151,7 @@ class VisionTowerEncoder:
         grid_thw = inputs.get("image_grid_thw")
         kwargs = {"image_grid_thw": grid_thw} if grid_thw is not None else {}
         output = self.model.get_image_features(pixel_values=inputs["pixel_values"], **kwargs)
-        per_frame = getattr(output, "pooler_output", output)
+        per_frame = hf.encoded_features(output)
         per_frame = torch.stack([f.reshape(-1, f.shape[-1]) for f in per_frame]).float()
         t, n, dim = per_frame.shape
         if grid_thw is not None:

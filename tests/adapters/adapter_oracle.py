@@ -85,8 +85,7 @@ def manual_greedy(language_model, lm_head, embeds, positions, keep, prune_layer,
             pe = language_model.rotary_emb(h, pos)
             length = h.shape[1]
             causal = torch.full((length, length), torch.finfo(h.dtype).min).triu(1)[None, None]
-            h = layer(h, attention_mask=causal, position_embeddings=pe, position_ids=None, past_key_values=None,
-                      use_cache=False)
+            h = layer(h, attention_mask=causal, position_embeddings=pe, position_ids=None, use_cache=False)
             if layer_extra is not None:
                 h = layer_extra(index, h, rows if index >= prune_layer else None)
         logits = lm_head(language_model.norm(h[:, -1]))

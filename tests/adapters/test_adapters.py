@@ -98,7 +98,7 @@ def _runs_on(family_name, name):
 ALL_STRATEGIES = [n for n in tr.list_strategies() if n != "pipeline"]
 
 # one-step selections at an exact budget: checked against the uncached oracle
-ORACLE = [n for n in ("random", "uniform", "attention_prune", "fastv") if n in tr.STRATEGIES]
+ORACLE = [n for n in ("random", "uniform", "attention_prune", "fastv", "evs", "vidcom2") if n in tr.STRATEGIES]
 
 
 def _matrix(names, attns_for, families=None):
@@ -161,6 +161,8 @@ def test_decoder_sees_reduced_length_and_generate_matches_uncached(family_name, 
             out = model.generate(**inputs, max_new_tokens=4, do_sample=False, output_logits=True,
                                  return_dict_in_generate=True)
         kept = session.kept_indices()
+        decode_steps = session.decode_steps
+    assert decode_steps == 3  # every later generate step was recognised as decoding the pruned cache
     gen, gen_logits = out.sequences, torch.stack(out.logits, dim=1)[0]
     with torch.no_grad():
         full = model.generate(**inputs, max_new_tokens=1, do_sample=False, output_logits=True,
@@ -248,17 +250,27 @@ def test_batch_equals_single_runs(family_name, attn, name, kw):
         torch.testing.assert_close(logits[b], last, rtol=1e-4, atol=1e-5)
 
 
-def test_contiguous_positions_renumber_pre_llm_input():
-    model = tm.qwen2_vl()
-    inputs = tm.qwen_inputs([GRID])
+@pytest.mark.parametrize("family_name", ["qwen2_vl", "llava_onevision"])
+def test_contiguous_positions_renumber_prefill_and_decode(family_name):
+    family = FAMILIES[family_name]
+    model = family.build()
+    inputs = family.inputs(family.batch_grids)  # left-padded: each sample renumbers from its first token
     lm = model.model.language_model
-    seen = {}
-    handle = lm.layers[0].register_forward_pre_hook(lambda m, a, k: seen.update(k), with_kwargs=True)
-    with torch.no_grad(), tr.apply(model, tr.build("random", ratio=0.3), positions="contiguous"):
-        model(**inputs)
-        gen = model.generate(**inputs, max_new_tokens=2, do_sample=False)
+    seen = []
+    handle = lm.layers[0].register_forward_pre_hook(
+        lambda m, a, k: seen.append(k["position_ids"].clone()), with_kwargs=True)
+    with torch.no_grad(), tr.apply(model, tr.build("random", ratio=0.3), positions="contiguous") as session:
+        gen = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+        assert session.decode_steps == 2
     handle.remove()
-    assert gen.shape[1] == inputs["input_ids"].shape[1] + 2
+    assert gen.shape[1] == inputs["input_ids"].shape[1] + 3
+    prefill, *decode = [p if p.ndim == 2 else p[0] for p in seen]  # M-RoPE: every row is the text position
+    lengths = inputs["attention_mask"].sum(1) - torch.tensor(
+        [family.tokens(g) - -(-3 * family.tokens(g) // 10) for g in family.batch_grids])
+    for b, length in enumerate(lengths.tolist()):
+        valid = prefill[b, -length:]
+        assert valid.tolist() == list(range(length))  # the kept tokens renumbered 0..L-1
+        assert [int(p[b, -1]) for p in decode] == [length, length + 1]  # decoding goes on from L
     with pytest.raises(ValueError, match="contiguous"):
         tr.apply(model, tr.build("attention_prune", layer=1), positions="contiguous")
 
@@ -332,3 +344,18 @@ def test_inserted_counts_name_the_new_tokens_of_each_video():
     assert [k.numel() for k in kept] == [3 * 2, 3 * 2] and inserted == [3, 3]
     # every sample's 12 grid tokens became 6 kept + 3 inserted in the decoder's input
     assert lengths[0] == inputs["input_ids"].shape[1] - 3 * 2 * 2 + 6 + 3
+
+
+@pytest.mark.parametrize("name", ["random", "fastv", "framefusion"])
+def test_reduced_generate_warns_about_nothing_deprecated(name):
+    """tokenreduce passes every argument under the name the installed transformers expects."""
+    model = tm.qwen2_vl()
+    inputs = tm.qwen_inputs([GRID, (2, 4, 4)])
+    kw = _kwargs(name)
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught, torch.no_grad(), tr.apply(model, tr.build(name, **kw)):
+        warnings.simplefilter("always")
+        model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    deprecations = [str(w.message) for w in caught if issubclass(w.category, (DeprecationWarning, FutureWarning))]
+    assert deprecations == []

@@ -10,6 +10,7 @@ import torch
 from adapter_oracle import TopEncoderAttention, layer_lengths
 
 import tokenreduce as tr
+from tokenreduce.adapters import hf
 from tokenreduce.selection import top_k_mask
 from tokenreduce.tokens import Reduction
 
@@ -144,12 +145,27 @@ def test_llava_encoder_signals_equal_eager_vision_attention(build, pool):
 
 
 @pytest.mark.parametrize("build,frames_or_grid", [(tm.qwen2_vl, None), (tm.llava_onevision, 3)])
-def test_encoder_steps_refuse_videos_repeated_by_generate(build, frames_or_grid):
+def test_encoder_steps_with_videos_repeated_by_generate(build, frames_or_grid):
+    """Beam search repeats every video. Where generate encodes the videos once before the prefill
+    (transformers 5.2x) the tower output no longer matches the prompt's videos one to one and encoder
+    steps refuse; where the prefill encodes the repeated pixels itself, each beam's video is reduced."""
     model = build()
     inputs = tm.qwen_inputs([(2, 4, 6)]) if frames_or_grid is None else tm.llava_inputs([3], 2, 1)
-    with torch.no_grad(), tr.apply(model, TopEncoderAttention(ratio=0.3)), \
-            pytest.raises(NotImplementedError, match="one to one"):
-        model.generate(**inputs, max_new_tokens=1, do_sample=False, num_beams=2)
+    pre_encoded = []
+    handle = model.register_forward_pre_hook(
+        lambda m, a, k: pre_encoded.append(hf.encoded_video(k) is not None), with_kwargs=True)
+    with torch.no_grad(), tr.apply(model, TopEncoderAttention(ratio=0.3)) as session:
+        try:
+            model.generate(**inputs, max_new_tokens=1, do_sample=False, num_beams=2)
+            error = None
+        except NotImplementedError as raised:
+            error = raised
+        kept = session.kept_indices()
+    handle.remove()
+    if pre_encoded[0]:
+        assert error is not None and "one to one" in str(error)
+    else:
+        assert error is None and [k.numel() for k in kept] == [4, 4]  # each beam's video: ceil(0.3 * 12)
 
 
 def test_encoder_layer_outside_the_tower_is_a_clear_error_and_installs_nothing():

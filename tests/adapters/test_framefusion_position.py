@@ -18,6 +18,7 @@ import torch
 from adapter_oracle import capture_lm_inputs, layer_lengths
 
 import tokenreduce as tr
+from tokenreduce.adapters import hf
 
 pytest.importorskip("transformers")
 
@@ -91,8 +92,7 @@ class FrameFusionOracle:
                 length = h.shape[1]
                 causal = torch.full((length, length), torch.finfo(h.dtype).min).triu(1)[None, None]
                 attended, weights = layer.self_attn(layer.input_layernorm(h), attention_mask=causal,
-                                                    position_embeddings=pe, position_ids=None,
-                                                    past_key_values=None)
+                                                    position_embeddings=pe, position_ids=None)
                 s = h + attended
                 importance = weights[0, :, -1].mean(dim=0)
                 mid_layer = self.reducer.config.position == "after_attention"
@@ -142,7 +142,7 @@ def test_framefusion_matches_uncached_oracle_at_its_position(attn, position):
     torch.testing.assert_close(prefill.logits[0, -1], ref_logits[0], rtol=1e-4, atol=1e-5)
     # each layer's cache holds every token that layer attended over (after_attention: layer l keeps
     # the tokens its own mid-layer step dropped)
-    cache = prefill.past_key_values
+    cache = hf.output_cache(prefill)
     assert {i: cache.layers[i].keys.shape[-2] for i in range(NUM_LAYERS)} == oracle.lengths
 
 

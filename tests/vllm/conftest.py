@@ -1,5 +1,7 @@
-"""vLLM tests. Collected only where vLLM is installed (its own environment, see .ci/vllm.sh): elsewhere the
-folder is ignored, so the main run neither fails nor reports skips.
+"""Tests that run vLLM: evs/vidcom2 against vLLM's own functions, and serving with the tokenreduce plugin.
+
+Collected only where vLLM is installed (its own environment, see .ci/vllm.sh): elsewhere the folder is
+ignored, so the main run neither fails nor reports skips.
 
 In the vLLM environment: ``python -m pytest -q -p no:cacheprovider tests/vllm``. Presence is read from the
 installed distributions, not from an import: with ``tests/`` on ``sys.path`` this folder is itself
@@ -36,7 +38,7 @@ else:
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
     """Both tiny checkpoints, saved once per session: name -> ``TinyModel``."""
-    from tiny_checkpoints import BUILDERS
+    from serving_checkpoints import BUILDERS
 
     root = tmp_path_factory.mktemp("checkpoints")
     return {name: build(root / name) for name, build in BUILDERS.items()}

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from tiny_checkpoints import moving_square_video, video_metadata, video_prompt
+from serving_checkpoints import moving_square_video, video_metadata, video_prompt
 
 import tokenreduce as tr
 from tokenreduce.integrations.serving import ServingStrategy

@@ -69,13 +69,6 @@ class ModelAdapter:
     def language_model_device(self) -> torch.device:
         return next(self.language_model.parameters()).device
 
-    @staticmethod
-    def query_length(call: dict[str, Any]) -> int:
-        """Tokens in this forward call."""
-        if call.get("input_ids") is not None:
-            return int(call["input_ids"].shape[1])
-        return int(call["inputs_embeds"].shape[1])
-
     # ----- what subclasses provide -----------------------------------------------------------
     def visual_layout(self, call: dict[str, Any]) -> VisualLayout | None:
         """Where the videos of this forward call sit; ``None`` when the call carries no video."""
@@ -87,7 +80,7 @@ class ModelAdapter:
     # ----- the vision tower (generate encodes videos before the prefill forward) --------------
     @property
     def vision_tower(self) -> nn.Module | None:
-        """The vision module whose outputs ``generate`` hands to the prefill as ``mm_encoder_outputs``."""
+        """The vision module whose outputs ``generate`` hands to the prefill (``hf.encoded_video``)."""
         return None
 
     def encoder_call_info(self, args: tuple, kwargs: dict[str, Any]) -> Any:

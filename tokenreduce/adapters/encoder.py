@@ -13,12 +13,13 @@ projector merges into it.
 from __future__ import annotations
 
 import itertools
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+
+from tokenreduce.adapters import hf
 
 
 @dataclass
@@ -48,9 +49,7 @@ class EncoderCapture:
 
     def _hook(self, index: int):
         def hook(module, args, kwargs):
-            hidden = kwargs.get("hidden_states", args[0] if args else None)
-            self._pending.layers[index] = {"hidden_states": hidden, **{k: v for k, v in kwargs.items()
-                                                                        if k != "hidden_states"}}
+            self._pending.layers[index] = hf.call_arguments(args, kwargs, first=hf.HIDDEN_STATES)
         return hook
 
     def finish(self, output: Any, info: Any) -> None:
@@ -84,15 +83,15 @@ def qwen_patch_signals(attention: nn.Module, inputs: dict[str, Any]) -> tuple[to
     The importance is the attention a patch receives, averaged over heads and over the queries of
     its ``cu_seqlens`` segment; the keys are the projected keys before the rotary embedding.
     """
-    hidden = inputs["hidden_states"]
+    hidden = inputs[hf.HIDDEN_STATES]
     length = hidden.shape[0]
     heads = int(attention.num_heads)
     q, k, _ = attention.qkv(hidden).reshape(length, 3, heads, -1).permute(1, 0, 2, 3).unbind(0)
     keys = k.float().mean(dim=1)
-    rotary = sys.modules[type(attention).__module__].apply_rotary_pos_emb_vision
-    cos, sin = inputs["position_embeddings"]
+    rotary = hf.vision_rotary_function(attention)
+    cos, sin = inputs[hf.POSITION_EMBEDDINGS]
     q, k = rotary(q, k, cos, sin)
-    bounds = inputs["cu_seqlens"].tolist()
+    bounds = inputs[hf.CU_SEQLENS].tolist()
     received = []
     for start, end in itertools.pairwise(bounds):  # one attention segment (a frame) at a time
         qs, ks = q[start:end].transpose(0, 1).float(), k[start:end].transpose(0, 1).float()
@@ -109,7 +108,7 @@ def vit_patch_signals(attention: nn.Module, inputs: dict[str, Any], cls_token: b
     heads (VisionZip / FasterVLM); without one (SigLIP) the attention each patch receives, averaged
     over queries and heads. The CLS position itself is dropped from both outputs.
     """
-    hidden = inputs["hidden_states"]
+    hidden = inputs[hf.HIDDEN_STATES]
     frames, length = hidden.shape[:2]
     head_dim = int(attention.head_dim)
     q = attention.q_proj(hidden).view(frames, length, -1, head_dim).transpose(1, 2).float()

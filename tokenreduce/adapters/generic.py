@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from tokenreduce.adapters import hf
 from tokenreduce.adapters.base import ModelAdapter
 from tokenreduce.adapters.layout import VideoSpan, VisualLayout
 from tokenreduce.adapters.llm_input import ReducedInput, reduce_llm_input
@@ -90,7 +91,7 @@ class GenericDecoderAdapter(ModelAdapter):
         return self._language_model
 
     def visual_layout(self, call: dict[str, Any]) -> VisualLayout | None:
-        embeds = call.get("inputs_embeds")
+        embeds = call.get(hf.INPUTS_EMBEDS)
         if self.visual is None or embeds is None:
             return None
         if tuple(embeds.shape[:2]) != (self.visual.batch_size, self.visual.seq_len):

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from tokenreduce.adapters import hf
 from tokenreduce.adapters.base import ModelAdapter, spans_from_token_runs
 from tokenreduce.adapters.encoder import vit_patch_signals
 from tokenreduce.adapters.layout import VisualLayout
@@ -29,13 +30,13 @@ class LlavaVideoAdapter(ModelAdapter):
         raise NotImplementedError
 
     def _videos_and_frames(self, call: dict[str, Any]) -> tuple[int, int] | None:
-        pixels = call.get("pixel_values_videos")
+        pixels = call.get(hf.PIXEL_VALUES_VIDEOS)
         if pixels is not None:
             return int(pixels.shape[0]), int(pixels.shape[1])
-        encoded = (call.get("mm_encoder_outputs") or {}).get("video")
+        encoded = hf.encoded_video(call)
         if encoded is None:
             return None
-        features = encoded.pooler_output
+        features = hf.encoded_features(encoded)
         videos, count = int(features.shape[0]), int(features.shape[1]) - self.extra_tokens
         side = self.pooled_side()
         if count % (side * side):
@@ -46,7 +47,7 @@ class LlavaVideoAdapter(ModelAdapter):
         found = self._videos_and_frames(call)
         if found is None:
             return None
-        input_ids = call.get("input_ids")
+        input_ids = call.get(hf.INPUT_IDS)
         if input_ids is None:
             raise ValueError("token reduction on a video needs input_ids to locate the video tokens")
         videos, frames = found

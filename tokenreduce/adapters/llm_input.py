@@ -31,7 +31,7 @@ class ReducedInput:
     index: torch.Tensor | None
     changed: bool
     next_position: torch.Tensor  # [B] original position of the first token after the input
-    position_shift: torch.Tensor | None  # [B] original minus renumbered next position
+    position_shift: torch.Tensor | None  # original minus renumbered next position, per row (row_next_positions)
 
 
 def next_position(positions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -39,6 +39,28 @@ def next_position(positions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     rope = positions[-3:] if positions.ndim == 3 else positions[None]
     masked = rope.masked_fill(~valid[None], torch.iinfo(rope.dtype).min)
     return masked.amax(dim=(0, 2)) + 1
+
+
+def row_next_positions(positions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``next_position`` for every row of ``positions``: ``[B]`` for 1-D positions, ``[R, B]`` for
+    ``[R, B, S]`` ones. The three M-RoPE rows share the next text position; a fourth row in front
+    (the plain sequence position ``generate`` passes along since transformers 5.24) has its own."""
+    following = next_position(positions, valid)
+    if positions.ndim == 2:
+        return following
+    rows = [following] * min(positions.shape[0], 3)
+    if positions.shape[0] > 3:
+        rows = [next_position(positions[:-3], valid)] * (positions.shape[0] - 3) + rows
+    return torch.stack(rows)
+
+
+def shift_positions(positions: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Subtract a ``row_next_positions``-shaped ``shift`` from later positions ``[B, q]`` or ``[R', B, q]``
+    (``R'`` may omit the leading rows the shift has)."""
+    if positions.ndim == 2:
+        return positions - (shift if shift.ndim == 1 else shift[-1])[:, None]
+    rows = shift[-positions.shape[0]:] if shift.ndim == 2 else shift.expand(positions.shape[0], -1)
+    return positions - rows[:, :, None]
 
 
 def reduce_llm_input(
@@ -78,23 +100,23 @@ def reduce_llm_input(
         return ReducedInput(embeds, positions, unchanged, layout, None, False, following, None)
     index = None
     new_layout = layout
+    given_positions = positions
     if edit is not None and (edit.drops or edit.extras):
         new_layout, index = layout.keep(edit.keep)
         new_slots: list[torch.Tensor] = []
         if edit.extras:
             new_layout, index, new_slots = _insert_extras(new_layout, index, edit, batch)
-        original_positions = positions
         embeds = gather_slots(embeds, index, dim=1, fill=0.0)
         positions = gather_slots(positions, index, dim=positions.ndim - 1, fill=1)
         if edit.extras:
-            embeds, positions = _write_extras(embeds, positions, original_positions, edit, new_slots)
+            embeds, positions = _write_extras(embeds, positions, given_positions, edit, new_slots)
     if edit is not None:
         embeds = edit.apply_features(embeds, new_layout)
     shift = None
     if positions_policy == "contiguous":
         contiguous = (new_layout.valid.long().cumsum(1) - 1).masked_fill(~new_layout.valid, 1)
         positions = contiguous.expand(positions.shape[0], -1, -1) if positions.ndim == 3 else contiguous
-        shift = following - next_position(positions, new_layout.valid)
+        shift = row_next_positions(given_positions, layout.valid) - row_next_positions(positions, new_layout.valid)
     return ReducedInput(embeds, positions, new_layout.valid.to(mask_dtype), new_layout, index, True, following,
                         shift)
 

@@ -11,11 +11,12 @@ the attention mask. The result equals the eager attention rows.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from tokenreduce.adapters import hf
 
 
 @dataclass
@@ -27,13 +28,11 @@ class AttentionInputs:
     attention_mask: torch.Tensor | None
 
 
-def _rotary_function(attention: nn.Module):
-    module = sys.modules[type(attention).__module__]
-    rotary = getattr(module, "apply_rotary_pos_emb", None)
-    if rotary is None:
-        raise TypeError(f"{type(attention).__name__} has no apply_rotary_pos_emb in {module.__name__}; the "
-                        "attention probe supports rotary decoder layers (Llama/Qwen style)")
-    return rotary
+def _batched(embedding: torch.Tensor, batch: int) -> torch.Tensor:
+    """A rotary ``cos`` or ``sin`` with its batch axis (before the sequence axis) expanded to ``batch``."""
+    shape = list(embedding.shape)
+    shape[hf.rotary_sequence_dim(embedding) - 1] = batch
+    return embedding.expand(shape)
 
 
 def _heads(projection: nn.Module, norm: nn.Module | None, x: torch.Tensor, head_dim: int) -> torch.Tensor:
@@ -54,13 +53,11 @@ def last_query_attention(attention: nn.Module, inputs: AttentionInputs, num_quer
     length = x.shape[1]
     n = min(max(int(num_queries), 1), length)
     head_dim = int(attention.head_dim)
-    rotary = _rotary_function(attention)
-    cos, sin = inputs.position_embeddings
-    cos = cos.expand(x.shape[0], *cos.shape[1:])
-    sin = sin.expand(x.shape[0], *sin.shape[1:])
+    rotary = hf.rotary_function(attention)
+    cos, sin = (_batched(e, x.shape[0]) for e in inputs.position_embeddings)
     q = _heads(attention.q_proj, getattr(attention, "q_norm", None), x[:, -n:], head_dim)
     k = _heads(attention.k_proj, getattr(attention, "k_norm", None), x, head_dim)
-    q = rotary(q, q, cos[:, -n:], sin[:, -n:])[0]
+    q = rotary(q, q, cos[..., -n:, :], sin[..., -n:, :])[0]
     k = rotary(k, k, cos, sin)[0]
     groups = q.shape[1] // k.shape[1]
     k = k.repeat_interleave(groups, dim=1)

@@ -5,7 +5,7 @@ frames; the placeholders of one video are therefore not contiguous, but still in
 the Qwen2-VL mapping applies unchanged (timestamps are text and always kept). Deepstack adds
 vision features to the hidden states of the visual tokens after the first decoder layers; the
 adapter prunes ``visual_pos_masks`` and ``deepstack_visual_embeds`` with the sequence, and keeps
-them aligned after in-LLM pruning by remapping them in ``_deepstack_process`` (a method, not a
+them aligned after in-LLM pruning by remapping them in the deepstack method (a method, not a
 module, so no hook can reach it; the instance attribute is removed on exit).
 """
 
@@ -15,7 +15,9 @@ from typing import Any, ClassVar
 
 import torch
 
+from tokenreduce.adapters import hf
 from tokenreduce.adapters.qwen_vl import Qwen2VLAdapter
+from tokenreduce.adapters.state import Phase
 from tokenreduce.registry import register_adapter
 
 
@@ -38,34 +40,26 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
     model_classes: ClassVar[tuple[str, ...]] = ("Qwen3VLForConditionalGeneration",)
 
     def prune_language_inputs(self, kwargs: dict[str, Any], index: torch.Tensor) -> None:
-        mask = kwargs.get("visual_pos_masks")
+        mask = kwargs.get(hf.VISUAL_POS_MASKS)
         if mask is None:
             return
         new_mask, rows = select_visual(mask.to(index.device), index)
-        kwargs["visual_pos_masks"] = new_mask
-        if kwargs.get("deepstack_visual_embeds") is not None:
-            kwargs["deepstack_visual_embeds"] = [e[rows.to(e.device)] for e in kwargs["deepstack_visual_embeds"]]
+        kwargs[hf.VISUAL_POS_MASKS] = new_mask
+        embeds = kwargs.get(hf.DEEPSTACK_VISUAL_EMBEDS)
+        if embeds is not None:
+            kwargs[hf.DEEPSTACK_VISUAL_EMBEDS] = [e[rows.to(e.device)] for e in embeds]
 
     def install(self, session: Any) -> list[Any]:
         undo = super().install(session)
-        lm = self.language_model
-        original = lm._deepstack_process
 
-        def deepstack_process(hidden_states, visual_pos_masks, visual_embeds):
-            state = session.state
-            if session.phase == "prefill" and state is not None and state.current is not None:
-                index = state.current.layout.slots_in(state.lm_layout)
-                visual_pos_masks, rows = select_visual(visual_pos_masks.to(index.device), index)
-                visual_embeds = visual_embeds[rows.to(visual_embeds.device)]
-            return original(hidden_states, visual_pos_masks, visual_embeds)
+        def aligned(original):
+            def deepstack_process(hidden_states, visual_pos_masks, visual_embeds):
+                state = session.state
+                if session.phase is Phase.PREFILL and state is not None and state.current is not None:
+                    index = state.current.layout.slots_in(state.lm_layout)
+                    visual_pos_masks, rows = select_visual(visual_pos_masks.to(index.device), index)
+                    visual_embeds = visual_embeds[rows.to(visual_embeds.device)]
+                return original(hidden_states, visual_pos_masks, visual_embeds)
+            return deepstack_process
 
-        had_own = "_deepstack_process" in vars(lm)
-        lm._deepstack_process = deepstack_process
-
-        def restore() -> None:
-            if had_own:
-                lm._deepstack_process = original
-            else:
-                del lm._deepstack_process
-
-        return [*undo, restore]
+        return [*undo, hf.wrap_deepstack(self.language_model, aligned)]

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from tokenreduce.adapters import hf
 from tokenreduce.adapters.base import ModelAdapter, spans_from_token_runs
 from tokenreduce.adapters.encoder import qwen_patch_signals
 from tokenreduce.adapters.layout import VisualLayout
@@ -36,7 +37,7 @@ class Qwen2VLAdapter(ModelAdapter):
         """``video_grid_thw`` of videos ``generate`` encoded before the prefill.
 
         The recorded grids belong to the vision-tower call; ``generate`` may have repeated videos
-        for beams or ``num_return_sequences``. Every entry of ``pooler_output`` is a view into the
+        for beams or ``num_return_sequences``. Every entry of its features is a view into the
         tower's output, so its first row tells which recorded video it is.
         """
         grid_thw = self.encoder_info_for(encoded)
@@ -44,7 +45,7 @@ class Qwen2VLAdapter(ModelAdapter):
             return None
         merge = int(self.model.config.vision_config.spatial_merge_size) ** 2
         starts = torch.cat([grid_thw.new_zeros(1), (grid_thw.prod(-1) // merge).cumsum(0)[:-1]]).tolist()
-        videos = [starts.index(out.storage_offset() // max(out.stride(0), 1)) for out in encoded.pooler_output]
+        videos = [starts.index(out.storage_offset() // max(out.stride(0), 1)) for out in hf.encoded_features(encoded)]
         return grid_thw[videos]
 
     @property
@@ -55,11 +56,11 @@ class Qwen2VLAdapter(ModelAdapter):
         return kwargs.get("grid_thw", args[1] if len(args) > 1 else None)
 
     def visual_layout(self, call: dict[str, Any]) -> VisualLayout | None:
-        encoded = (call.get("mm_encoder_outputs") or {}).get("video")
-        if call.get("pixel_values_videos") is None and encoded is None:
+        encoded = hf.encoded_video(call)
+        if call.get(hf.PIXEL_VALUES_VIDEOS) is None and encoded is None:
             return None
-        input_ids = call.get("input_ids")
-        grid_thw = call.get("video_grid_thw")
+        input_ids = call.get(hf.INPUT_IDS)
+        grid_thw = call.get(hf.VIDEO_GRID_THW)
         if grid_thw is None and encoded is not None:
             grid_thw = self._encoded_grids(encoded)
         if input_ids is None or grid_thw is None:
@@ -76,11 +77,7 @@ class Qwen2VLAdapter(ModelAdapter):
         visual = self.vision_tower
         if getattr(visual, "window_size", None) is None:
             return None
-        from transformers.vision_utils import get_vision_window_index
-
-        window_index, _ = get_vision_window_index(grid_thw, spatial_merge_size=visual.spatial_merge_size,
-                                                  window_size=visual.window_size, patch_size=visual.patch_size)
-        return torch.argsort(window_index)
+        return torch.argsort(hf.vision_window_index(grid_thw, visual))
 
     def vision_blocks(self) -> nn.ModuleList:
         return self.vision_tower.blocks

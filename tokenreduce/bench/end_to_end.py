@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 import tokenreduce as tr
+from tokenreduce.adapters import hf
 from tokenreduce.bench.model import TEXT_TOKENS, VideoPrompt, build_model, video_prompt
 from tokenreduce.compare import build_at_ratio
 from tokenreduce.interfaces import Reducer
@@ -90,8 +91,8 @@ def _prefill(model: torch.nn.Module, prompt: VideoPrompt) -> int:
     with torch.inference_mode():
         out = model(**prompt.inputs, use_cache=True, logits_to_keep=1)
         out.logits[:, -1].argmax(-1)
-    last = len(out.past_key_values.layers) - 1
-    return int(out.past_key_values.get_seq_length(last)) - TEXT_TOKENS
+    cache = hf.output_cache(out)
+    return hf.cache_length(cache, hf.cache_layers(cache) - 1) - TEXT_TOKENS
 
 
 class _PeakMemory:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from tokenreduce.adapters import hf
 from tokenreduce.errors import MissingDependencyError
 
 PATCH = 14  # Qwen2-VL vision patch side (pixels)
@@ -87,7 +88,7 @@ def build_model(size: str, device: str = "cpu", dtype: torch.dtype = torch.float
     transformers = _transformers()
     torch.manual_seed(seed)
     config = qwen2_vl_config(size)
-    config._attn_implementation = "sdpa"
+    hf.set_attention_implementation(config, "sdpa")
     model = transformers.Qwen2VLForConditionalGeneration(config)
     return model.to(device=device, dtype=dtype).eval()
 
@@ -130,7 +131,7 @@ def video_prompt(frames: int, resolution: int, device: str = "cpu", dtype: torch
     ids = torch.cat([text[:half], torch.full((visual,), VIDEO_TOKEN_ID), text[half:]]).unsqueeze(0)
     types = (ids == VIDEO_TOKEN_ID).int() * 2
     inputs = {
-        "input_ids": ids, "attention_mask": torch.ones_like(ids), "mm_token_type_ids": types,
-        "pixel_values_videos": pixels.to(dtype), "video_grid_thw": torch.tensor([[t, side, side]]),
+        hf.INPUT_IDS: ids, hf.ATTENTION_MASK: torch.ones_like(ids), hf.MM_TOKEN_TYPE_IDS: types,
+        hf.PIXEL_VALUES_VIDEOS: pixels.to(dtype), hf.VIDEO_GRID_THW: torch.tensor([[t, side, side]]),
     }
     return VideoPrompt({k: v.to(device) for k, v in inputs.items()}, (t, side // MERGE, side // MERGE))

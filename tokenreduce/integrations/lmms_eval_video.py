@@ -2,17 +2,19 @@
 
 lmms-eval's own reader returns frames only; Qwen2.5-VL derives its temporal position step and
 Qwen3-VL its timestamp tokens from the sampled frames' indices and the video's frame rate, so the
-plugin samples frames itself and passes a ``transformers.video_utils.VideoMetadata`` along
+plugin samples frames itself and passes a transformers ``VideoMetadata`` along
 (``do_sample_frames=False``: the processor must not sample again).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
-from transformers.video_utils import VideoMetadata
+
+from tokenreduce.adapters import hf
 
 
 def uniform_indices(total: int, max_frames: int) -> np.ndarray:
@@ -40,7 +42,7 @@ def _decode(path: str, wanted: set[int] | None) -> tuple[list[np.ndarray], int]:
     return frames, count
 
 
-def sample_video(path: str | Path, max_frames: int) -> tuple[np.ndarray, VideoMetadata]:
+def sample_video(path: str | Path, max_frames: int) -> tuple[np.ndarray, Any]:
     """``[N, H, W, 3]`` uint8 frames sampled uniformly, and their metadata (indices, fps, size)."""
     path = str(path)
     if not Path(path).is_file():
@@ -61,7 +63,7 @@ def sample_video(path: str | Path, max_frames: int) -> tuple[np.ndarray, VideoMe
         indices = uniform_indices(total, max_frames)
         frames = [every[i] for i in indices]
     video = np.stack(frames)
-    metadata = VideoMetadata(total_num_frames=total, fps=fps, width=video.shape[2], height=video.shape[1],
+    metadata = hf.video_metadata(total_num_frames=total, fps=fps, width=video.shape[2], height=video.shape[1],
                              duration=total / fps if fps else None, video_backend="pyav",
                              frames_indices=indices.tolist())
     return video, metadata

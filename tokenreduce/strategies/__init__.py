@@ -2,6 +2,7 @@
 
 from tokenreduce.strategies import (  # noqa: F401
     attention_prune,
+    evs,
     fastervlm,
     fastv,
     fit_budget,
@@ -13,5 +14,6 @@ from tokenreduce.strategies import (  # noqa: F401
     st_simdiff_reference,
     st_simdiff_select,
     uniform,
+    vidcom2,
     visionzip,
 )

@@ -1,8 +1,9 @@
-"""Tiny random-weight Qwen2.5-VL and Qwen3-VL checkpoints that both vLLM and transformers load.
+"""Tiny random-weight Qwen2.5-VL and Qwen3-VL checkpoints that both vLLM and transformers load, and videos.
 
-A checkpoint folder holds the model (built from a config, seeded), a byte-level BPE tokenizer
-trained here on a few sentences with Qwen's special tokens, and the model's processor with small
-pixel limits (vLLM profiles with the processor's largest inputs). Nothing is downloaded.
+A checkpoint folder holds the model (built from a config, seeded), the offline byte-level BPE tokenizer
+and ChatML template of ``tests/tiny_checkpoints.py``, and the model's processor with small pixel limits
+(vLLM profiles with the processor's largest inputs). The language model has 64-wide attention heads, a
+size vLLM's CPU attention kernels take. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -12,20 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tiny_checkpoints import QWEN_SPECIAL, chat_template, train_tokenizer
 
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-                  "<|image_pad|>", "<|video_pad|>", "<|vision_pad|>"]
-CHAT_TEMPLATE = ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-                 "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-                 "{% for part in message['content'] %}{% if part['type'] == 'video' %}"
-                 "<|vision_start|><|video_pad|><|vision_end|>{% elif part['type'] == 'text' %}{{ part['text'] }}"
-                 "{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
-                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-CORPUS = ["What happens in this video?", "A red square moves across a still grey background.",
-          "Describe the frames, the colours and the motion.", "The camera does not move; one object does.",
-          "seconds frame video image picture question answer"] * 20
+VIDEO_PLACEHOLDER = "<|vision_start|><|video_pad|><|vision_end|>"
+IMAGE_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
 
-#: Both processors see 8 frames at 2 fps: a (T=4) x (H/28) x (W/28) merged-token grid, T = 8 / 2 temporal patches.
+#: The test videos: 8 frames at 2 fps, T = 4 temporal patches of 2 frames.
 NUM_FRAMES = 8
 FPS = 2.0
 
@@ -48,22 +41,15 @@ class TinyModel:
 
 
 def _tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    bpe.train_from_iterator(CORPUS, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   chat_template=CHAT_TEMPLATE)
+    tokenizer = train_tokenizer(QWEN_SPECIAL)
+    tokenizer.chat_template = chat_template(IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER)
+    return tokenizer
 
 
 def _text_config(tokenizer, size: str, **extra) -> dict:
     return dict(vocab_size=len(tokenizer), **SIZES[size], head_dim=64, max_position_embeddings=8192,
-                rms_norm_eps=1e-6, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                rms_norm_eps=1e-6, bos_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
                 tie_word_embeddings=False, **extra)
 
 
@@ -89,7 +75,7 @@ def build_qwen2_5_vl(path: Path, size: str = "tiny", frame_size: tuple[int, int]
     pixels = {"min_pixels": 28 * 28, "max_pixels": frame_size[0] * frame_size[1]}
     processor = Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(**pixels),
                                     video_processor=Qwen2VLVideoProcessor(**pixels), tokenizer=tokenizer,
-                                    chat_template=CHAT_TEMPLATE)
+                                    chat_template=tokenizer.chat_template)
     _save(Qwen2_5_VLForConditionalGeneration, config, tokenizer, processor, path)
     return TinyModel("qwen2_5_vl", path, frame_size)
 
@@ -113,7 +99,7 @@ def build_qwen3_vl(path: Path) -> TinyModel:
     video_processor = Qwen3VLVideoProcessor(size={"shortest_edge": 32 * 32, "longest_edge": NUM_FRAMES * 128 * 192},
                                             fps=FPS)
     processor = Qwen3VLProcessor(image_processor=image_processor, video_processor=video_processor,
-                                 tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
+                                 tokenizer=tokenizer, chat_template=tokenizer.chat_template)
     _save(Qwen3VLForConditionalGeneration, config, tokenizer, processor, path)
     return TinyModel("qwen3_vl", path, (128, 192))
 
@@ -148,8 +134,7 @@ def moving_square_video(frame_size: tuple[int, int], seed: int = 0, noise: float
 
 def video_prompt(question: str = "What happens in this video?") -> str:
     """A one-video user turn and the assistant's start, as the checkpoints' chat template writes it."""
-    return (f"<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>{question}<|im_end|>\n"
-            "<|im_start|>assistant\n")
+    return f"<|im_start|>user\n{VIDEO_PLACEHOLDER}{question}<|im_end|>\n<|im_start|>assistant\n"
 
 
 def video_metadata(num_frames: int = NUM_FRAMES) -> dict:

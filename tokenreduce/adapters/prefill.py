@@ -1,0 +1,187 @@
+"""The prefill phase: the steps that reduce a video's tokens while the model reads the prompt.
+
+* on the language model's input: encoder and pre-LLM steps drop and merge rows of
+  ``inputs_embeds``; the position ids, attention mask and extra per-token inputs (Qwen3-VL
+  deepstack) follow;
+* before each decoder layer: in-LLM steps run before layer K with the probe of layer K-1, the hidden
+  states shrink and every later layer gets the matching mask and rotary embeddings;
+* inside a decoder layer, for steps whose ``position`` is ``"after_attention"`` (FrameFusion): a
+  pre-hook on layer K-1's post-attention norm reduces ``residual + attention`` with layer K-1's
+  probe, so its MLP runs on the kept tokens only; a hook on the MLP hands the layer a zero to add
+  to its (full-length) residual and a hook on the layer returns ``reduced + MLP output``, exactly
+  what the layer computes for the reduced tokens. Layer K-1's cache keeps every token it saw.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from tokenreduce.adapters import hf
+from tokenreduce.adapters.layout import SequenceLayout, gather_slots
+from tokenreduce.adapters.llm_input import reduce_llm_input
+from tokenreduce.adapters.probe import AttentionInputs, last_query_attention
+from tokenreduce.adapters.schedule import Schedule, encoder_layer
+from tokenreduce.adapters.state import ForwardState, LayoutInputs
+from tokenreduce.adapters.steps import SequenceEdit, run_steps
+
+
+class Prefill:
+    """Runs the scheduled steps of one reducer during a prefill; every call gets the prefill's state."""
+
+    def __init__(self, adapter: Any, schedule: Schedule, *, positions: str, probe_queries: int) -> None:
+        self.adapter = adapter
+        self.schedule = schedule
+        self.positions = positions
+        self.probe_queries = probe_queries
+
+    # ----- the language model's input -----------------------------------------------------------
+    def language_model_input(self, state: ForwardState, args: tuple, kwargs: dict[str, Any]):
+        """Run the encoder and pre-LLM steps on the LLM input; ``None`` when it is unchanged."""
+        embeds = kwargs.get(hf.INPUTS_EMBEDS)
+        if embeds is None:
+            raise RuntimeError("the language model was called without inputs_embeds during a reduced prefill")
+        batch, length = embeds.shape[:2]
+        if length != state.visual.seq_len or batch != state.visual.batch_size:
+            raise RuntimeError(f"the language model received a sequence of shape {(batch, length)}, the visual "
+                               f"layout describes {(state.visual.batch_size, state.visual.seq_len)}")
+        state.seq_len = length
+        schedule = self.schedule
+        reduced = reduce_llm_input(embeds, kwargs.get(hf.POSITION_IDS), kwargs.get(hf.ATTENTION_MASK), state.groups,
+                                   schedule.encoder_steps + schedule.pre_steps, num_layers=schedule.num_layers,
+                                   positions_policy=self.positions, encoder_signals=self._encoder_signals(state))
+        state.lm_layout = reduced.layout
+        state.next_position = reduced.next_position
+        state.position_shift = reduced.position_shift
+        if not reduced.changed:
+            return None
+        kwargs = dict(kwargs)
+        if reduced.index is not None:
+            self.adapter.prune_language_inputs(kwargs, reduced.index)
+        kwargs[hf.INPUTS_EMBEDS] = reduced.inputs_embeds
+        kwargs[hf.POSITION_IDS] = reduced.position_ids
+        kwargs[hf.ATTENTION_MASK] = reduced.attention_mask
+        state.lm_changed = True
+        return args, kwargs
+
+    def _encoder_signals(self, state: ForwardState) -> dict[int, list[tuple[torch.Tensor, torch.Tensor]]] | None:
+        steps = self.schedule.encoder_steps
+        if not steps:
+            return None
+        capture = self.adapter.capture
+        record = capture.find(state.encoded) if capture is not None else None
+        if record is None:
+            raise RuntimeError("encoder steps need the vision tower to run while the reducer is applied (pass "
+                               "pixel values, not features encoded before tr.apply)")
+        grids = [span.grid for span in state.visual.spans]
+        signals = {id(step): self.adapter.encoder_token_signals(record, encoder_layer(step), len(grids))
+                   for step in steps}
+        for per_video in signals.values():
+            if [imp.numel() for imp, _ in per_video] != [t * h * w for t, h, w in grids]:
+                raise NotImplementedError("the vision-tower call does not match the videos of the prompt one to one "
+                                          "(generate repeats videos for beams / num_return_sequences); encoder "
+                                          "steps need one encoded video per video of the prompt")
+        return signals
+
+    # ----- before a decoder layer ---------------------------------------------------------------
+    def record_probe_inputs(self, state: ForwardState, index: int, args: tuple, kwargs: dict[str, Any]) -> None:
+        """Keep what layer ``index``'s attention received when a later step reads its probe."""
+        if self.schedule.needs_probe(index + 1, state):
+            hidden = kwargs.get(hf.HIDDEN_STATES, args[0] if args else None)
+            state.probe_inputs[index] = AttentionInputs(hidden, kwargs[hf.POSITION_EMBEDDINGS],
+                                                        kwargs.get(hf.ATTENTION_MASK))
+
+    def before_layer(self, state: ForwardState, index: int, args: tuple, kwargs: dict[str, Any]):
+        """Run the steps scheduled before decoder layer ``index`` and hand it the pruned layout."""
+        hidden = args[0] if args else kwargs[hf.HIDDEN_STATES]
+        steps = [(s, layer) for s, layer in self.schedule.steps_at(index, state)
+                 if not self.schedule.runs_mid_layer(s, layer)]
+        state.layer_kwargs = kwargs
+        if steps:
+            current = state.current_layout
+            edit = run_steps(steps, state.groups, hidden, current, importance=self._probe_importance(state, index - 1),
+                             num_layers=self.schedule.num_layers)
+            hidden = self._apply(state, edit, current, hidden, kwargs)
+        state.layer_counts[index] = int(hidden.shape[1])
+        if state.current is None:
+            return None
+        state.layer_layouts[index] = state.current.layout
+        kwargs = dict(kwargs)
+        kwargs[hf.ATTENTION_MASK] = state.current.attention_mask
+        kwargs[hf.POSITION_EMBEDDINGS] = state.current.position_embeddings
+        if kwargs.get(hf.POSITION_IDS) is not None:
+            kwargs[hf.POSITION_IDS] = state.current.position_ids
+        state.layer_kwargs = kwargs
+        if args:
+            return (hidden, *args[1:]), kwargs
+        kwargs[hf.HIDDEN_STATES] = hidden
+        return args, kwargs
+
+    def _probe_importance(self, state: ForwardState, layer: int) -> torch.Tensor | None:
+        """``[B, L]`` head-averaged probe of decoder layer ``layer``, if it was recorded (computed once,
+        for the steps after that layer's attention and those before the next layer alike)."""
+        inputs = state.probe_inputs.pop(layer, None)
+        if inputs is not None:
+            attention = self.adapter.attention_of(self.adapter.layers[layer])
+            state.importance[layer] = last_query_attention(attention, inputs, self.probe_queries).mean(dim=1)
+        return state.importance.get(layer)
+
+    # ----- inside a decoder layer (steps at "after_attention") ----------------------------------
+    def reduce_mid_layer(self, state: ForwardState, index: int, args: tuple):
+        """Before layer ``index``'s post-attention norm: reduce ``residual + attention``."""
+        if index + 1 >= self.schedule.num_layers:
+            return None
+        steps = [(s, layer) for s, layer in self.schedule.steps_at(index + 1, state)
+                 if self.schedule.runs_mid_layer(s, layer)]
+        if not steps:
+            return None
+        residual = args[0]
+        current = state.current_layout
+        edit = run_steps(steps, state.groups, residual, current, importance=self._probe_importance(state, index),
+                         num_layers=self.schedule.num_layers)
+        reduced = self._apply(state, edit, current, residual, state.layer_kwargs)
+        if reduced is residual:
+            return None
+        state.mid = [reduced]
+        return (reduced, *args[1:])
+
+    @staticmethod
+    def mlp_output(state: ForwardState, output: torch.Tensor):
+        """Keep the MLP's output on the reduced tokens; the layer adds a zero to its full-length residual."""
+        if len(state.mid) != 1:
+            return None
+        state.mid.append(output)
+        return output.new_zeros(())
+
+    @staticmethod
+    def layer_output(state: ForwardState, output: Any):
+        """The layer's output for the reduced tokens: ``reduced + MLP output``."""
+        if not state.mid:
+            return None
+        reduced, mlp_output = state.mid
+        state.mid = []
+        return reduced + mlp_output
+
+    # ----- applying an edit ---------------------------------------------------------------------
+    def _apply(self, state: ForwardState, edit: SequenceEdit, layout: SequenceLayout, hidden: torch.Tensor,
+               kwargs: dict[str, Any]) -> torch.Tensor:
+        if edit.extras:
+            raise NotImplementedError("new tokens (Reduction.extra) are inserted before the LLM only; an in-LLM "
+                                      "step returned some")
+        if not edit.changes:
+            return hidden
+        new_layout, index = layout.keep(edit.keep)
+        hidden = edit.apply_features(gather_slots(hidden, index, dim=1, fill=0.0), new_layout)
+        if not edit.drops:
+            return hidden
+        cos, sin = kwargs[hf.POSITION_EMBEDDINGS] if state.current is None else state.current.position_embeddings
+        positions = kwargs.get(hf.POSITION_IDS) if state.current is None else state.current.position_ids
+        seq_dim = hf.rotary_sequence_dim(cos)
+        state.current = LayoutInputs(
+            new_layout,
+            (gather_slots(cos, index, dim=seq_dim), gather_slots(sin, index, dim=seq_dim)),
+            None if positions is None else gather_slots(positions, index, dim=positions.ndim - 1, fill=1),
+            hf.causal_mask(self.adapter.text_config, new_layout.valid, new_layout.length, hidden.dtype),
+        )
+        return hidden
