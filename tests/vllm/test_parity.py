@@ -43,9 +43,10 @@ class Case:
 
 CASES = [
     Case("qwen2_5_vl", {"name": "uniform"}, 0.5),
+    Case("qwen2_5_vl", {"name": "evs"}, 0.75),
     Case("qwen2_5_vl", {"name": "st_simdiff_select"}, 0.75),
-    Case("qwen3_vl", {"name": "random", "seed": 3}, 0.9, "vidcom2"),
-    Case("qwen3_vl", {"name": "st_simdiff_select"}, 0.5),
+    Case("qwen3_vl", {"name": "vidcom2"}, 0.9, "vidcom2"),
+    Case("qwen3_vl", {"name": "st_simdiff_select", "tau_sim": 0.9}, 0.5),
 ]
 
 

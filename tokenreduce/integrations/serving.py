@@ -5,7 +5,7 @@ model, and fixes *how many* it keeps before the encoder runs, when the prompt's 
 sized. So only pre-LLM strategies that read the visual features alone can run there, and each one
 must keep exactly the engine's count:
 
-- a budgeted strategy (``uniform``, ``random``, ``fit_budget`` …) is built with ``count=`` that
+- a budgeted strategy (``uniform``, ``random``, ``evs``, ``vidcom2``, ``fit_budget`` …) is built with ``count=`` that
   number for each video; a budget in the user's config would contradict the engine's and is refused;
 - a content-driven strategy (``st_simdiff_select``, ``keep_all``, a pipeline) runs inside
   ``fit_budget``, which trims or fills its kept set to the count by even spacing.
@@ -33,7 +33,7 @@ from tokenreduce.interfaces import BudgetedReducer, Reducer, Signal, Stage
 from tokenreduce.registry import STRATEGIES
 from tokenreduce.strategies.fit_budget import FitBudget
 
-BUDGET_FIELDS = ("ratio", "count", "cost")
+BUDGET_FIELDS = ("ratio", "count", "cost", "prune_ratio")
 FEATURE_SIGNALS = frozenset({Signal.FEATURES, Signal.EMBEDDINGS})
 
 
