@@ -2,9 +2,9 @@
 
     python benchmarks/serving_vllm.py            # in the vLLM environment (.ci/vllm.sh builds one)
 
-One process serves a ~40 M-parameter random Qwen2.5-VL (built here, no download) in vLLM's single-process
-mode, one engine per configuration, started in turn: unpruned, vLLM's own EVS, and tokenreduce strategies,
-all at the same ``--video-pruning-rate``. Per configuration: the time to first token of single requests
+One process serves a random Qwen2.5-VL with a ~23 M-parameter language model (built here, no download) in
+vLLM's single-process mode, one engine per configuration, started in turn: unpruned, vLLM's own EVS, and
+tokenreduce strategies, all at the same ``--video-pruning-rate``. Per configuration: the time to first token of single requests
 (one at a time, ``max_tokens=1``, each a different video so that no encoder output is reused) and the
 throughput of one batch (``max_tokens`` forced, ``ignore_eos``). The whole sweep runs ``--rounds`` times
 interleaved, so drift of a shared machine shows as spread between rounds. CPU-machine fixes of
@@ -133,7 +133,7 @@ def main() -> None:
     import transformers
     import vllm
 
-    result = {"settings": vars(args), "model": "random Qwen2.5-VL: 8 layers x 512 hidden (LLM), 2-block vision tower",
+    result = {"settings": vars(args), "model": "random Qwen2.5-VL: 8 layers x 512 hidden (LLM, ~23 M parameters), 2-block vision tower",
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                           "torch": torch.__version__, "vllm": vllm.__version__,
                           "transformers": transformers.__version__, "load_average_1min": load},

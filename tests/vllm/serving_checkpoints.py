@@ -23,7 +23,7 @@ NUM_FRAMES = 8
 FPS = 2.0
 
 
-#: Language-model sizes: ``tiny`` for the tests, ``bench`` (~40 M parameters) where the language model's share
+#: Language-model sizes: ``tiny`` for the tests, ``bench`` (~23 M parameters) where the language model's share
 #: of the time to first token should be visible (benchmarks/serving_vllm.py).
 SIZES = {"tiny": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
                       num_key_value_heads=1),

@@ -116,6 +116,7 @@ def transformers_model(path):
 class Reference:
     grid: tuple[int, int, int]
     kept: list[int]
+    features: torch.Tensor  # the video's LLM input embeddings [N, D], grid order
     reduced: torch.Tensor  # log-probabilities of the next token under the reduction
     full: torch.Tensor  # ... without it
 
@@ -132,6 +133,9 @@ def reference(served, tiny_models) -> list[Reference]:
                            return_tensors="pt")
         with torch.no_grad():
             full = torch.log_softmax(model(**inputs).logits[0, -1].float(), dim=-1)
+            pooled = model.model.get_video_features(pixel_values_videos=inputs["pixel_values_videos"],
+                                                    video_grid_thw=inputs["video_grid_thw"]).pooler_output
+        features = pooled[0] if isinstance(pooled, (list, tuple)) else pooled
         grid = tuple(int(v) for v in inputs["video_grid_thw"][0])
         merge = model.config.vision_config.spatial_merge_size
         grid = (grid[0], grid[1] // merge, grid[2] // merge)
@@ -140,7 +144,7 @@ def reference(served, tiny_models) -> list[Reference]:
             reduced = torch.log_softmax(model(**inputs).logits[0, -1].float(), dim=-1)
             assert session.video_grids() == [(0, grid)]
             kept = session.kept_indices()[0].tolist()
-        out.append(Reference(grid, kept, reduced, full))
+        out.append(Reference(grid, kept, features, reduced, full))
     return out
 
 
@@ -156,6 +160,12 @@ def test_kept_set_equals_transformers(served, reference):
     by_grid = {tuple(r["grid"]): r for r in served.records}
     for ref in reference:
         assert by_grid[ref.grid]["kept"] == ref.kept
+        if served.case.strategy == {"name": "evs"}:  # on Qwen2.5-VL it is vLLM's own EVS, as documented
+            from vllm.multimodal.video_prune.evs import compute_retention_mask
+
+            t, h, w = ref.grid
+            own = compute_retention_mask(ref.features, (t, 2 * h, 2 * w), 2, served.case.rate)
+            assert own.nonzero().flatten().tolist() == ref.kept
 
 
 def test_first_token_logprobs_equal_transformers(served, reference):
