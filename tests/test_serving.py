@@ -63,7 +63,7 @@ def test_which_strategies_can_serve():
     servable = set(servable_strategies())
     assert {"uniform", "random", "keep_all", "st_simdiff_select", "fit_budget", "pipeline", "evs", "vidcom2"} <= servable
     assert not servable & {"fastv", "attention_prune", "framefusion", "st_simdiff", "st_simdiff_reference_stage2",
-                           "visionzip", "fastervlm", "prumerge_plus"}
+                           "dart", "flashvid", "holitom", "visionzip", "fastervlm", "prumerge_plus"}
 
 
 @pytest.mark.parametrize("spec", ['{"name": "uniform", "ratio": 0.3}', '{"name": "random", "count": 9}',

@@ -38,6 +38,25 @@ def check_count(count: int, name: str = "count") -> int:
     return count
 
 
+def check_one_budget(owner: str, ratios: dict[str, float | None], counts: dict[str, int | None],
+                     others: dict[str, object] | None = None) -> None:
+    """At most one budget field is set; ``ratios`` must lie in (0, 1], ``counts`` be >= 1 (``others``
+    only count as given; their owner checks their range).
+
+    ``owner`` names the strategy in the message (``"dart"`` -> ``dart.ratio must be ...``).
+    """
+    fields = {**ratios, **counts, **(others or {})}
+    given = [name for name, value in fields.items() if value is not None]
+    if len(given) > 1:
+        raise ConfigError(f"{owner}: give one of {', '.join(fields)}, got {given}")
+    for name, value in ratios.items():
+        if value is not None:
+            check_ratio(value, f"{owner}.{name}")
+    for name, value in counts.items():
+        if value is not None:
+            check_count(value, f"{owner}.{name}")
+
+
 def scaled_count(n: int, ratio: float, rounding: Rounding = "ceil") -> int:
     """``rounding(ratio * n)``.
 

@@ -46,13 +46,16 @@ class Signal(str, enum.Enum):
     ``FEATURES`` is always present. ``IMPORTANCE`` is ``VisualTokens.importance``: at ``IN_LLM``
     the last query's head-averaged attention of layer K-1 over the visual tokens; at
     ``ENCODER`` the attention the patches receive from CLS (or from all queries without a CLS).
-    The others are named entries of ``VisualTokens.signals``.
+    ``CONTEXT`` is ``VisualTokens.context``; the others are named entries of
+    ``VisualTokens.signals``.
     """
 
     FEATURES = "features"
     IMPORTANCE = "importance"
-    KEYS = "keys"  # encoder key states, head-averaged: [B, T, H, W, Dk]
+    KEYS = "keys"  # ENCODER: encoder keys, head-averaged; IN_LLM: layer K-1's keys (rotary applied, heads concatenated)
     EMBEDDINGS = "embeddings"  # LLM input embeddings (projector output) when running in-LLM
+    NORMED = "normed"  # IN_LLM: the hidden states after the language model's final norm
+    CONTEXT = "context"  # IN_LLM: VisualTokens.context, the tokens after the video with "keys" and "normed"
 
 
 class Component:
@@ -138,6 +141,9 @@ class Reducer(Component, abc.ABC):
             if signal is Signal.IMPORTANCE:
                 if tokens.importance is None:
                     missing.append("importance=[B, T, H, W]")
+            elif signal is Signal.CONTEXT:
+                if tokens.context is None:
+                    missing.append("context={'valid': [B, M], ...}")
             elif signal is not Signal.FEATURES and signal.value not in tokens.signals:
                 missing.append(f"signals[{signal.value!r}]")
         if missing:

@@ -54,6 +54,18 @@ def restrict(tokens: VisualTokens, reduction: Reduction, base: torch.Tensor) -> 
                           features=features, budget_base=base)
 
 
+def run_in_order(steps: Sequence[Reducer], tokens: VisualTokens) -> Reduction:
+    """Run single-stage ``steps`` one after another on ``tokens`` with fixed signals, each on the
+    survivors of the previous ones (what a model adapter does across the stages)."""
+    base = tokens.budget_counts()
+    result = Reduction(tokens.flat_valid(), grid=tokens.grid, valid=tokens.flat_valid())
+    current = tokens
+    for step in steps:
+        result = combine(result, step(current))
+        current = restrict(tokens, result, base)
+    return result
+
+
 def stage_order(steps: Sequence[Reducer]) -> list[Reducer]:
     """Steps sorted by (stage, layer), stable: encoder, pre-LLM, then in-LLM by layer."""
     return sorted(steps, key=lambda s: (int(s.stage), s.layer if s.layer is not None else -1))
@@ -86,13 +98,7 @@ class Pipeline(Reducer):
         return [leaf for step in self._steps for leaf in step.steps()]
 
     def reduce(self, tokens: VisualTokens) -> Reduction:
-        base = tokens.budget_counts()
-        result = Reduction(tokens.flat_valid(), grid=tokens.grid, valid=tokens.flat_valid())
-        current = tokens
-        for step in self.steps():
-            result = combine(result, step(current))
-            current = restrict(tokens, result, base)
-        return result
+        return run_in_order(self.steps(), tokens)
 
     def __repr__(self) -> str:
         return "Pipeline([" + ", ".join(repr(s) for s in self._steps) + "])"

@@ -2,11 +2,14 @@
 
 from tokenreduce.strategies import (  # noqa: F401
     attention_prune,
+    dart,
     evs,
     fastervlm,
     fastv,
     fit_budget,
+    flashvid,
     framefusion,
+    holitom,
     keep_all,
     prumerge_plus,
     random_select,
