@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from tokenreduce.budget import Budget
+from tokenreduce.budget import Budget, check_count, check_ratio
 from tokenreduce.config import Config
-from tokenreduce.errors import ConfigError, ConfigTypeError, MissingSignalError
+from tokenreduce.errors import ConfigError, ConfigTypeError, InputTypeError, MissingSignalError, brief
 from tokenreduce.tokens import Reduction, VisualTokens
 
 if TYPE_CHECKING:
@@ -124,7 +124,7 @@ class Reducer(Component, abc.ABC):
 
     def __call__(self, tokens: VisualTokens) -> Reduction:
         if not isinstance(tokens, VisualTokens):
-            raise TypeError(f"{type(self).__name__} expects tr.VisualTokens, got {type(tokens).__name__}; "
+            raise InputTypeError(f"{type(self).__name__} expects tr.VisualTokens, got {type(tokens).__name__}; "
                             "wrap features of shape [B, T, H, W, D] with tr.VisualTokens(features)")
         self.check_signals(tokens)
         reduction = self.reduce(tokens)
@@ -190,7 +190,10 @@ class BudgetConfig(Config):
                               f"(ratio={self.ratio}, count={self.count})")
         if self.ratio is None and self.count is None:
             object.__setattr__(self, "ratio", self.default_ratio)
-        self.budget()  # range checks, with messages naming the field
+        if self.ratio is not None:
+            check_ratio(self.ratio, f"{self.name}.ratio")
+        if self.count is not None:
+            check_count(self.count, f"{self.name}.count")
 
     def budget(self) -> Budget:
         return Budget(ratio=self.ratio, count=self.count, rounding=self.rounding)  # type: ignore[arg-type]
@@ -222,7 +225,7 @@ def in_llm_position(reducer: Reducer) -> str:
     position = getattr(reducer.config, "position", "before_layer")
     if position not in IN_LLM_POSITIONS:
         raise ConfigError(f"{reducer.registered_name or type(reducer).__name__}.position must be one of "
-                          f"{IN_LLM_POSITIONS}, got {position!r}")
+                          f"{IN_LLM_POSITIONS}, got {brief(position)}")
     return position
 
 

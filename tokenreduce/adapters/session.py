@@ -18,16 +18,21 @@ from typing import Any
 import torch
 
 from tokenreduce.adapters import hf
+from tokenreduce.adapters.concurrency import ForwardLock, PerThread
 from tokenreduce.adapters.decode import Decode
 from tokenreduce.adapters.prefill import Prefill
 from tokenreduce.adapters.schedule import POSITION_POLICIES, Schedule
 from tokenreduce.adapters.state import ForwardState, Phase
 from tokenreduce.adapters.steps import video_groups
+from tokenreduce.errors import InputError, InputTypeError, brief
 from tokenreduce.interfaces import Reducer
 
 
 class ReductionSession:
     """Installs and removes the hooks driving ``reducer`` on the model ``adapter`` wraps.
+
+    Threads may share it: forwards take turns and each thread's prefill state is its own
+    (``concurrency.py``); the reports (``kept_indices`` ...) describe the calling thread's last prefill.
 
     Args:
         adapter: the model adapter.
@@ -38,14 +43,17 @@ class ReductionSession:
             averaged.
     """
 
+    state: ForwardState | None = PerThread()  # type: ignore[assignment]  # this thread's last prefill
+    _phase: Phase | None = PerThread()  # type: ignore[assignment]
+
     def __init__(self, adapter, reducer: Reducer, *, positions: str = "original", probe_queries: int = 1) -> None:
         if not isinstance(reducer, Reducer):
-            raise TypeError(f"reducer must be a tokenreduce Reducer (e.g. tr.build('random', ratio=0.3)), "
-                            f"got {type(reducer).__name__}")
+            raise InputTypeError(f"reducer must be a tokenreduce Reducer (e.g. tr.build('random', ratio=0.3)), "
+                                 f"got {type(reducer).__name__}")
         if positions not in POSITION_POLICIES:
-            raise ValueError(f"positions must be one of {POSITION_POLICIES}, got {positions!r}")
+            raise InputError(f"positions must be one of {POSITION_POLICIES}, got {brief(positions)}")
         if isinstance(probe_queries, bool) or not isinstance(probe_queries, int) or probe_queries < 1:
-            raise ValueError(f"probe_queries must be a positive int, got {probe_queries!r}")
+            raise InputError(f"probe_queries must be a positive int, got {brief(probe_queries)}")
         self.adapter = adapter
         self.reducer = reducer
         self.positions = positions
@@ -54,8 +62,7 @@ class ReductionSession:
         self.schedule = Schedule(reducer, self.num_layers, positions)
         self.prefill = Prefill(adapter, self.schedule, positions=positions, probe_queries=probe_queries)
         self.decode = Decode(adapter)
-        self.state: ForwardState | None = None
-        self._phase: Phase | None = None
+        self._forward_lock = ForwardLock()
         self._handles: list[Any] = []
         self._restore: list[Any] = []
 
@@ -72,6 +79,9 @@ class ReductionSession:
             top, lm = self.adapter.top, self.adapter.language_model
             self._hook(top.register_forward_pre_hook(self._top_pre, with_kwargs=True))
             self._hook(top.register_forward_hook(self._top_post, with_kwargs=True))
+            for module in {id(m): m for m in (top, self.adapter.vision_tower) if m is not None}.values():
+                for handle in self._forward_lock.install(module):  # after the hooks above: runs last
+                    self._hook(handle)
             self._hook(lm.register_forward_pre_hook(self._lm_pre, with_kwargs=True))
             for index, layer in enumerate(self.adapter.layers):
                 self._hook(layer.register_forward_pre_hook(self._layer_pre(index), with_kwargs=True))

@@ -27,7 +27,8 @@ import torch
 
 from tokenreduce.adapters.layout import SequenceLayout
 from tokenreduce.adapters.steps import VideoGroup, run_steps
-from tokenreduce.config import Config, build, load_config
+from tokenreduce.config import Config, build
+from tokenreduce.config_files import load_config
 from tokenreduce.errors import ServingError, TokenReduceError
 from tokenreduce.interfaces import BudgetedReducer, Reducer, Signal, Stage
 from tokenreduce.registry import STRATEGIES

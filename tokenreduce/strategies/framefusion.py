@@ -37,11 +37,11 @@ import torch
 
 from tokenreduce.budget import check_ratio, cost_prune_ratio, scaled_count
 from tokenreduce.config import Config
-from tokenreduce.errors import ConfigError, MissingSignalError
+from tokenreduce.errors import ConfigError, MissingSignalError, brief
 from tokenreduce.interfaces import IN_LLM_POSITIONS, LayerwiseReducer, Signal
 from tokenreduce.pipeline import combine
 from tokenreduce.registry import register_strategy
-from tokenreduce.selection import top_k_mask
+from tokenreduce.selection import at_least_float32, top_k_mask
 from tokenreduce.tokens import Reduction, Role, VisualTokens
 
 NO_NEIGHBOUR = -2.0  # similarity of a token without a temporal neighbour (never merged)
@@ -72,17 +72,21 @@ def temporal_similarity(features: torch.Tensor, valid: torch.Tensor) -> torch.Te
     grid position (``NO_NEIGHBOUR`` where there is none, and at invalid tokens).
 
     The cosine is ``dot / (|a| * |b|)`` without epsilon, as upstream; a zero vector gives NaN,
-    which is replaced by ``NO_NEIGHBOUR`` (never merged). Only the token pairs that exist are
-    read, so later merge points (fewer tokens left) cost less.
+    which is replaced by ``NO_NEIGHBOUR`` (never merged). It is computed in ``at_least_float32``
+    precision and returned in it: in fp16 the product of two norms overflows once they pass
+    ~256 (decoder hidden states do), and a similarity rounded back to fp16 could cross the
+    threshold, so half-precision inputs merge exactly the tokens their fp32 values merge. Only
+    the token pairs that exist are read, so later merge points (fewer tokens left) cost less.
     """
     t = features.shape[1]
     frame = torch.arange(t, device=features.device).view(1, t, 1, 1)
     last_valid = torch.where(valid, frame, -1).cummax(dim=1).values
     previous = torch.cat([torch.full_like(last_valid[:, :1], -1), last_valid[:, :-1]], dim=1)
     b, f, h, w = (valid & (previous >= 0)).nonzero(as_tuple=True)
-    token, neighbour = features[b, f, h, w], features[b, previous[b, f, h, w], h, w]
+    token = at_least_float32(features[b, f, h, w])
+    neighbour = at_least_float32(features[b, previous[b, f, h, w], h, w])
     cosine = (token * neighbour).sum(dim=-1) / (token.norm(dim=-1) * neighbour.norm(dim=-1))
-    similarity = torch.full(valid.shape, NO_NEIGHBOUR, dtype=features.dtype, device=features.device)
+    similarity = torch.full(valid.shape, NO_NEIGHBOUR, dtype=cosine.dtype, device=features.device)
     similarity[b, f, h, w] = cosine.masked_fill(cosine.isnan(), NO_NEIGHBOUR)
     return similarity
 
@@ -93,7 +97,8 @@ def merge_runs(features: torch.Tensor, valid: torch.Tensor, merge: torch.Tensor)
     ``features`` ``[B, T, H, W, D]``; ``valid``/``merge`` bool ``[B, T, H, W]`` (``merge`` never
     holds the first valid token of a grid position). Returns ``(features, anchors)``: a copy of
     the features with every anchor replaced by the mean of itself and its run (summed in run
-    order, then divided, as upstream), and bool ``[B, N]``: the anchors that absorbed a token.
+    order, then divided, as upstream; half precision is summed in fp32), and bool ``[B, N]``:
+    the anchors that absorbed a token.
     """
     b, t, h, w, d = features.shape
     n = t * h * w
@@ -103,13 +108,13 @@ def merge_runs(features: torch.Tensor, valid: torch.Tensor, merge: torch.Tensor)
     sample, member = merge.reshape(b, n).nonzero(as_tuple=True)
     rows = sample * n + member
     targets = sample * n + flat_anchor.reshape(b, n)[sample, member]
-    flat = features.reshape(b * n, d)
+    flat = at_least_float32(features.reshape(b * n, d))  # a half-precision sum of large states overflows
     merged = flat.clone().index_add_(0, targets, flat[rows])
-    counts = torch.ones(b * n, dtype=features.dtype, device=features.device)
-    counts.index_add_(0, targets, torch.ones_like(targets, dtype=features.dtype))
+    counts = torch.ones(b * n, dtype=flat.dtype, device=features.device)
+    counts.index_add_(0, targets, torch.ones_like(targets, dtype=flat.dtype))
     anchors = counts > 1
     merged[anchors] /= counts[anchors].unsqueeze(-1)
-    return merged.reshape(features.shape), anchors.reshape(b, n)
+    return merged.to(features.dtype).reshape(features.shape), anchors.reshape(b, n)
 
 
 @register_strategy("framefusion")
@@ -146,7 +151,7 @@ class FrameFusion(LayerwiseReducer):
             if self.layer < 0:
                 raise ConfigError(f"{self.name}.layer must be >= 0, got {self.layer}")
             if self.position not in IN_LLM_POSITIONS:
-                raise ConfigError(f"{self.name}.position must be one of {IN_LLM_POSITIONS}, got {self.position!r}")
+                raise ConfigError(f"{self.name}.position must be one of {IN_LLM_POSITIONS}, got {brief(self.position)}")
 
     # ----- schedule ------------------------------------------------------------------------
     def start(self, tokens: VisualTokens) -> FrameFusionState:

@@ -134,12 +134,13 @@ class PruMergePlus(Reducer):
     def reduce(self, tokens: VisualTokens) -> Reduction:
         batch, t = tokens.batch_size, tokens.grid[0]
         valid = frame_rows(tokens.flat_valid(), t)
-        attention = frame_rows(tokens.flat_importance(), t)
+        # padding may hold any importance (NaN, -inf) and keys: zero them, as 0 * NaN would spread
+        attention = frame_rows(tokens.flat_importance(), t).masked_fill(~valid, 0)
+        keys = frame_rows(tokens.flat_signal("keys"), t).masked_fill(~valid.unsqueeze(-1), 0)
         features = frame_rows(tokens.flat_features(), t)
         top, sampled = self.select(attention, valid)
         kept = top | sampled
-        merged, absorbed_any = self.merge(features, frame_rows(tokens.flat_signal("keys"), t), attention,
-                                          valid, kept)
+        merged, absorbed_any = self.merge(features, keys, attention, valid, kept)
         roles = (torch.where(top, int(Role.IMPORTANT), 0) | torch.where(sampled, int(Role.SAMPLED), 0)
                  | torch.where(absorbed_any, int(Role.MERGED), 0))
         extra = extra_valid = None
