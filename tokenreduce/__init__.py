@@ -24,6 +24,7 @@ from tokenreduce.errors import (
     MissingSignalError,
     PluginError,
     RegistrationError,
+    ServingError,
     TokenReduceError,
     UnknownNameError,
 )
@@ -76,8 +77,8 @@ __all__ = [
     "DuplicateRegistrationError", "EncoderConfig", "EventDetector", "GraphBuilder", "ImportanceScorer",
     "InputError", "InputTypeError", "LayerwiseReducer", "MissingDependencyError", "MissingSignalError",
     "Pipeline", "PluginError", "PluginWarning", "Reducer", "Reduction", "ReductionStats",
-    "RegistrationError", "Registry", "Role", "Signal", "Stage", "TokenReduceError", "UnknownNameError",
-    "VisualTokens", "__version__", "apply", "build", "build_component", "cost_prune_ratio",
-    "list_strategies", "load_config", "register_adapter", "register_community", "register_strategy",
-    "registry_for", "remove", "save_config",
+    "RegistrationError", "Registry", "Role", "ServingError", "Signal", "Stage", "TokenReduceError",
+    "UnknownNameError", "VisualTokens", "__version__", "apply", "build", "build_component",
+    "cost_prune_ratio", "list_strategies", "load_config", "register_adapter", "register_community",
+    "register_strategy", "registry_for", "remove", "save_config",
 ]

@@ -61,6 +61,10 @@ class PluginError(UnknownNameError):
     not of the registry's kind; the message names the plugin, its distribution and the reason."""
 
 
+class ServingError(TokenReduceError, ValueError):
+    """A strategy cannot run inside a serving engine as configured (e.g. it needs the LLM's attention)."""
+
+
 _BRIEF_LIMIT = 80
 
 
