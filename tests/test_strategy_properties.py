@@ -140,6 +140,18 @@ def test_ratio_budget_is_ceil_of_decimal_ratio(name, shape, ratio, seed, padded)
     assert kept == expected
 
 
+REQUIRING = [n for n in STRATEGY_NAMES if build_with_ratio(n, 0.3).requires - {tr.Signal.FEATURES}]
+
+
+@pytest.mark.parametrize("name", REQUIRING)
+def test_missing_required_signals_are_named(name):
+    """Without a signal it requires, a strategy raises MissingSignalError naming itself and the signal."""
+    reducer = build_with_ratio(name, 0.3)
+    with pytest.raises(tr.MissingSignalError, match=name) as error:
+        reducer(tr.VisualTokens(make_features(1, 2, 2, 2, 4)))
+    assert all(signal.value in str(error.value) for signal in reducer.requires)
+
+
 def test_every_strategy_is_listed():
     """The suite really covers the built-in strategies (guards against an empty parametrisation)."""
     assert {"keep_all", "random", "uniform", "attention_prune", "pipeline"} <= set(STRATEGY_NAMES)

@@ -12,13 +12,19 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from tokenreduce.budget import Budget, cost_prune_ratio
-from tokenreduce.config import Config, build, build_component, load_config, save_config
+from tokenreduce.config import Config, build, build_component
+from tokenreduce.config_files import load_config, save_config
 from tokenreduce.errors import (
     ConfigError,
     ConfigTypeError,
     DuplicateRegistrationError,
+    InputError,
+    InputTypeError,
     MissingDependencyError,
     MissingSignalError,
+    PluginError,
+    RegistrationError,
+    ServingError,
     TokenReduceError,
     UnknownNameError,
 )
@@ -69,9 +75,10 @@ __all__ = [
     "ADAPTERS", "COMMUNITY", "STRATEGIES", "Budget", "BudgetConfig", "BudgetPruner", "BudgetedReducer",
     "CommunityDetector", "Component", "Config", "ConfigError", "ConfigTypeError",
     "DuplicateRegistrationError", "EncoderConfig", "EventDetector", "GraphBuilder", "ImportanceScorer",
-    "LayerwiseReducer", "MissingDependencyError", "MissingSignalError", "Pipeline", "PluginWarning",
-    "Reducer", "Reduction", "ReductionStats", "Registry", "Role", "Signal", "Stage",
-    "TokenReduceError", "UnknownNameError", "VisualTokens", "__version__", "apply", "build", "build_component",
+    "InputError", "InputTypeError", "LayerwiseReducer", "MissingDependencyError", "MissingSignalError",
+    "Pipeline", "PluginError", "PluginWarning", "Reducer", "Reduction", "ReductionStats",
+    "RegistrationError", "Registry", "Role", "ServingError", "Signal", "Stage", "TokenReduceError",
+    "UnknownNameError", "VisualTokens", "__version__", "apply", "build", "build_component",
     "cost_prune_ratio", "list_strategies", "load_config", "register_adapter", "register_community",
     "register_strategy", "registry_for", "remove", "save_config",
 ]

@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from tokenreduce.budget import Budget
+from tokenreduce.budget import Budget, check_count, check_ratio
 from tokenreduce.config import Config
-from tokenreduce.errors import ConfigError, ConfigTypeError, MissingSignalError
+from tokenreduce.errors import ConfigError, ConfigTypeError, InputTypeError, MissingSignalError, brief
 from tokenreduce.tokens import Reduction, VisualTokens
 
 if TYPE_CHECKING:
@@ -46,13 +46,16 @@ class Signal(str, enum.Enum):
     ``FEATURES`` is always present. ``IMPORTANCE`` is ``VisualTokens.importance``: at ``IN_LLM``
     the last query's head-averaged attention of layer K-1 over the visual tokens; at
     ``ENCODER`` the attention the patches receive from CLS (or from all queries without a CLS).
-    The others are named entries of ``VisualTokens.signals``.
+    ``CONTEXT`` is ``VisualTokens.context``; the others are named entries of
+    ``VisualTokens.signals``.
     """
 
     FEATURES = "features"
     IMPORTANCE = "importance"
-    KEYS = "keys"  # encoder key states, head-averaged: [B, T, H, W, Dk]
+    KEYS = "keys"  # ENCODER: encoder keys, head-averaged; IN_LLM: layer K-1's keys (rotary applied, heads concatenated)
     EMBEDDINGS = "embeddings"  # LLM input embeddings (projector output) when running in-LLM
+    NORMED = "normed"  # IN_LLM: the hidden states after the language model's final norm
+    CONTEXT = "context"  # IN_LLM: VisualTokens.context, the tokens after the video with "keys" and "normed"
 
 
 class Component:
@@ -121,7 +124,7 @@ class Reducer(Component, abc.ABC):
 
     def __call__(self, tokens: VisualTokens) -> Reduction:
         if not isinstance(tokens, VisualTokens):
-            raise TypeError(f"{type(self).__name__} expects tr.VisualTokens, got {type(tokens).__name__}; "
+            raise InputTypeError(f"{type(self).__name__} expects tr.VisualTokens, got {type(tokens).__name__}; "
                             "wrap features of shape [B, T, H, W, D] with tr.VisualTokens(features)")
         self.check_signals(tokens)
         reduction = self.reduce(tokens)
@@ -138,6 +141,9 @@ class Reducer(Component, abc.ABC):
             if signal is Signal.IMPORTANCE:
                 if tokens.importance is None:
                     missing.append("importance=[B, T, H, W]")
+            elif signal is Signal.CONTEXT:
+                if tokens.context is None:
+                    missing.append("context={'valid': [B, M], ...}")
             elif signal is not Signal.FEATURES and signal.value not in tokens.signals:
                 missing.append(f"signals[{signal.value!r}]")
         if missing:
@@ -184,7 +190,10 @@ class BudgetConfig(Config):
                               f"(ratio={self.ratio}, count={self.count})")
         if self.ratio is None and self.count is None:
             object.__setattr__(self, "ratio", self.default_ratio)
-        self.budget()  # range checks, with messages naming the field
+        if self.ratio is not None:
+            check_ratio(self.ratio, f"{self.name}.ratio")
+        if self.count is not None:
+            check_count(self.count, f"{self.name}.count")
 
     def budget(self) -> Budget:
         return Budget(ratio=self.ratio, count=self.count, rounding=self.rounding)  # type: ignore[arg-type]
@@ -216,7 +225,7 @@ def in_llm_position(reducer: Reducer) -> str:
     position = getattr(reducer.config, "position", "before_layer")
     if position not in IN_LLM_POSITIONS:
         raise ConfigError(f"{reducer.registered_name or type(reducer).__name__}.position must be one of "
-                          f"{IN_LLM_POSITIONS}, got {position!r}")
+                          f"{IN_LLM_POSITIONS}, got {brief(position)}")
     return position
 
 

@@ -50,8 +50,20 @@ def restrict(tokens: VisualTokens, reduction: Reduction, base: torch.Tensor) -> 
     features = tokens.features
     if reduction.features is not None:
         features = reduction.features.reshape(tokens.batch_size, t, h, w, -1).to(features.dtype)
-    return tokens.replace(valid=reduction.keep_mask.reshape(tokens.batch_size, t, h, w),
-                          features=features, budget_base=base)
+    return tokens.replace_trusted(valid=reduction.keep_mask.reshape(tokens.batch_size, t, h, w),
+                                  features=features, budget_base=base)
+
+
+def run_in_order(steps: Sequence[Reducer], tokens: VisualTokens) -> Reduction:
+    """Run single-stage ``steps`` one after another on ``tokens`` with fixed signals, each on the
+    survivors of the previous ones (what a model adapter does across the stages)."""
+    base = tokens.budget_counts()
+    result = Reduction(tokens.flat_valid(), grid=tokens.grid, valid=tokens.flat_valid())
+    current = tokens
+    for step in steps:
+        result = combine(result, step(current))
+        current = restrict(tokens, result, base)
+    return result
 
 
 def stage_order(steps: Sequence[Reducer]) -> list[Reducer]:
@@ -86,13 +98,7 @@ class Pipeline(Reducer):
         return [leaf for step in self._steps for leaf in step.steps()]
 
     def reduce(self, tokens: VisualTokens) -> Reduction:
-        base = tokens.budget_counts()
-        result = Reduction(tokens.flat_valid(), grid=tokens.grid, valid=tokens.flat_valid())
-        current = tokens
-        for step in self.steps():
-            result = combine(result, step(current))
-            current = restrict(tokens, result, base)
-        return result
+        return run_in_order(self.steps(), tokens)
 
     def __repr__(self) -> str:
         return "Pipeline([" + ", ".join(repr(s) for s in self._steps) + "])"

@@ -60,7 +60,7 @@ def layer_lengths(layers):
     return Recorder()
 
 
-def manual_greedy(language_model, lm_head, embeds, positions, keeps, steps, layer_extra=None):
+def manual_greedy(language_model, lm_head, embeds, positions, keeps, steps, layer_extra=None, merges=None):
     """Greedy tokens and per-step logits of one sample (batch 1, no padding), recomputing everything at every step.
 
     ``keeps`` ``{layer: [S] bool}``: the prompt tokens alive from that decoder layer on (0 = before the
@@ -68,6 +68,8 @@ def manual_greedy(language_model, lm_head, embeds, positions, keeps, steps, laye
     three M-RoPE rows is left out); generated tokens continue from the largest prompt position + 1.
     Recurrent (linear-attention) layers get no mask: the sample has no padding. ``layer_extra(index, h,
     alive)`` adds what a family adds after a layer (``alive``: [S + generated] bool, the rows of ``h``).
+    ``merges`` ``{layer: merge}``: ``merge(h)`` rewrites the hidden states entering that layer (merged
+    tokens) before its rows are dropped.
     """
     embed_tokens = language_model.get_input_embeddings()
     if positions is None:  # 1-D models: the plain forward numbers 0..S-1
@@ -84,6 +86,8 @@ def manual_greedy(language_model, lm_head, embeds, positions, keeps, steps, laye
         pos = torch.cat([positions, new_pos.expand(*positions.shape[:-1], -1)], dim=-1)
         alive = torch.ones(length + len(generated), dtype=torch.bool)
         for index, layer in enumerate(language_model.layers):
+            if merges is not None and index in merges:
+                h = merges[index](h)
             if index in keeps:
                 target = torch.cat([keeps[index], torch.ones(len(generated), dtype=torch.bool)])
                 rows = target[alive]

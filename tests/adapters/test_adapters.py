@@ -12,10 +12,16 @@ import pytest
 import tiny_vlms as tm
 import torch
 from adapter_oracle import capture_lm_inputs, layer_lengths, manual_greedy
+from dart_official import official_retained
 from families import FAMILIES, NAMED_ONLY
+from flashvid_official import official_prune
+from holitom_official import official_inner
 
 import tokenreduce as tr
+from tokenreduce.adapters import hf
 from tokenreduce.adapters.probe import AttentionInputs, last_query_attention
+from tokenreduce.strategies.flashvid import FlashVIDPrune
+from tokenreduce.strategies.holitom import HoliTomMerge
 
 pytest.importorskip("transformers")
 
@@ -83,7 +89,7 @@ def _kwargs(name):
     kw = {"ratio": 0.3} if "ratio" in fields else {}
     if "cost" in fields and not kw:  # FLOP-style budgets only: a cost the 3-layer test models can meet
         kw["cost"] = 0.5
-    if all(step.stage is tr.Stage.IN_LLM for step in tr.build(name, **kw).steps()) and name != "framefusion":
+    if any(step.stage is tr.Stage.IN_LLM for step in tr.build(name, **kw).steps()) and name != "framefusion":
         kw["layer"] = 1
     return kw
 
@@ -95,8 +101,18 @@ def _runs_on(family_name, name):
 
 ALL_STRATEGIES = [n for n in tr.list_strategies() if n != "pipeline"]
 
-# one-step selections at an exact budget: checked against the uncached oracle
-ORACLE = [n for n in ("random", "uniform", "attention_prune", "fastv") if n in tr.STRATEGIES]
+# one-step selections: checked against the uncached oracle (at the planned count when a strategy plans one)
+ORACLE = [n for n in ("random", "uniform", "attention_prune", "fastv", "evs", "vidcom2", "dart")
+          if n in tr.STRATEGIES]
+
+
+def _planned(reducer, n_video):
+    """The count ``reducer`` plans for a video of ``n_video`` tokens, or None when it needs signals to know."""
+    try:
+        planned = reducer.planned_counts(tr.VisualTokens(torch.zeros(1, n_video, 1, 1, 1)))
+    except tr.MissingSignalError:
+        return None
+    return None if planned is None else int(planned[0])
 
 
 def _matrix(names, attns_for, families=None):
@@ -196,14 +212,24 @@ def _oracle_cases():
             if family.eager:
                 cases += [pytest.param(family_name, prompt, "eager", name, {}, id=f"{family_name}-{prompt}-{name}-eager")
                           for name in ("random", "fastv")]
+    # the other one-step selections on one video of each family of the first round, under both backends
+    for family_name in FIRST_ROUND:
+        cases += [pytest.param(family_name, "video", attn, name, {}, id=f"{family_name}-video-{name}-{attn}")
+                  for name in ORACLE if name not in FAMILY_STRATEGIES and _runs_on(family_name, name)
+                  for attn in _attns(name)]
     return cases
+
+
+def _prompt(family, prompt):
+    """The samples of one of the family's single prompts, or of ``"video"``: one video alone."""
+    return [[family.video]] if prompt == "video" else family.single_prompts()[prompt]
 
 
 @pytest.mark.parametrize("family_name,prompt,attn,name,extra", _oracle_cases())
 def test_decoder_sees_reduced_length_and_generate_matches_uncached(family_name, prompt, attn, name, extra):
     family = FAMILIES[family_name]
     model = family.build(attn)
-    inputs, truth = family.inputs(model, family.single_prompts()[prompt])
+    inputs, truth = family.inputs(model, _prompt(family, prompt))
     reducer = tr.build(name, **{**_kwargs(name), **extra})
     lm = model.model.language_model
     captured = capture_lm_inputs(model, lm, inputs)
@@ -229,6 +255,8 @@ def test_decoder_sees_reduced_length_and_generate_matches_uncached(family_name, 
     else:
         keeps[0] = final
     assert int((~final).sum()) > 0 and all(k.numel() <= g.tokens for k, g in zip(kept, truth))
+    if name in ORACLE:  # a selection that plans its count keeps exactly that many of every grid
+        assert all(k.numel() == (_planned(reducer, g.tokens) or k.numel()) for k, g in zip(kept, truth))
     expected, alive = {}, seq
     for index in range(len(lm.layers)):
         alive = int(keeps[index].sum()) if index in keeps else alive
@@ -293,6 +321,16 @@ def test_probe_equals_eager_attention(family_name):
             torch.testing.assert_close(probe, expected_heads.float(), rtol=1e-5, atol=1e-6)
 
 
+def _positions_from_mask(family_name, inputs):
+    """1-D position ids counted over the attention mask, as ``generate`` numbers a left-padded batch (a
+    plain forward of the LLaVA families numbers padding too, which moves the rotary phase of every
+    key: DART's key norms depend on it)."""
+    if not family_name.startswith("llava"):
+        return {}
+    mask = inputs["attention_mask"]
+    return {"position_ids": (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)}
+
+
 @pytest.mark.parametrize("family_name,attn,name,kw", BATCH_CASES)
 def test_batch_equals_single_runs(family_name, attn, name, kw):
     family = FAMILIES[family_name]
@@ -303,7 +341,7 @@ def test_batch_equals_single_runs(family_name, attn, name, kw):
     with torch.no_grad(), tr.apply(model, reducer) as session:
         gen = model.generate(**batch, max_new_tokens=2, do_sample=False)
         kept = session.kept_indices()
-        logits = model(**batch).logits[:, -1]
+        logits = model(**batch, **_positions_from_mask(family_name, batch)).logits[:, -1]
         singles = []
         for b in range(2):
             single, _ = family.inputs(model, samples[b:b + 1], start=b)
@@ -430,3 +468,88 @@ def test_reduced_generate_warns_about_nothing_deprecated(name):
         model.generate(**inputs, max_new_tokens=3, do_sample=False)
     deprecations = [str(w.message) for w in caught if issubclass(w.category, (DeprecationWarning, FutureWarning))]
     assert deprecations == []
+
+
+@pytest.mark.parametrize("family_name", ["qwen2_vl", "qwen3_vl", "llava_onevision"])
+def test_dart_reads_the_models_keys_final_norm_and_prompt(family_name):
+    """DART inside a model keeps what the official code keeps given layer K-1's cached keys, the final
+    norm of layer K's input, and the tokens after the video as text pivots."""
+    family = FAMILIES[family_name]
+    model = family.build()
+    inputs, truth = family.inputs(model, [[family.video]])
+    n_video, video = truth[0].tokens, truth[0].positions
+    lm = model.model.language_model
+    with torch.no_grad():  # a final norm that is not the identity up to scale, so that it matters
+        lm.norm.weight.copy_(torch.rand(lm.norm.weight.shape, generator=torch.Generator().manual_seed(0)) + 0.1)
+    seen = {}
+
+    def record(module, args, kwargs):
+        seen.setdefault("h", (args[0] if args else kwargs["hidden_states"]).clone())
+
+    handle = lm.layers[1].register_forward_pre_hook(record, with_kwargs=True)  # before tr.apply's: unpruned
+    reducer = tr.build("dart", ratio=0.5, layer=1, pivot_image=2, pivot_text=2)
+    try:
+        with torch.no_grad(), tr.apply(model, reducer) as session:
+            out = model(**inputs, use_cache=True)
+            kept = session.kept_indices()[0]
+    finally:
+        handle.remove()
+    keys = hf.output_cache(out).layers[0].keys[0]  # layer 0 saw every token: [kv heads, L, head dim]
+    keys = keys.transpose(0, 1).reshape(keys.shape[1], -1)
+    with torch.no_grad():
+        normed = lm.norm(seen["h"])[0]
+    order = torch.cat([video, torch.arange(int(video[-1]) + 1, keys.shape[0])])
+    expected = official_retained(normed[order], keys[order], n_video, reduction_ratio=0.5, pivot_image=2,
+                                 pivot_text=2)
+    assert set(kept.tolist()) == expected
+    assert 2 < kept.numel() < n_video
+
+
+# in-LLM steps of two-step strategies, each with the official code's decision on the visual rows of the
+# hidden states entering layer 1 and layer 0's last-query attention: {kept row: its new hidden state}
+IN_LLM_STEPS = {
+    "holitom": (lambda: HoliTomMerge(layer=1, merge_ratio=0.5), lambda h, a: official_inner(h, a, 0.5)),
+    "flashvid": (lambda: FlashVIDPrune(layer=1, llm_ratio=0.3), lambda h, a: {i: h[i] for i in official_prune(a, 0.3)}),
+}
+
+
+@pytest.mark.parametrize("family_name", ["qwen2_vl", "qwen3_vl", "llava_onevision"])
+@pytest.mark.parametrize("strategy", sorted(IN_LLM_STEPS))
+def test_in_llm_step_matches_the_uncached_oracle(family_name, strategy):
+    """The in-LLM step of HoliTom (merge) and FlashVID (prune) really shortens the decoder's sequence
+    and writes its hidden states: generation equals an uncached decoder applying the official code's
+    decision before layer 1."""
+    build, official = IN_LLM_STEPS[strategy]
+    family = FAMILIES[family_name]
+    model = family.build("eager")
+    inputs, truth = family.inputs(model, [[family.video]])
+    n_video, video = truth[0].tokens, truth[0].positions
+    lm = model.model.language_model
+    captured = capture_lm_inputs(model, lm, inputs)
+    with torch.no_grad():
+        attention = model(**inputs, output_attentions=True, use_cache=False).attentions[0][0, :, -1].mean(0)
+    seq = inputs["input_ids"].shape[1]
+    with torch.no_grad(), tr.apply(model, build()) as session:
+        with layer_lengths(lm.layers) as rec:
+            out = model.generate(**inputs, max_new_tokens=4, do_sample=False, output_logits=True,
+                                 return_dict_in_generate=True)
+        kept = session.kept_indices()[0]
+    assert 0 < kept.numel() < n_video
+    assert rec.prefill() == {0: seq, 1: seq - n_video + kept.numel(), 2: seq - n_video + kept.numel()}
+
+    def merge(h):
+        decided = official(h[0, video], attention[video])
+        assert sorted(decided) == kept.tolist()
+        h = h.clone()
+        for i, value in decided.items():
+            h[0, video[i]] = value
+        return h
+
+    keep = torch.ones(seq, dtype=torch.bool)
+    keep[video] = False
+    keep[video[kept]] = True
+    with torch.no_grad():
+        ref, ref_logits = manual_greedy(lm, model.lm_head, captured["inputs_embeds"], captured.get("position_ids"),
+                                        {1: keep}, 4, layer_extra=_deepstack_oracle(captured), merges={1: merge})
+    assert out.sequences[0, seq:].tolist() == ref
+    torch.testing.assert_close(torch.stack(out.logits, dim=1)[0], ref_logits, rtol=1e-4, atol=1e-5)

@@ -95,6 +95,15 @@ class ModelAdapter:
         module = getattr(layer, self.attention_name, None)
         return module if isinstance(module, nn.Module) else None
 
+    def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``hidden`` through the language model's final norm (what its LM head reads):
+        ``Signal.NORMED``."""
+        norm = getattr(self.language_model, "norm", None)
+        if not isinstance(norm, nn.Module):
+            raise TypeError(f"{type(self.language_model).__name__} has no final norm ('norm'); steps that "
+                            "declare Signal.NORMED need one")
+        return norm(hidden)
+
     def post_attention_norm_of(self, layer: nn.Module) -> nn.Module:
         """The norm a decoder layer applies to ``residual + attention`` before its MLP."""
         return _child(layer, self.post_attention_norm_name)

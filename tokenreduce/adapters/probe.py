@@ -4,9 +4,9 @@ Fused attention kernels (sdpa, flash) never materialise attention weights, so as
 for ``output_attentions`` would force the slow eager path for the whole forward. The probe
 instead recomputes only the rows it needs from the layer's own projections: ``q_proj`` of the
 last ``n`` queries (without the output gate of a gated attention, Qwen3.5) and ``k_proj`` of all
-keys, the per-head ``q_norm``/``k_norm`` when the layer has them (Qwen3), the layer's own rotary function with the position embeddings it received
-(M-RoPE included: the rotary embedding already merged the rows), grouped-query heads, scaling and
-the attention mask. The result equals the eager attention rows.
+keys, the per-head ``q_norm``/``k_norm`` when the layer has them (Qwen3), the layer's own rotary
+function with the position embeddings it received (M-RoPE included: the rotary embedding already
+merged the rows), grouped-query heads, scaling and the attention mask. The result equals the eager attention rows.
 """
 
 from __future__ import annotations
@@ -42,6 +42,25 @@ def _heads(states: torch.Tensor, norm: nn.Module | None) -> torch.Tensor:
     return states.transpose(1, 2)
 
 
+def _rotated(attention: nn.Module, inputs: AttentionInputs, kind: str, rows: slice = slice(None)) -> torch.Tensor:
+    """``[B, heads, L', head_dim]``: the layer's query (``kind="q"``) or key (``"k"``) states of ``rows``,
+    rotary applied."""
+    x = inputs.hidden_states[:, rows]
+    cos, sin = (_batched(e, x.shape[0])[..., rows, :] for e in inputs.position_embeddings)
+    head_dim = int(attention.head_dim)
+    projected = (hf.attention_queries(attention, x, head_dim) if kind == "q"
+                 else attention.k_proj(x).view(*x.shape[:2], -1, head_dim))
+    states = _heads(projected, getattr(attention, f"{kind}_norm", None))
+    return hf.rotary_function(attention)(states, states, cos, sin)[0]
+
+
+def key_states(attention: nn.Module, inputs: AttentionInputs) -> torch.Tensor:
+    """``[B, L, kv_heads * head_dim]``: the layer's key states of every slot, rotary applied, the
+    key heads side by side (what the layer writes to its KV cache, as DART reads it)."""
+    keys = _rotated(attention, inputs, "k")
+    return keys.transpose(1, 2).reshape(keys.shape[0], keys.shape[2], -1)
+
+
 def last_query_attention(attention: nn.Module, inputs: AttentionInputs, num_queries: int = 1) -> torch.Tensor:
     """Float32 ``[B, heads, L]``: attention of the last ``num_queries`` queries, averaged over them.
 
@@ -52,13 +71,8 @@ def last_query_attention(attention: nn.Module, inputs: AttentionInputs, num_quer
     x = inputs.hidden_states
     length = x.shape[1]
     n = min(max(int(num_queries), 1), length)
-    head_dim = int(attention.head_dim)
-    rotary = hf.rotary_function(attention)
-    cos, sin = (_batched(e, x.shape[0]) for e in inputs.position_embeddings)
-    q = _heads(hf.attention_queries(attention, x[:, -n:], head_dim), getattr(attention, "q_norm", None))
-    k = _heads(attention.k_proj(x).view(x.shape[0], length, -1, head_dim), getattr(attention, "k_norm", None))
-    q = rotary(q, q, cos[..., -n:, :], sin[..., -n:, :])[0]
-    k = rotary(k, k, cos, sin)[0]
+    q = _rotated(attention, inputs, "q", slice(length - n, length))
+    k = _rotated(attention, inputs, "k")
     groups = q.shape[1] // k.shape[1]
     k = k.repeat_interleave(groups, dim=1)
     scores = torch.matmul(q, k.transpose(2, 3)) * float(attention.scaling)  # [B, heads, n, L]

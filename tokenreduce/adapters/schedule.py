@@ -1,12 +1,12 @@
 """Where each single-stage step of a reducer runs in one model: which vision-encoder layers the encoder
 steps read, which steps run on the LLM input, and which run before (or inside) which decoder layer.
 
-In-LLM steps that read the attention probe run right after a softmax-attention layer, whose last
+In-LLM steps that read the attention probe (or the key states) run right after a softmax-attention layer, whose last
 query's attention is the importance. In a hybrid decoder (Qwen3.5: three Gated-DeltaNet layers for
 each full-attention layer) a step asked to run before layer K whose layer K-1 has no softmax
 attention runs after the first softmax-attention layer at or after K-1 instead; a layer-wise step
 (FrameFusion) that wants the probe waits for the next layer that follows a softmax-attention layer.
-Steps that read no importance run where they ask.
+Steps that read neither the probe nor its key states run where they ask.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Set
 
 from tokenreduce.adapters.state import ForwardState
+from tokenreduce.errors import ConfigError, InputError
 from tokenreduce.interfaces import LayerwiseReducer, Reducer, Signal, Stage, in_llm_position
 
 POSITION_POLICIES = ("original", "contiguous")
@@ -25,9 +26,10 @@ def encoder_layer(step: Reducer) -> int:
     return int(getattr(step.config, "encoder_layer", -2))
 
 
-def reads_importance(step: Reducer) -> bool:
-    """The step reads ``VisualTokens.importance`` (required or optional)."""
-    return Signal.IMPORTANCE in step.requires | step.optional
+def reads_probe(step: Reducer) -> bool:
+    """The step reads what a softmax-attention layer gives: ``importance`` (the probe) or ``keys`` (its key
+    states), required or optional."""
+    return bool({Signal.IMPORTANCE, Signal.KEYS} & (step.requires | step.optional))
 
 
 class Schedule:
@@ -48,7 +50,7 @@ class Schedule:
         self.layerwise = [s for s in self.steps if isinstance(s, LayerwiseReducer)]
         self.layerwise_from = min((s.layer for s in self.layerwise), default=None)
         if self.in_steps and positions == "contiguous":
-            raise ValueError("positions='contiguous' renumbers the LLM input and works with pre-LLM steps only; "
+            raise InputError("positions='contiguous' renumbers the LLM input and works with pre-LLM steps only; "
                              "in-LLM steps keep the original positions")
 
     def _place(self, step: Reducer) -> None:
@@ -62,14 +64,14 @@ class Schedule:
         name = step.registered_name or type(step).__name__
         first = 0 if isinstance(step, LayerwiseReducer) else 1  # layer 0 has no previous layer to probe
         if layer is None or not first <= layer < self.num_layers:
-            raise ValueError(f"{name}.layer must be in [{first}, {self.num_layers - 1}] for a decoder with "
-                             f"{self.num_layers} layers, got {layer}")
-        if not isinstance(step, LayerwiseReducer) and reads_importance(step):
+            raise ConfigError(f"{name}.layer must be in [{first}, {self.num_layers - 1}] for a decoder with "
+                              f"{self.num_layers} layers, got {layer}")
+        if not isinstance(step, LayerwiseReducer) and reads_probe(step):
             after = min((i for i in self.softmax if i >= layer - 1), default=None)
             if after is None or after + 1 >= self.num_layers:
-                raise ValueError(f"{name}.layer={layer} reads the attention probe, but no softmax-attention layer "
-                                 f"from layer {layer - 1} on is followed by another layer (softmax-attention "
-                                 f"layers: {sorted(self.softmax)})")
+                raise ConfigError(f"{name}.layer={layer} reads the attention probe, but no softmax-attention layer "
+                                  f"from layer {layer - 1} on is followed by another layer (softmax-attention "
+                                  f"layers: {sorted(self.softmax)})")
             layer = after + 1
         self.placed[id(step)] = layer
         self.in_steps.setdefault(layer, []).append(step)

@@ -18,17 +18,22 @@ from typing import Any
 import torch
 
 from tokenreduce.adapters import hf
+from tokenreduce.adapters.concurrency import ForwardLock, PerThread
 from tokenreduce.adapters.decode import Decode
 from tokenreduce.adapters.encoder import install_capture
 from tokenreduce.adapters.layout import MODALITIES
 from tokenreduce.adapters.prefill import Prefill
 from tokenreduce.adapters.schedule import POSITION_POLICIES, Schedule
 from tokenreduce.adapters.state import ForwardState, Phase
+from tokenreduce.errors import InputError, InputTypeError, brief
 from tokenreduce.interfaces import Reducer
 
 
 class ReductionSession:
     """Installs and removes the hooks driving ``reducer`` on the model ``adapter`` wraps.
+
+    Threads may share it: forwards take turns and each thread's prefill state is its own
+    (``concurrency.py``); the reports (``kept_indices`` ...) describe the calling thread's last prefill.
 
     Args:
         adapter: the model adapter.
@@ -41,15 +46,18 @@ class ReductionSession:
             the model family maps them onto grids); the tokens of the others are kept untouched.
     """
 
+    state: ForwardState | None = PerThread()  # type: ignore[assignment]  # this thread's last prefill
+    _phase: Phase | None = PerThread()  # type: ignore[assignment]
+
     def __init__(self, adapter, reducer: Reducer, *, positions: str = "original", probe_queries: int = 1,
                  modalities: tuple[str, ...] | list[str] | str = MODALITIES) -> None:
         if not isinstance(reducer, Reducer):
-            raise TypeError(f"reducer must be a tokenreduce Reducer (e.g. tr.build('random', ratio=0.3)), "
-                            f"got {type(reducer).__name__}")
+            raise InputTypeError(f"reducer must be a tokenreduce Reducer (e.g. tr.build('random', ratio=0.3)), "
+                                 f"got {type(reducer).__name__}")
         if positions not in POSITION_POLICIES:
-            raise ValueError(f"positions must be one of {POSITION_POLICIES}, got {positions!r}")
+            raise InputError(f"positions must be one of {POSITION_POLICIES}, got {brief(positions)}")
         if isinstance(probe_queries, bool) or not isinstance(probe_queries, int) or probe_queries < 1:
-            raise ValueError(f"probe_queries must be a positive int, got {probe_queries!r}")
+            raise InputError(f"probe_queries must be a positive int, got {brief(probe_queries)}")
         self.adapter = adapter
         self.reducer = reducer
         self.positions = positions
@@ -61,8 +69,7 @@ class ReductionSession:
         self.prefill = Prefill(adapter, self.schedule, positions=positions, probe_queries=probe_queries,
                                modalities=self.modalities)
         self.decode = Decode(adapter, self.schedule.softmax)
-        self.state: ForwardState | None = None
-        self._phase: Phase | None = None
+        self._forward_lock = ForwardLock()
         self._handles: list[Any] = []
         self._restore: list[Any] = []
 
@@ -80,6 +87,9 @@ class ReductionSession:
             top, lm = self.adapter.top, self.adapter.language_model
             self._hook(top.register_forward_pre_hook(self._top_pre, with_kwargs=True))
             self._hook(top.register_forward_hook(self._top_post, with_kwargs=True))
+            for module in {id(m): m for m in (top, self.adapter.vision_tower) if m is not None}.values():
+                for handle in self._forward_lock.install(module):  # after the hooks above: runs last
+                    self._hook(handle)
             self._hook(lm.register_forward_pre_hook(self._lm_pre, with_kwargs=True))
             for index, layer in enumerate(self.adapter.layers):
                 self._hook(layer.register_forward_pre_hook(self._layer_pre(index), with_kwargs=True))
@@ -192,6 +202,7 @@ class ReductionSession:
             state.decoded = 0
             state.probe_inputs.clear()
             state.importance.clear()
+            state.keys.clear()
             state.current = None
         elif state is not None and self._phase is Phase.DECODE:
             state.decoded += hf.query_length(hf.call_arguments(args, kwargs))
@@ -229,8 +240,10 @@ class ReductionSession:
 
 
 def _check_modalities(modalities: Any) -> tuple[str, ...]:
+    """``modalities`` as a tuple of names from ``MODALITIES`` (one name alone allowed)."""
+    if not isinstance(modalities, (str, list, tuple)):
+        raise InputTypeError(f"modalities must be 'video', 'image' or a list of them, got {brief(modalities)}")
     chosen = (modalities,) if isinstance(modalities, str) else tuple(modalities)
-    unknown = [m for m in chosen if m not in MODALITIES]
-    if unknown or not chosen:
-        raise ValueError(f"modalities must name one or more of {MODALITIES}, got {modalities!r}")
+    if not chosen or any(m not in MODALITIES for m in chosen):
+        raise InputError(f"modalities must name one or more of {MODALITIES}, got {brief(modalities)}")
     return chosen

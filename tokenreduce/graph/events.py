@@ -6,7 +6,7 @@ import dataclasses
 
 import torch
 
-from tokenreduce.config import Config
+from tokenreduce.config import Config, check_in_range
 from tokenreduce.errors import ConfigError
 from tokenreduce.graph.token_graph import EdgeKind, TokenGraph
 from tokenreduce.interfaces import EventDetector
@@ -34,6 +34,7 @@ class TemporalDifference(EventDetector):
         ignore_zero_vectors: bool = False
 
         def validate(self) -> None:
+            check_in_range(f"{self.name}.tau_diff", self.tau_diff, -1.0, 1.0, "a cosine similarity ")
             if self.percentile is not None and not 0.0 <= self.percentile <= 100.0:
                 raise ConfigError(f"{self.name}.percentile must be in [0, 100], got {self.percentile}")
 

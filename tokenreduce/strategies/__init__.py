@@ -2,9 +2,14 @@
 
 from tokenreduce.strategies import (  # noqa: F401
     attention_prune,
+    dart,
+    evs,
     fastervlm,
     fastv,
+    fit_budget,
+    flashvid,
     framefusion,
+    holitom,
     keep_all,
     prumerge_plus,
     random_select,
@@ -12,5 +17,6 @@ from tokenreduce.strategies import (  # noqa: F401
     st_simdiff_reference,
     st_simdiff_select,
     uniform,
+    vidcom2,
     visionzip,
 )
