@@ -39,3 +39,14 @@ def test_module_entry_point_runs():
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "random" in done.stdout
+
+
+def test_list_adapter_names_what_each_family_supports(capsys):
+    assert main(["list", "adapter"]) == 0
+    out = capsys.readouterr().out
+    adapters = dict(tr.ADAPTERS.items())
+    for cls in adapters.values():
+        assert all(klass in out for klass in cls.model_classes)
+    for heading in ("classes: ", "media: ", "stages: ", "attention: "):
+        assert out.count(heading) == len(adapters)
+    assert "media: image, video" in out and "stages: encoder, pre-LLM, in-LLM" in out

@@ -40,3 +40,17 @@ def test_writing_a_strategy_example():
         assert red.kept_counts().tolist() == [6]  # ceil(0.3 * 18)
     finally:
         tr.STRATEGIES.unregister("norm_select")
+
+
+def test_writing_an_adapter_example():
+    import torch
+
+    blocks = python_blocks(ROOT / "docs" / "writing-an-adapter.md")
+    namespace: dict = {}
+    try:
+        exec(compile(blocks[0], "writing-an-adapter.md", "exec"), namespace)
+        adapter = tr.ADAPTERS.get("my_vl")
+        assert adapter.supports(type("MyVLForConditionalGeneration", (torch.nn.Module,), {})())
+        assert adapter.capabilities()["media"] == "image, video"
+    finally:
+        tr.ADAPTERS.unregister("my_vl")

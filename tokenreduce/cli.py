@@ -28,6 +28,8 @@ def _list(args: argparse.Namespace) -> int:
         width = max((len(name) for name, _ in entries), default=0)
         for name, cls in entries:
             print(f"  {name:<{width}}  {summary_of(cls)}")
+            for heading, value in getattr(cls, "capabilities", dict)().items():  # adapters: what each supports
+                print(f"  {'':<{width}}    {heading}: {value}")
         print()
     return 0
 

@@ -72,6 +72,15 @@ class ModelAdapter:
     def supports(cls, model: nn.Module) -> bool:
         return any(klass.__name__ in cls.model_classes for klass in type(model).__mro__)
 
+    @classmethod
+    def capabilities(cls) -> dict[str, str]:
+        """What the family supports, by heading: its classes, the media it reduces, the stages its steps can
+        run at and the attention backends (``tokenreduce list adapter``, docs/models.md)."""
+        stages = (["encoder"] if cls.encoder_modalities else []) + ["pre-LLM", "in-LLM"]
+        return {"classes": ", ".join(cls.model_classes) or "any model, chosen by name",
+                "media": ", ".join(cls.modalities), "stages": ", ".join(stages),
+                "attention": ", ".join(hf.ATTENTION_BACKENDS)}
+
     # ----- resolved from the declaration -----------------------------------------------------------
     @property
     def top(self) -> nn.Module:
