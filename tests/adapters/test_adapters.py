@@ -80,7 +80,10 @@ def _deepstack_oracle(captured):
 
 
 def _hook_state(model):
-    return {name: (dict(m._forward_pre_hooks), dict(m._forward_hooks)) for name, m in model.named_modules()}
+    """Every module's hooks and the functions set on the instance (the patches a session may install)."""
+    return {name: (dict(m._forward_pre_hooks), dict(m._forward_hooks),
+                   sorted(k for k, v in vars(m).items() if callable(v) and not isinstance(v, torch.nn.Module)))
+            for name, m in model.named_modules()}
 
 
 def _kwargs(name):
@@ -130,13 +133,16 @@ def _attns(name):
 # every registered strategy on Qwen2-VL (M-RoPE; eager too for in-LLM ones) and LLaVA-OneVision
 # (1-D positions, newline token); the merging/inserting ones with Qwen3-VL's deepstack; the
 # oracle ones on the other families of the first round; a pre-LLM and an in-LLM one on every later family
+# but Qwen3.5, which gets every strategy
 SDPA = lambda name: ["sdpa"]
 FIRST_ROUND = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava_onevision", "llava_next_video"]
 BATCH_CASES = (_matrix(ALL_STRATEGIES, _attns, ["qwen2_vl"]) + _matrix(ALL_STRATEGIES, SDPA, ["llava_onevision"])
                + _matrix(ORACLE + [n for n in ("framefusion", "visionzip") if n in tr.STRATEGIES], SDPA,
                          ["qwen3_vl"])
                + _matrix(ORACLE, SDPA, ["qwen2_5_vl", "llava_next_video"])
-               + _matrix(["random", "fastv"], SDPA, [f for f in FAMILIES if f not in FIRST_ROUND]))
+               + _matrix(["random", "fastv"], SDPA, [f for f in FAMILIES if f not in FIRST_ROUND + ["qwen3_5"]])
+               # every strategy on the hybrid decoder: its recurrent states follow the reduced, re-padded batch
+               + _matrix(ALL_STRATEGIES, SDPA, ["qwen3_5"]))
 
 
 def _attention_backends(family_name):
@@ -234,11 +240,13 @@ def test_decoder_sees_reduced_length_and_generate_matches_uncached(family_name, 
     lm = model.model.language_model
     captured = capture_lm_inputs(model, lm, inputs)
     seq = inputs["input_ids"].shape[1]
+    hooks = _hook_state(model)
     with torch.no_grad(), tr.apply(model, reducer) as session:
         with layer_lengths(lm.layers) as rec:
             out = model.generate(**inputs, max_new_tokens=4, do_sample=False, output_logits=True,
                                  return_dict_in_generate=True)
         kept, located, decode_steps = session.kept_indices(), session.video_grids(), session.decode_steps
+    assert _hook_state(model) == hooks  # every hook and instance patch removed
     assert located == _truth_grids(truth)[0]
     assert decode_steps == 3  # every later generate step was recognised as decoding the pruned cache
     # where each prune point is: before the LLM for encoder / pre-LLM steps, after a softmax layer in it
@@ -354,6 +362,34 @@ def test_batch_equals_single_runs(family_name, attn, name, kw):
     for b, (tokens, _, last) in enumerate(singles):
         assert gen[b, batch["input_ids"].shape[1]:].tolist() == tokens.tolist()
         torch.testing.assert_close(logits[b], last, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("family_name", ["qwen2_vl", "llava_onevision", "internvl"])
+def test_modalities_choose_what_is_reduced(family_name):
+    """tr.apply(modalities=...) reduces the chosen media only; the others' tokens reach the decoder untouched."""
+    family = FAMILIES[family_name]
+    model = family.build()
+    inputs, truth = family.inputs(model, [[family.video, family.image]])
+    seq = inputs["input_ids"].shape[1]
+    lm = model.model.language_model
+    for chosen in ("video", "image", ["image", "video"]):
+        names = (chosen,) if isinstance(chosen, str) else tuple(chosen)
+        with torch.no_grad(), tr.apply(model, tr.build("random", ratio=0.5), modalities=chosen) as session:
+            with layer_lengths(lm.layers) as rec:
+                model(**inputs)
+            reduced, kept = session.grid_modalities(), session.kept_indices()
+        wanted = [g for g in truth if g.modality in names]
+        assert reduced == [g.modality for g in wanted]
+        assert rec.prefill()[0] == seq - sum(g.tokens - k.numel() for g, k in zip(wanted, kept)) < seq
+    image_only, _ = family.inputs(model, [[family.image]])
+    with torch.no_grad():
+        ref = model(**image_only).logits
+        with tr.apply(model, tr.build("random", ratio=0.5), modalities="video"):
+            assert torch.equal(model(**image_only).logits, ref)
+    with pytest.raises(tr.InputError, match="modalities"):
+        tr.apply(model, tr.build("random", ratio=0.5), modalities=["audio"])
+    with pytest.raises(tr.InputTypeError, match="modalities"):
+        tr.apply(model, tr.build("random", ratio=0.5), modalities=3)
 
 
 @pytest.mark.parametrize("family_name", ["qwen2_vl", "llava_onevision"])
