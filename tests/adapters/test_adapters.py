@@ -216,8 +216,8 @@ def _oracle_cases():
                     cases.append(pytest.param(family_name, prompt, "sdpa", name, extra,
                                               id=f"{family_name}-{prompt}-{label}"))
             if family.eager:
-                cases += [pytest.param(family_name, prompt, "eager", name, {}, id=f"{family_name}-{prompt}-{name}-eager")
-                          for name in ("random", "fastv")]
+                cases += [pytest.param(family_name, prompt, "eager", name, {},
+                                       id=f"{family_name}-{prompt}-{name}-eager") for name in ("random", "fastv")]
     # the other one-step selections on one video of each family of the first round, under both backends
     for family_name in FIRST_ROUND:
         cases += [pytest.param(family_name, "video", attn, name, {}, id=f"{family_name}-video-{name}-{attn}")

@@ -197,7 +197,8 @@ def packed_patch_signals(attention: nn.Module, inputs: dict[str, Any]) -> tuple[
     return torch.cat(received), keys
 
 
-def vit_patch_signals(attention: nn.Module, inputs: dict[str, Any], cls_token: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def vit_patch_signals(attention: nn.Module, inputs: dict[str, Any], cls_token: bool
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """Importance ``[F, P]`` and head-averaged keys ``[F, P, d]`` for a CLIP/SigLIP/InternViT attention layer.
 
     ``inputs`` hold its hidden states ``[F, P(+1), C]`` (one row per frame, tile or crop). With a CLS

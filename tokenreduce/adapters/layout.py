@@ -2,9 +2,10 @@
 
 ``VisualLayout`` says which sequence positions hold the tokens of each video or image and on which
 ``(T, H, W)`` grid (one entry per grid, per sample; an image is a grid with ``T = 1``); every other
-position (text, newline and timestamp tokens, padding, media the user does not reduce) is never dropped. ``SequenceLayout`` describes a (possibly pruned,
-left re-padded) sequence by the original position of every slot, so that hidden states, position
-ids, masks and caches of different lengths can be related to each other without loops over tokens.
+position (text, newline and timestamp tokens, padding, media the user does not reduce) is never
+dropped. ``SequenceLayout`` describes a (possibly pruned, left re-padded) sequence by the original
+position of every slot, so that hidden states, position ids, masks and caches of different lengths
+can be related to each other without loops over tokens.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 One ``ReductionSession`` drives one reducer on one model through forward hooks. A hook on the model
 (``adapter.top``) tells each call's ``Phase``: a prefill with videos or images of the modalities the
-session reduces (a new reduction from scratch, ``prefill.py``), a decode step on the cache that prefill filled (``decode.py``), or an unrelated
-call, which is left alone. Hooks on the language model, on each decoder layer (and on its attention
+session reduces (a new reduction from scratch, ``prefill.py``), a decode step on the cache that
+prefill filled (``decode.py``), or an unrelated call, which is left alone. Hooks on the language model, on each decoder layer (and on its attention
 and, for steps placed after the attention block, its MLP) hand each call to the phase's code. Where
 each step runs is decided once, before any hook is installed (``schedule.py``).
 

@@ -1,9 +1,10 @@
-"""Running a reducer's steps on the videos and images of a sequence and turning results into sequence edits.
+"""Running a reducer's steps on the videos and images of a sequence; turning results into sequence edits.
 
 Grids of one size are reduced together as one ``VisualTokens`` batch (samples of different sizes
-simply form different groups; an image is a grid with ``T = 1``). Each group remembers which of its tokens are still present,
-so a later step (or a later layer of a ``LayerwiseReducer``) sees earlier drops as ``valid``, and
-ratio budgets keep referring to the original token count, as in ``Pipeline``.
+simply form different groups; an image is a grid with ``T = 1``). Each group remembers which of its
+tokens are still present, so a later step (or a later layer of a ``LayerwiseReducer``) sees earlier
+drops as ``valid``, and ratio budgets keep referring to the grid's original token count (the tokens it
+has in the sequence), as in ``Pipeline``.
 """
 
 from __future__ import annotations
