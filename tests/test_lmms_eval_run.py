@@ -484,11 +484,13 @@ def test_reduced_batched_run_attributes_kept_counts_to_each_sample(
         record = by_task[task][doc_id]
         assert (record["visual_tokens"], record["kept_tokens"]) == (sum(sizes), sum(math.ceil(0.3 * n) for n in sizes))
         assert record["reduction_seconds"] > 0
-    for record in by_task[IMAGE_TASK].values():  # images are not reduced: no counts
-        assert record["visual_tokens"] is None and record["kept_tokens"] is None
+    images = [record["visual_tokens"] for record in by_task[IMAGE_TASK].values()]
+    for record in by_task[IMAGE_TASK].values():  # images are reduced too: one image of n tokens keeps ceil(0.3 n)
+        assert record["visual_tokens"] > 0 and record["kept_tokens"] == math.ceil(0.3 * record["visual_tokens"])
     summary = header["summary"]
-    assert summary["visual_tokens"] == sum(map(sum, expected.values()))
-    assert summary["kept_tokens"] == sum(math.ceil(0.3 * n) for sizes in expected.values() for n in sizes)
+    assert summary["visual_tokens"] == sum(map(sum, expected.values())) + sum(images)
+    assert summary["kept_tokens"] == sum(math.ceil(0.3 * n) for sizes in expected.values() for n in sizes) + sum(
+        math.ceil(0.3 * n) for n in images)
 
 
 @pytest.mark.slow

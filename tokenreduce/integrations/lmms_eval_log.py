@@ -99,14 +99,14 @@ def per_sample(video_grids: Sequence[tuple[int, tuple[int, int, int]]], kept: Se
     """Visual tokens offered and handed on, and reduction seconds, for each of ``batch_size`` samples.
 
     ``video_grids``, ``kept`` and ``inserted`` are the adapter session's report of one ``generate``
-    call (``session.video_grids()``, ``kept_indices()``, ``inserted_counts()``): per video, its
-    batch row and token grid, the grid indices the prefill kept, and the new tokens it inserted.
-    A sample's ``visual_tokens`` is the grid tokens of its videos, its ``kept_tokens`` the tokens
+    call (``session.video_grids()``, ``kept_indices()``, ``inserted_counts()``): per reduced grid (a
+    video or an image), its batch row and token grid, the grid indices the prefill kept, and the new
+    tokens it inserted. A sample's ``visual_tokens`` is the grid tokens of its videos and images, its ``kept_tokens`` the tokens
     the language model receives in their place (kept plus inserted), ``inserted_tokens`` the new
     ones among them. Each video counts for the sample of its row, so the counts are exact however
-    the adapter grouped the videos. With ``rows_per_sample`` rows per sample (``generate`` repeats
+    the adapter grouped the grids. With ``rows_per_sample`` rows per sample (``generate`` repeats
     each sample ``num_beams`` times), row ``r`` is sample ``r // rows_per_sample`` and only its
-    first copy counts. A sample without a video has ``None`` counts. The reduction time of the
+    first copy counts. A sample without a reduced grid has ``None`` counts. The reduction time of the
     call is split evenly over the samples.
     """
     if not len(video_grids) == len(kept) == len(inserted):
