@@ -24,19 +24,16 @@ from tokenreduce.errors import (
 )
 from tokenreduce.interfaces import (
     BudgetConfig,
-    EncoderConfig,
     BudgetedReducer,
-    BudgetPruner,
-    CommunityDetector,
     Component,
-    EventDetector,
-    GraphBuilder,
-    ImportanceScorer,
+    EncoderConfig,
+    InLLMConfig,
     LayerwiseReducer,
     Reducer,
     Signal,
     Stage,
 )
+from tokenreduce.graph.community import CommunityDetector
 from tokenreduce.adapters.apply import apply, remove
 from tokenreduce.pipeline import Pipeline
 from tokenreduce.registry import (
@@ -66,10 +63,10 @@ def list_strategies() -> list[str]:
 
 
 __all__ = [
-    "ADAPTERS", "COMMUNITY", "STRATEGIES", "Budget", "BudgetConfig", "BudgetPruner", "BudgetedReducer",
+    "ADAPTERS", "COMMUNITY", "STRATEGIES", "Budget", "BudgetConfig", "BudgetedReducer",
     "CommunityDetector", "Component", "Config", "ConfigError", "ConfigTypeError",
-    "DuplicateRegistrationError", "EncoderConfig", "EventDetector", "GraphBuilder", "ImportanceScorer",
-    "LayerwiseReducer", "MissingDependencyError", "MissingSignalError", "Pipeline", "PluginWarning",
+    "DuplicateRegistrationError", "EncoderConfig", "InLLMConfig", "LayerwiseReducer", "MissingDependencyError",
+    "MissingSignalError", "Pipeline", "PluginWarning",
     "Reducer", "Reduction", "ReductionStats", "Registry", "Role", "Signal", "Stage",
     "TokenReduceError", "UnknownNameError", "VisualTokens", "__version__", "apply", "build", "build_component",
     "cost_prune_ratio", "list_strategies", "load_config", "register_adapter", "register_community",

@@ -122,8 +122,12 @@ class Budget:
         *,
         num_layers: int | None = None,
         sparsity: Sequence[float] = (),
+        clamp: bool = False,
     ) -> int:
-        """Tokens to keep out of ``base`` (the count a ratio refers to), at most ``available``."""
+        """Tokens to keep out of ``base`` (the count a ratio refers to), at most ``available``.
+
+        A cost budget already spent raises ``ConfigError`` (as the reference code does), or keeps
+        one token with ``clamp`` (``cost_prune_ratio``)."""
         available = base if available is None else available
         if self.count is not None:
             wanted = self.count
@@ -134,7 +138,7 @@ class Budget:
                 raise ConfigError("a cost budget needs the LLM's layer count: set num_layers in the "
                                   "config, or run inside a model (tr.apply) which provides it")
             assert self.cost is not None
-            wanted = scaled_count(base, 1 - cost_prune_ratio(sparsity, self.cost, num_layers),
+            wanted = scaled_count(base, 1 - cost_prune_ratio(sparsity, self.cost, num_layers, clamp=clamp),
                                   "round")
         return max(min(wanted, available), 1 if available > 0 else 0)
 

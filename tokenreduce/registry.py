@@ -176,16 +176,8 @@ class Registry:
 STRATEGIES = Registry("strategy", "strategy", "tokenreduce.strategies")
 COMMUNITY = Registry("community detector", "community", "tokenreduce.community")
 ADAPTERS = Registry("adapter", "adapter", "tokenreduce.adapters")
-GRAPH_BUILDERS = Registry("graph builder", "graph")
-EVENT_DETECTORS = Registry("event detector", "events")
-BUDGET_PRUNERS = Registry("budget pruner", "pruner")
-IMPORTANCE_SCORERS = Registry("importance scorer", "importance")
 
-REGISTRIES: dict[str, Registry] = {
-    r.kind_key: r
-    for r in (STRATEGIES, COMMUNITY, ADAPTERS, GRAPH_BUILDERS, EVENT_DETECTORS, BUDGET_PRUNERS,
-              IMPORTANCE_SCORERS)
-}
+REGISTRIES: dict[str, Registry] = {r.kind_key: r for r in (STRATEGIES, COMMUNITY, ADAPTERS)}
 
 
 def registry_for(kind: str) -> Registry:
@@ -199,7 +191,3 @@ def registry_for(kind: str) -> Registry:
 register_strategy = STRATEGIES.register
 register_community = COMMUNITY.register
 register_adapter = ADAPTERS.register
-register_graph_builder = GRAPH_BUILDERS.register
-register_event_detector = EVENT_DETECTORS.register
-register_budget_pruner = BUDGET_PRUNERS.register
-register_importance_scorer = IMPORTANCE_SCORERS.register

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tokenreduce.compare import default_strategies, format_table, run_strategies
+from tokenreduce.compare import DEFAULT_RATIO, default_strategies, format_table, run_strategies
 from tokenreduce.encoders import make_encoder
 from tokenreduce.errors import TokenReduceError
 from tokenreduce.video import demo_video_path, load_video
@@ -22,13 +22,18 @@ class Showcase:
 
     video: str | None = None
     strategies: Sequence[str] | None = None
-    ratio: float = 0.3
+    ratio: float | None = None  # None: 0.3 for names, a config file's own budget for files
     frames: int = 16
     out: str = "tokenreduce-demo.png"
     html: bool = False
     model: str | None = None
     patches: int = 16
     columns: int = 8
+
+
+def budget_text(ratio: float | None) -> str:
+    """``"30%"`` for a ratio; without one, what each strategy was built at."""
+    return f"{ratio:.0%}" if ratio is not None else f"{DEFAULT_RATIO:.0%} (config files: their own budget)"
 
 
 def show(options: Showcase) -> int:
@@ -46,7 +51,8 @@ def show(options: Showcase) -> int:
     notes = [
         f"video: {source} ({clip.total_frames} frames, {len(clip.indices)} sampled)",
         f"tokens: {t} frames x {h}x{w} = {t * h * w}; encoder: {encoded.encoder}",
-        f"ratio: {options.ratio}; selection time is the best of 3 runs on this machine's CPU after a warm-up",
+        f"ratio: {budget_text(options.ratio)}; selection time is the best of 3 runs on this machine's CPU after a "
+        "warm-up",
     ]
     if any(run.proxies for run in runs):
         notes.append("proxy signals: no model runs here, so attention-based strategies rank tokens by "
@@ -56,7 +62,8 @@ def show(options: Showcase) -> int:
     print()
     for note in notes:
         print(note)
-    title = f"{source.name}: {options.ratio:.0%} of {t * h * w} tokens kept"
+    title = (f"{source.name}: {options.ratio:.0%} of {t * h * w} tokens kept" if options.ratio is not None
+             else f"{source.name}: {t * h * w} tokens, each row at its own budget")
     png = render(clip.frames, runs, options.out, columns=options.columns, timestamps=clip.timestamps,
                  title=title)
     print(f"wrote {png}")

@@ -223,7 +223,7 @@ def end_to_end(*, size: str, frame_counts: Sequence[int], strategies: Sequence[s
     notes = []
     for name in strategies:
         for ratio in ratios:
-            reducer = build_at_ratio(name, ratio, tokens_per_frame=video_prompt(2, resolution).visual_tokens)
+            reducer = build_at_ratio(name, ratio)
             problem = cannot_apply(model, reducer)
             if problem:
                 notes.append(f"skipped {name} r={ratio:g}: {problem}")

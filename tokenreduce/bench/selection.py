@@ -101,7 +101,7 @@ def selection_overhead(*, strategies: Sequence[str], ratio: float, frames: int, 
     runs, notes = [], []
     for name, detector in progress(plan):
         try:
-            reducer = build_at_ratio(name, ratio, tokens_per_frame=height * width)
+            reducer = build_at_ratio(name, ratio)
             if detector is not None:
                 reducer = tr.build(reducer.config.replace(community=detector))
             seconds, cpu_seconds, kept = time_reducer(reducer, tokens, repeats)

@@ -16,7 +16,7 @@ import torch
 
 from tokenreduce.config import Config
 from tokenreduce.graph.token_graph import TokenGraph
-from tokenreduce.interfaces import CommunityDetector
+from tokenreduce.graph.community import CommunityDetector
 from tokenreduce.registry import register_community
 
 
