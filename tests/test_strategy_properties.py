@@ -52,6 +52,11 @@ def test_ratio_one_keeps_everything(name):
     testing.check_ratio_one(name, max_examples=examples())
 
 
+@pytest.mark.parametrize("name", STRATEGY_NAMES)
+def test_missing_required_signals_are_named(name):
+    testing.check_missing_signals(name)
+
+
 def test_every_strategy_is_listed():
     """The suite really covers the built-in strategies (guards against an empty parametrisation)."""
     assert {"keep_all", "random", "uniform", "attention_prune", "pipeline", "st_simdiff", "visionzip",

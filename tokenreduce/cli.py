@@ -144,8 +144,8 @@ def _configure_bench(parser: argparse.ArgumentParser) -> Runner:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default cpu)")
     parser.add_argument("--strategy", action="append", metavar="NAME",
                         help="strategy to measure; repeat for several (default: every registered one for "
-                             "selection; st_simdiff, fastv, visionzip, framefusion, evs, vidcom2, uniform when "
-                             "registered for end-to-end)")
+                             "selection; st_simdiff, fastv, visionzip, framefusion, evs, vidcom2, dart, uniform "
+                             "when registered for end-to-end)")
     parser.add_argument("--ratios", type=_list_of(keep_ratio, "ratios in (0, 1]"), default=[0.3, 0.5],
                         help="keep ratios of the reduced runs (default 0.3,0.5)")
     parser.add_argument("--selection-frames", type=positive_int, default=64,

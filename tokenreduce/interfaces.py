@@ -50,13 +50,16 @@ class Signal(str, enum.Enum):
     ``FEATURES`` is always present. ``IMPORTANCE`` is ``VisualTokens.importance``: at ``IN_LLM``
     the last query's head-averaged attention of layer K-1 over the visual tokens; at
     ``ENCODER`` the attention the patches receive from CLS (or from all queries without a CLS).
-    The others are named entries of ``VisualTokens.signals``.
+    ``CONTEXT`` is ``VisualTokens.context``; the others are named entries of
+    ``VisualTokens.signals``.
     """
 
     FEATURES = "features"
     IMPORTANCE = "importance"
-    KEYS = "keys"  # encoder key states, head-averaged: [B, T, H, W, Dk]
+    KEYS = "keys"  # ENCODER: encoder keys, head-averaged; IN_LLM: layer K-1's keys (rotary applied, heads concatenated)
     EMBEDDINGS = "embeddings"  # LLM input embeddings (projector output) when running in-LLM
+    NORMED = "normed"  # IN_LLM: the hidden states after the language model's final norm
+    CONTEXT = "context"  # IN_LLM: VisualTokens.context, the tokens after the video with "keys" and "normed"
 
 
 class Component:
@@ -176,7 +179,9 @@ class InLLMConfig(Config):
     """Config part of in-LLM reducers: the decoder layer ``layer`` (K) the step runs before, with
     layer K-1's attention as importance, and its ``position`` (``IN_LLM_POSITIONS``). ``first_layer``
     is the smallest K a strategy accepts (1: it reads layer K-1; 0 for steps that need no probe
-    at their first layer). An adapter raises a clear error when the model has no layer K."""
+    at their first layer). A strategy whose in-LLM step is optional (FlashVID, HoliTom) declares
+    ``layer: int | None``, ``None`` leaving the step out. An adapter raises a clear error when the
+    model has no layer K."""
 
     layer: int = 2
     position: Literal["before_layer", "after_attention"] = "before_layer"
@@ -185,7 +190,7 @@ class InLLMConfig(Config):
 
     def validate(self) -> None:
         super().validate()
-        if self.layer < self.first_layer:
+        if self.layer is not None and self.layer < self.first_layer:  # None: a composite leaves its in-LLM step out
             why = " (it reads layer K-1's attention)" if self.first_layer == 1 else ""
             raise ConfigError(f"{self.name}.layer must be >= {self.first_layer}{why}, got {self.layer}")
 
@@ -223,6 +228,12 @@ class Reducer(Component, abc.ABC):
     def steps(self) -> list[Reducer]:
         """The single-stage steps an adapter drives, in run order (a plain reducer is one step)."""
         return [self]
+
+    def budget_steps(self) -> list[Reducer]:
+        """The first steps of ``steps()`` whose output the ``ratio`` / ``count`` budget measures:
+        all of them, unless a strategy adds a refinement with a budget of its own after them
+        (FlashVID's pruning and HoliTom's merge deep in the LLM)."""
+        return self.steps()
 
     # ----- the budget language and the settings a strategy is shown at ----------------------
     @classmethod
@@ -282,6 +293,9 @@ class Reducer(Component, abc.ABC):
             if signal is Signal.IMPORTANCE:
                 if tokens.importance is None:
                     missing.append("importance=[B, T, H, W]")
+            elif signal is Signal.CONTEXT:
+                if tokens.context is None:
+                    missing.append("context={'valid': [B, M], ...}")
             elif signal is not Signal.FEATURES and signal.value not in tokens.signals:
                 missing.append(f"signals[{signal.value!r}]")
         if missing:

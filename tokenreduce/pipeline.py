@@ -59,6 +59,18 @@ def restrict(tokens: VisualTokens, reduction: Reduction, base: torch.Tensor) -> 
                           features=features, budget_base=base)
 
 
+def run_in_order(steps: Sequence[Reducer], tokens: VisualTokens) -> Reduction:
+    """Run single-stage ``steps`` one after another on ``tokens`` with fixed signals, each on the
+    survivors of the previous ones (what a model adapter does across the stages)."""
+    base = tokens.budget_counts()
+    result = Reduction(tokens.flat_valid(), grid=tokens.grid, valid=tokens.flat_valid())
+    current = tokens
+    for step in steps:
+        result = combine(result, step(current))
+        current = restrict(tokens, result, base)
+    return result
+
+
 def stage_order(steps: Sequence[Reducer]) -> list[Reducer]:
     """Steps sorted by (stage, layer), stable: encoder, pre-LLM, then in-LLM by layer."""
     return sorted(steps, key=lambda s: (int(s.stage), s.layer if s.layer is not None else -1))
@@ -113,14 +125,16 @@ class Pipeline(Reducer):
     def steps(self) -> list[Reducer]:
         return [leaf for step in self._steps for leaf in step.steps()]
 
+    def budget_steps(self) -> list[Reducer]:
+        """The steps up to the last one with a budget (the pipeline's ``ratio`` is that step's)."""
+        budgeted = [i for i, step in enumerate(self._steps) if type(step).budgeted]
+        if not budgeted:
+            return self.steps()
+        last = budgeted[-1]
+        return [leaf for step in self._steps[:last] for leaf in step.steps()] + self._steps[last].budget_steps()
+
     def reduce(self, tokens: VisualTokens) -> Reduction:
-        base = tokens.budget_counts()
-        result = Reduction(tokens.flat_valid(), grid=tokens.grid, valid=tokens.flat_valid())
-        current = tokens
-        for step in self.steps():
-            result = combine(result, step(current))
-            current = restrict(tokens, result, base)
-        return result
+        return run_in_order(self.steps(), tokens)
 
     def __repr__(self) -> str:
         return "Pipeline([" + ", ".join(repr(s) for s in self._steps) + "])"

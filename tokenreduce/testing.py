@@ -15,7 +15,7 @@ kept count equals ``planned_counts``; a ``ratio`` / ``count`` budget of a ``Budg
 on exactly ``keep_counts`` tokens (new tokens counted), which is ``rounding(ratio · N)``; ratio 1
 keeps everything; the same input gives the same result; a batch equals its samples one by one;
 every example reduces the suite's grids (settings that keep everything test nothing); the config
-round-trips through JSON. Each check is a function of its own (``check_invariants``, ...) for
+round-trips through JSON; a missing required signal is an error naming it. Each check is a function of its own (``check_invariants``, ...) for
 suites that want them as separate tests; the grid strategies (``grids``, ``ratios``) and the
 token factories (``make_features``, ``make_valid``, ``make_tokens``) are public too.
 
@@ -39,6 +39,7 @@ from tokenreduce.interfaces import BudgetConfig, BudgetedReducer, Reducer, Signa
 
 KEY_DIM = 16  # width of the random key states handed to strategies that read keys
 NUM_LAYERS = 4  # the LLM layer count the suite's tokens carry (cost budgets need one)
+CONTEXT_TOKENS = 3  # tokens after the video handed to strategies that read the context
 SUITE_SHAPES = ((2, 4, 4, 4, 8), (1, 6, 3, 5, 6), (3, 2, 4, 4, 8))  # grids every example must reduce
 
 
@@ -73,8 +74,9 @@ def make_valid(b: int, t: int, h: int, w: int, *, seed: int = 0, keep_prob: floa
 def make_tokens(reducer: Reducer | None, features: torch.Tensor, *, valid: torch.Tensor | None = None,
                 seed: int = 0, num_layers: int = NUM_LAYERS) -> tr.VisualTokens:
     """``VisualTokens`` carrying every signal ``reducer`` (all its steps) requires or uses when
-    present, seeded: random importance, random key states, the features as embeddings."""
-    b, t, h, w, _ = features.shape
+    present, seeded: random importance, random key states, the features as embeddings, random
+    final-norm states, and three context tokens (the prompt after the video) with keys and states."""
+    b, t, h, w, d = features.shape
     generator = torch.Generator().manual_seed(seed + 2)
     wanted = frozenset() if reducer is None else signals_of(reducer)
     importance = torch.rand(b, t, h, w, generator=generator) if Signal.IMPORTANCE in wanted else None
@@ -83,7 +85,14 @@ def make_tokens(reducer: Reducer | None, features: torch.Tensor, *, valid: torch
         signals[Signal.KEYS.value] = torch.randn(b, t, h, w, KEY_DIM, generator=generator)
     if Signal.EMBEDDINGS in wanted:
         signals[Signal.EMBEDDINGS.value] = features.clone()
-    return tr.VisualTokens(features, valid, importance, signals=signals, num_layers=num_layers)
+    if Signal.NORMED in wanted:
+        signals[Signal.NORMED.value] = torch.randn(b, t, h, w, d, generator=generator).to(features.dtype)
+    context = None
+    if Signal.CONTEXT in wanted:
+        context = {"valid": torch.ones(b, CONTEXT_TOKENS, dtype=torch.bool),
+                   Signal.KEYS.value: torch.randn(b, CONTEXT_TOKENS, KEY_DIM, generator=generator),
+                   Signal.NORMED.value: torch.randn(b, CONTEXT_TOKENS, d, generator=generator).to(features.dtype)}
+    return tr.VisualTokens(features, valid, importance, signals=signals, num_layers=num_layers, context=context)
 
 
 def signals_of(reducer: Reducer) -> frozenset[Signal]:
@@ -322,6 +331,25 @@ def check_reduces_something(strategy: str | type[Reducer]) -> None:
                                f"{SUITE_SHAPES}: choose example settings that reduce them")
 
 
+def check_missing_signals(strategy: str | type[Reducer]) -> None:
+    """Without a signal it requires, every example raises ``MissingSignalError`` naming the strategy
+    and each missing signal (never a crash deep inside torch)."""
+    cls = strategy_class(strategy)
+    for example in _examples(cls):
+        reducer = build_example(cls, example)
+        required = reducer.requires - {Signal.FEATURES}
+        if not required:
+            continue
+        try:
+            reducer(tr.VisualTokens(make_features(1, 2, 2, 2, 4)))
+        except tr.MissingSignalError as error:
+            text = str(error)
+            assert (reducer.registered_name or type(reducer).__name__) in text, f"the error does not name it: {text}"
+            assert all(signal.value in text for signal in required), f"the error does not name {required}: {text}"
+        else:
+            raise AssertionError(f"{cls.registered_name} at {example} ran without its signals {sorted(required)}")
+
+
 def check_round_trip(strategy: str | type[Reducer]) -> None:
     """Every example's config survives ``to_dict`` -> JSON -> ``tr.build`` unchanged."""
     cls = strategy_class(strategy)
@@ -334,6 +362,7 @@ def check_round_trip(strategy: str | type[Reducer]) -> None:
 def check_strategy(strategy: str | type[Reducer], max_examples: int | None = None) -> None:
     """Run every check of the suite on one strategy (a registered name or a ``Reducer`` class)."""
     check_round_trip(strategy)
+    check_missing_signals(strategy)
     check_reduces_something(strategy)
     check_degenerate_grids(strategy)
     check_invariants(strategy, max_examples)
@@ -344,7 +373,7 @@ def check_strategy(strategy: str | type[Reducer], max_examples: int | None = Non
 
 __all__ = [
     "Grid", "KEY_DIM", "NUM_LAYERS", "check_batch_consistency", "check_degenerate_grids", "check_exact_budget",
-    "check_invariants", "check_ratio_one", "check_reduces_something", "check_reduction", "check_round_trip",
+    "check_invariants", "check_missing_signals", "check_ratio_one", "check_reduces_something", "check_reduction", "check_round_trip",
     "check_strategy", "expected_counts", "grids", "make_features", "make_tokens", "make_valid", "ratios",
     "signals_of", "strategy_class", "build_example",
 ]

@@ -65,6 +65,24 @@ def _check_grid_tensor(
     return value
 
 
+def _check_context(context: Mapping[str, Any], batch: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Validate ``VisualTokens.context``: a bool ``"valid"`` ``[B, M]`` and ``[B, M, ...]`` tensors."""
+    if not isinstance(context, Mapping) or "valid" not in context:
+        raise ValueError("context must be a dict with a bool 'valid' tensor [B, M] (and [B, M, ...] signals)")
+    valid = context["valid"]
+    if not isinstance(valid, torch.Tensor) or valid.dtype != torch.bool or valid.ndim != 2 or valid.shape[0] != batch:
+        raise ValueError(f"context['valid'] must be a bool tensor [B, M] with B={batch}")
+    checked = {}
+    for key, value in context.items():
+        if not isinstance(value, torch.Tensor) or tuple(value.shape[:2]) != tuple(valid.shape):
+            raise ValueError(f"context[{key!r}] must be a tensor [B, M, ...]={_shape_text(valid.shape)} + trailing "
+                             f"dims, got {type(value).__name__} {_shape_text(getattr(value, 'shape', ()))}")
+        if value.device != device:
+            raise ValueError(f"context[{key!r}] is on {value.device} but features are on {device}")
+        checked[key] = value
+    return checked
+
+
 class VisualTokens:
     """A batch of visual-token grids and the signals reducers may use.
 
@@ -82,6 +100,10 @@ class VisualTokens:
             step so that each step's ratio is a fraction of the original video.
         num_layers: the LLM's decoder layer count when the tokens come from a model; cost
             budgets (FrameFusion / ST-SimDiff formula) need it.
+        context: optional tokens of the sequence that are not on the grid, per sample:
+            ``context["valid"]`` bool ``[B, M]`` marks the real ones and every other entry is a
+            ``[B, M, ...]`` tensor. Inside the LLM these are the tokens after the video (the
+            prompt) with the in-LLM signals of the grid tokens (``"keys"``, ``"normed"``).
     """
 
     def __init__(
@@ -93,6 +115,7 @@ class VisualTokens:
         signals: Mapping[str, torch.Tensor] | None = None,
         budget_base: torch.Tensor | None = None,
         num_layers: int | None = None,
+        context: Mapping[str, torch.Tensor] | None = None,
     ) -> None:
         if not isinstance(features, torch.Tensor):
             raise TypeError("features must be a torch.Tensor of shape [B, T, H, W, D], "
@@ -142,6 +165,7 @@ class VisualTokens:
         self.signals: dict[str, torch.Tensor] = checked_signals
         self.budget_base = budget_base
         self.num_layers = num_layers
+        self.context = None if context is None else _check_context(context, grid[0], device)
 
     # ----- shape --------------------------------------------------------------------------
     @property
@@ -208,7 +232,7 @@ class VisualTokens:
         """A copy with some fields replaced (validated again)."""
         fields = {"features": self.features, "valid": self.valid, "importance": self.importance,
                   "signals": self.signals, "budget_base": self.budget_base,
-                  "num_layers": self.num_layers}
+                  "num_layers": self.num_layers, "context": self.context}
         unknown = set(changes) - set(fields)
         if unknown:
             raise TypeError(f"unknown VisualTokens field(s) {sorted(unknown)}; valid: {sorted(fields)}")
@@ -227,6 +251,7 @@ class VisualTokens:
             signals={k: v[pick] for k, v in self.signals.items()},
             budget_base=None if self.budget_base is None else self.budget_base[pick],
             num_layers=self.num_layers,
+            context=None if self.context is None else {k: v[pick] for k, v in self.context.items()},
         )
 
     def __repr__(self) -> str:

@@ -60,12 +60,14 @@ def layer_lengths(layers):
     return Recorder()
 
 
-def manual_greedy(language_model, lm_head, embeds, positions, keep, prune_layer, steps, layer_extra=None):
+def manual_greedy(language_model, lm_head, embeds, positions, keep, prune_layer, steps, layer_extra=None,
+                  merge=None):
     """Greedy tokens and per-step logits of one sample (batch 1, no padding), recomputing everything at every step.
 
     ``keep`` [S] bool: prompt tokens kept from ``prune_layer`` on (0 = before the first layer);
     ``positions`` [R, 1, S] or [1, S]: original position ids; generated tokens continue from
-    the largest prompt position + 1.
+    the largest prompt position + 1. ``merge(h)``, when given, rewrites the hidden states entering
+    ``prune_layer`` (merged tokens) before the rows are dropped.
     """
     embed_tokens = language_model.get_input_embeddings()
     if positions is None:  # 1-D models: the plain forward numbers 0..S-1
@@ -80,6 +82,7 @@ def manual_greedy(language_model, lm_head, embeds, positions, keep, prune_layer,
         rows = torch.cat([keep, torch.ones(len(generated), dtype=torch.bool)])
         for index, layer in enumerate(language_model.layers):
             if index == prune_layer:
+                h = h if merge is None else merge(h)
                 h = h[:, rows]
                 pos = pos[..., rows]
             pe = language_model.rotary_emb(h, pos)

@@ -7,9 +7,15 @@ import pytest
 import tiny_vlms as tm
 import torch
 from adapter_oracle import capture_lm_inputs, layer_lengths, manual_greedy
+from dart_official import official_retained
+from flashvid_official import official_prune
+from holitom_official import official_inner
 
 import tokenreduce as tr
+from tokenreduce.adapters import hf
 from tokenreduce.adapters.probe import AttentionInputs, last_query_attention
+from tokenreduce.strategies.flashvid import FlashVIDPrune
+from tokenreduce.strategies.holitom import HoliTomMerge
 
 pytest.importorskip("transformers")
 
@@ -89,8 +95,18 @@ def _runs_on(family_name, name):
 
 ALL_STRATEGIES = tr.list_strategies()
 
-# one-step selections at an exact budget: checked against the uncached oracle
-ORACLE = [n for n in ("random", "uniform", "attention_prune", "fastv", "evs", "vidcom2") if n in tr.STRATEGIES]
+# one-step selections: checked against the uncached oracle (at the planned count when a strategy plans one)
+ORACLE = [n for n in ("random", "uniform", "attention_prune", "fastv", "evs", "vidcom2", "dart")
+          if n in tr.STRATEGIES]
+
+
+def _planned(reducer, n_video):
+    """The count ``reducer`` plans for a video of ``n_video`` tokens, or None when it needs signals to know."""
+    try:
+        planned = reducer.planned_counts(tr.VisualTokens(torch.zeros(1, n_video, 1, 1, 1)))
+    except tr.MissingSignalError:
+        return None
+    return None if planned is None else int(planned[0])
 
 
 def _matrix(names, attns_for, families=None):
@@ -143,8 +159,7 @@ def test_decoder_sees_reduced_length_and_generate_matches_uncached(family_name, 
     inputs = family.inputs([family.grid])
     n_video = family.tokens(family.grid)
     reducer = tr.build(name, **kw)
-    planned = reducer.planned_counts(tr.VisualTokens(torch.zeros(1, n_video, 1, 1, 1)))
-    keep_count = int(planned[0])
+    planned = _planned(reducer, n_video)
     lm = model.model.language_model
     captured = capture_lm_inputs(model, lm, inputs)
     seq = inputs["input_ids"].shape[1]
@@ -160,7 +175,8 @@ def test_decoder_sees_reduced_length_and_generate_matches_uncached(family_name, 
         full = model.generate(**inputs, max_new_tokens=1, do_sample=False, output_logits=True,
                               return_dict_in_generate=True).logits[0][0]
     assert not torch.allclose(gen_logits[0], full, atol=1e-4)  # pruning changed the model's view
-    assert len(kept) == 1 and kept[0].numel() == keep_count < n_video
+    keep_count = kept[0].numel()
+    assert len(kept) == 1 and keep_count < n_video and keep_count == (planned or keep_count)
     prune_layer = reducer.steps()[0].layer or 0
     expected = {i: seq - (n_video - keep_count if i >= prune_layer else 0) for i in range(len(lm.layers))}
     assert rec.prefill() == expected
@@ -220,6 +236,16 @@ def test_probe_equals_eager_attention(family, queries):
         torch.testing.assert_close(probe, expected_heads.float(), rtol=1e-5, atol=1e-6)
 
 
+def _positions_from_mask(family_name, inputs):
+    """1-D position ids counted over the attention mask, as ``generate`` numbers a left-padded batch (a
+    plain forward of the LLaVA families numbers padding too, which moves the rotary phase of every
+    key: DART's key norms depend on it)."""
+    if not family_name.startswith("llava"):
+        return {}
+    mask = inputs["attention_mask"]
+    return {"position_ids": (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)}
+
+
 @pytest.mark.parametrize("family_name,attn,name,kw", BATCH_CASES)
 def test_batch_equals_single_runs(family_name, attn, name, kw):
     family = FAMILIES[family_name]
@@ -229,7 +255,7 @@ def test_batch_equals_single_runs(family_name, attn, name, kw):
     with torch.no_grad(), tr.apply(model, reducer) as session:
         gen = model.generate(**batch, max_new_tokens=2, do_sample=False)
         kept = session.kept_indices()
-        logits = model(**batch).logits[:, -1]
+        logits = model(**batch, **_positions_from_mask(family_name, batch)).logits[:, -1]
         singles = []
         for b in range(2):
             single = family.sample_of(batch, b)
@@ -351,3 +377,95 @@ def test_reduced_generate_warns_about_nothing_deprecated(name):
         model.generate(**inputs, max_new_tokens=3, do_sample=False)
     deprecations = [str(w.message) for w in caught if issubclass(w.category, (DeprecationWarning, FutureWarning))]
     assert deprecations == []
+
+
+def _video_positions(inputs, n_video):
+    """Sequence positions of the grid tokens of the one video of sample 0."""
+    return (inputs["input_ids"][0] == tm.VIDEO).nonzero().flatten()[:n_video]
+
+
+@pytest.mark.parametrize("family_name", ["qwen2_vl", "qwen3_vl", "llava_onevision"])
+def test_dart_reads_the_models_keys_final_norm_and_prompt(family_name):
+    """DART inside a model keeps what the official code keeps given layer K-1's cached keys, the final
+    norm of layer K's input, and the tokens after the video as text pivots."""
+    family = FAMILIES[family_name]
+    model = family.build()
+    inputs = family.inputs([family.grid])
+    n_video = family.tokens(family.grid)
+    lm = model.model.language_model
+    with torch.no_grad():  # a final norm that is not the identity up to scale, so that it matters
+        lm.norm.weight.copy_(torch.rand(lm.norm.weight.shape, generator=torch.Generator().manual_seed(0)) + 0.1)
+    seen = {}
+
+    def record(module, args, kwargs):
+        seen.setdefault("h", (args[0] if args else kwargs["hidden_states"]).clone())
+
+    handle = lm.layers[1].register_forward_pre_hook(record, with_kwargs=True)  # before tr.apply's: unpruned
+    reducer = tr.build("dart", ratio=0.5, layer=1, pivot_image=2, pivot_text=2)
+    try:
+        with torch.no_grad(), tr.apply(model, reducer) as session:
+            out = model(**inputs, use_cache=True)
+            kept = session.kept_indices()[0]
+    finally:
+        handle.remove()
+    keys = hf.output_cache(out).layers[0].keys[0]  # layer 0 saw every token: [kv heads, L, head dim]
+    keys = keys.transpose(0, 1).reshape(keys.shape[1], -1)
+    with torch.no_grad():
+        normed = lm.norm(seen["h"])[0]
+    video = _video_positions(inputs, n_video)
+    order = torch.cat([video, torch.arange(int(video[-1]) + 1, keys.shape[0])])
+    expected = official_retained(normed[order], keys[order], n_video, reduction_ratio=0.5, pivot_image=2,
+                                 pivot_text=2)
+    assert set(kept.tolist()) == expected
+    assert 2 < kept.numel() < n_video
+
+
+# in-LLM steps of two-step strategies, each with the official code's decision on the visual rows of the
+# hidden states entering layer 1 and layer 0's last-query attention: {kept row: its new hidden state}
+IN_LLM_STEPS = {
+    "holitom": (lambda: HoliTomMerge(layer=1, merge_ratio=0.5), lambda h, a: official_inner(h, a, 0.5)),
+    "flashvid": (lambda: FlashVIDPrune(layer=1, llm_ratio=0.3), lambda h, a: {i: h[i] for i in official_prune(a, 0.3)}),
+}
+
+
+@pytest.mark.parametrize("family_name", ["qwen2_vl", "qwen3_vl", "llava_onevision"])
+@pytest.mark.parametrize("strategy", sorted(IN_LLM_STEPS))
+def test_in_llm_step_matches_the_uncached_oracle(family_name, strategy):
+    """The in-LLM step of HoliTom (merge) and FlashVID (prune) really shortens the decoder's sequence
+    and writes its hidden states: generation equals an uncached decoder applying the official code's
+    decision before layer 1."""
+    build, official = IN_LLM_STEPS[strategy]
+    family = FAMILIES[family_name]
+    model = family.build("eager")
+    inputs = family.inputs([family.grid])
+    n_video = family.tokens(family.grid)
+    lm = model.model.language_model
+    captured = capture_lm_inputs(model, lm, inputs)
+    with torch.no_grad():
+        attention = model(**inputs, output_attentions=True, use_cache=False).attentions[0][0, :, -1].mean(0)
+    seq = inputs["input_ids"].shape[1]
+    with torch.no_grad(), tr.apply(model, build()) as session:
+        with layer_lengths(lm.layers) as rec:
+            out = model.generate(**inputs, max_new_tokens=4, do_sample=False, output_logits=True,
+                                 return_dict_in_generate=True)
+        kept = session.kept_indices()[0]
+    video = _video_positions(inputs, n_video)
+    assert 0 < kept.numel() < n_video
+    assert rec.prefill() == {0: seq, 1: seq - n_video + kept.numel(), 2: seq - n_video + kept.numel()}
+
+    def merge(h):
+        decided = official(h[0, video], attention[video])
+        assert sorted(decided) == kept.tolist()
+        h = h.clone()
+        for i, value in decided.items():
+            h[0, video[i]] = value
+        return h
+
+    keep = torch.ones(seq, dtype=torch.bool)
+    keep[video] = False
+    keep[video[kept]] = True
+    with torch.no_grad():
+        ref, ref_logits = manual_greedy(lm, model.lm_head, captured["inputs_embeds"], captured["position_ids"], keep,
+                                        1, 4, layer_extra=_deepstack_oracle(captured), merge=merge)
+    assert out.sequences[0, seq:].tolist() == ref
+    torch.testing.assert_close(torch.stack(out.logits, dim=1)[0], ref_logits, rtol=1e-4, atol=1e-5)

@@ -182,6 +182,8 @@ def test_encoder_strategies_say_which_encoder_layer_they_read():
     assert tr.build("visionzip").config.encoder_layer == -2
     assert tr.build("fastervlm").config.encoder_layer == -2
     assert tr.build("prumerge_plus").config.encoder_layer == -1  # upstream: the last layer
+    for name in ("holitom", "flashvid"):  # upstream: attentions[-1] of the tower
+        assert tr.build(name).steps()[0].config.encoder_layer == -1
     model = tm.qwen2_vl()  # a two-block tower: layer 2 does not exist, so the config value is the one read
     with pytest.raises(ValueError, match=r"encoder_layer 2 is outside the vision encoder's 2 blocks"):
         tr.apply(model, tr.build("visionzip", encoder_layer=2))

@@ -41,7 +41,10 @@ def test_reduce_sequence_keeps_original_positions():
 
 
 @pytest.mark.parametrize("name,kw,prune_layer", [("random", {"ratio": 0.3}, 0),
-                                                  ("attention_prune", {"ratio": 0.3, "layer": 2}, 2)])
+                                                  ("attention_prune", {"ratio": 0.3, "layer": 2}, 2),
+                                                  # 2 image + 1 text pivots share 6: 2 + 3 * 2 = 8 kept
+                                                  ("dart", {"count": 6, "layer": 2, "pivot_image": 2,
+                                                            "pivot_text": 1}, 2)])
 def test_generic_apply_generates_like_uncached_oracle(name, kw, prune_layer):
     model = tm.llama()
     embeds, visual = _inputs()

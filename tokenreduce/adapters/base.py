@@ -59,6 +59,15 @@ class ModelAdapter:
     def attention_of(self, layer: nn.Module) -> nn.Module:
         return layer.self_attn
 
+    def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``hidden`` through the language model's final norm (what its LM head reads):
+        ``Signal.NORMED``."""
+        norm = getattr(self.language_model, "norm", None)
+        if not isinstance(norm, nn.Module):
+            raise TypeError(f"{type(self.language_model).__name__} has no final norm ('norm'); steps that "
+                            "declare Signal.NORMED need one")
+        return norm(hidden)
+
     def post_attention_norm_of(self, layer: nn.Module) -> nn.Module:
         """The norm a decoder layer applies to ``residual + attention`` before its MLP."""
         return _child(layer, "post_attention_layernorm")

@@ -21,10 +21,11 @@ import torch
 from tokenreduce.adapters import hf
 from tokenreduce.adapters.layout import SequenceLayout, gather_slots
 from tokenreduce.adapters.llm_input import reduce_llm_input
-from tokenreduce.adapters.probe import AttentionInputs, last_query_attention
+from tokenreduce.adapters.probe import AttentionInputs, key_states, last_query_attention
 from tokenreduce.adapters.schedule import Schedule, encoder_layer
 from tokenreduce.adapters.state import ForwardState, LayoutInputs
 from tokenreduce.adapters.steps import SequenceEdit, run_steps
+from tokenreduce.interfaces import Reducer, Signal
 
 
 class Prefill:
@@ -101,7 +102,8 @@ class Prefill:
         if steps:
             current = state.current_layout
             edit = run_steps(steps, state.groups, hidden, current, importance=self._probe_importance(state, index - 1),
-                             num_layers=self.schedule.num_layers)
+                             num_layers=self.schedule.num_layers,
+                             sequence_signals=self._sequence_signals(state, steps, index - 1, hidden))
             hidden = self._apply(state, edit, current, hidden, kwargs)
         state.layer_counts[index] = int(hidden.shape[1])
         if state.current is None:
@@ -125,7 +127,21 @@ class Prefill:
         if inputs is not None:
             attention = self.adapter.attention_of(self.adapter.layers[layer])
             state.importance[layer] = last_query_attention(attention, inputs, self.probe_queries).mean(dim=1)
+            if any(Signal.KEYS in s.requires | s.optional for s in self.schedule.in_steps.get(layer + 1, [])):
+                state.keys[layer] = key_states(attention, inputs)
         return state.importance.get(layer)
+
+    def _sequence_signals(self, state: ForwardState, steps: list[tuple[Reducer, int]], probed: int,
+                          hidden: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The in-LLM signals besides the probe that ``steps`` declare, over every slot of ``hidden``:
+        ``"keys"`` of decoder layer ``probed`` and ``"normed"`` (the final norm of ``hidden``)."""
+        wanted = set().union(*(s.requires | s.optional for s, _ in steps))
+        signals = {}
+        if Signal.KEYS in wanted and probed in state.keys:
+            signals[Signal.KEYS.value] = state.keys[probed]
+        if Signal.NORMED in wanted:
+            signals[Signal.NORMED.value] = self.adapter.final_norm(hidden)
+        return signals
 
     # ----- inside a decoder layer (steps at "after_attention") ----------------------------------
     def reduce_mid_layer(self, state: ForwardState, index: int, args: tuple):
@@ -139,7 +155,8 @@ class Prefill:
         residual = args[0]
         current = state.current_layout
         edit = run_steps(steps, state.groups, residual, current, importance=self._probe_importance(state, index),
-                         num_layers=self.schedule.num_layers)
+                         num_layers=self.schedule.num_layers,
+                         sequence_signals=self._sequence_signals(state, steps, index, residual))
         reduced = self._apply(state, edit, current, residual, state.layer_kwargs)
         if reduced is residual:
             return None

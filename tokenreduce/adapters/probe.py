@@ -42,6 +42,23 @@ def _heads(projection: nn.Module, norm: nn.Module | None, x: torch.Tensor, head_
     return states.transpose(1, 2)
 
 
+def _rotated(attention: nn.Module, inputs: AttentionInputs, projection: str, norm: str,
+             rows: slice = slice(None)) -> torch.Tensor:
+    """``[B, heads, L', head_dim]``: the layer's query or key states of ``rows``, rotary applied."""
+    x = inputs.hidden_states
+    cos, sin = (_batched(e, x.shape[0])[..., rows, :] for e in inputs.position_embeddings)
+    states = _heads(getattr(attention, projection), getattr(attention, norm, None), x[:, rows],
+                    int(attention.head_dim))
+    return hf.rotary_function(attention)(states, states, cos, sin)[0]
+
+
+def key_states(attention: nn.Module, inputs: AttentionInputs) -> torch.Tensor:
+    """``[B, L, kv_heads * head_dim]``: the layer's key states of every slot, rotary applied, the
+    key heads side by side (what the layer writes to its KV cache, as DART reads it)."""
+    keys = _rotated(attention, inputs, "k_proj", "k_norm")
+    return keys.transpose(1, 2).reshape(keys.shape[0], keys.shape[2], -1)
+
+
 def last_query_attention(attention: nn.Module, inputs: AttentionInputs, num_queries: int = 1) -> torch.Tensor:
     """Float32 ``[B, heads, L]``: attention of the last ``num_queries`` queries, averaged over them.
 
@@ -52,13 +69,8 @@ def last_query_attention(attention: nn.Module, inputs: AttentionInputs, num_quer
     x = inputs.hidden_states
     length = x.shape[1]
     n = min(max(int(num_queries), 1), length)
-    head_dim = int(attention.head_dim)
-    rotary = hf.rotary_function(attention)
-    cos, sin = (_batched(e, x.shape[0]) for e in inputs.position_embeddings)
-    q = _heads(attention.q_proj, getattr(attention, "q_norm", None), x[:, -n:], head_dim)
-    k = _heads(attention.k_proj, getattr(attention, "k_norm", None), x, head_dim)
-    q = rotary(q, q, cos[..., -n:, :], sin[..., -n:, :])[0]
-    k = rotary(k, k, cos, sin)[0]
+    q = _rotated(attention, inputs, "q_proj", "q_norm", slice(length - n, length))
+    k = _rotated(attention, inputs, "k_proj", "k_norm")
     groups = q.shape[1] // k.shape[1]
     k = k.repeat_interleave(groups, dim=1)
     scores = torch.matmul(q, k.transpose(2, 3)) * float(attention.scaling)  # [B, heads, n, L]

@@ -176,6 +176,7 @@ class ReductionSession:
             state.decoded = 0
             state.probe_inputs.clear()
             state.importance.clear()
+            state.keys.clear()
             state.current = None
         elif state is not None and self._phase is Phase.DECODE:
             state.decoded += hf.query_length(hf.call_arguments(args, kwargs))

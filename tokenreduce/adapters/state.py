@@ -52,6 +52,7 @@ class ForwardState:
     tail_valid: torch.Tensor | None = None
     probe_inputs: dict[int, AttentionInputs] = field(default_factory=dict)
     importance: dict[int, torch.Tensor] = field(default_factory=dict)  # probe results by layer
+    keys: dict[int, torch.Tensor] = field(default_factory=dict)  # [B, L, Dk] key states by layer (Signal.KEYS)
     layer_counts: dict[int, int] = field(default_factory=dict)  # sequence length each layer saw
     layer_kwargs: dict[str, Any] | None = None  # what the running decoder layer received
     mid: list[torch.Tensor] = field(default_factory=list)  # [reduced residual, MLP output] inside a layer

@@ -91,13 +91,18 @@ def run_steps(
     importance: torch.Tensor | None = None,
     num_layers: int | None = None,
     encoder_signals: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] | None = None,
+    sequence_signals: dict[str, torch.Tensor] | None = None,
 ) -> SequenceEdit:
     """Run ``steps`` (each with the decoder layer it runs at, or None) on every video group.
 
     ``hidden`` ``[B, L, D]`` is laid out as ``layout``; ``importance`` ``[B, L]`` (the probe) is
     given inside the LLM. ``encoder_signals`` maps ``id(step)`` of an encoder step to its
-    ``(importance [N], keys [N, Dk])`` per video span. A ``LayerwiseReducer`` is started at its
-    first layer and stepped at every later call until its state is done.
+    ``(importance [N], keys [N, Dk])`` per video span. ``sequence_signals`` are other in-LLM
+    signals ``[B, L, ...]`` by ``Signal`` value (``"keys"``, ``"normed"``): a step that declares one
+    gets it for its grid tokens, and one that declares ``Signal.CONTEXT`` gets them (with the
+    hidden states as ``"features"``) for the tokens after its video as ``VisualTokens.context``.
+    A ``LayerwiseReducer`` is started at its first layer and stepped at every later call until its
+    state is done.
     """
     keep = torch.ones(layout.source.shape[0], layout.seq_len, dtype=torch.bool, device=hidden.device)
     edit = SequenceEdit(keep)
@@ -115,6 +120,14 @@ def run_steps(
                 raise RuntimeError("the LLM input embeddings of the visual tokens were not recorded")
             if Signal.EMBEDDINGS in step.requires | step.optional and group.embeddings is not None:
                 signals[Signal.EMBEDDINGS.value] = _grid_view(group.embeddings, group.grid)
+            wanted = {signal.value for signal in step.requires | step.optional}
+            for name, values in (sequence_signals or {}).items():
+                if name in wanted:
+                    signals[name] = _grid_view(values[rows, where].masked_fill(~present[..., None], 0.0), group.grid)
+            context = None
+            if Signal.CONTEXT.value in wanted and sequence_signals is not None:
+                context = _context_after(rows[:, 0], torch.where(present, slots, -1), hidden, layout,
+                                         sequence_signals)
             step_importance = None if importance is None else importance[rows, where]
             if encoder_signals is not None and id(step) in encoder_signals:
                 per_span = [encoder_signals[id(step)][i] for i in group.span_ids]
@@ -129,6 +142,7 @@ def run_steps(
                 signals=signals,
                 budget_base=torch.full((len(group.span_ids),), group.num_tokens, device=hidden.device),
                 num_layers=num_layers,
+                context=context,
             )
             reduction = _call_step(step, layer, group, tokens)
             if reduction is None:
@@ -136,6 +150,21 @@ def run_steps(
             _record(edit, group, rows, present, reduction)
             merged = reduction.features if reduction.features is not None else merged
     return edit
+
+
+def _context_after(samples: torch.Tensor, slots: torch.Tensor, hidden: torch.Tensor,
+                   layout: SequenceLayout, sequence_signals: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``VisualTokens.context`` of a group: the slots after each video's last present token that
+    take part in attention, with ``hidden`` as ``"features"`` and the ``sequence_signals``."""
+    position = torch.arange(layout.length, device=hidden.device)
+    after = (position > slots.amax(dim=1, keepdim=True)) & layout.valid[samples]
+    width = max(int(after.sum(dim=1).max()), 1)
+    order = torch.sort((~after).to(torch.int8), dim=1, stable=True).indices[:, :width]  # after-slots first
+    valid = after.gather(1, order)
+    rows = samples[:, None].expand_as(order)
+    context = {"valid": valid, "features": hidden[rows, order]}
+    context.update({name: values[rows, order] for name, values in sequence_signals.items()})
+    return context
 
 
 def _call_step(step: Reducer, layer: int | None, group: VideoGroup, tokens: VisualTokens) -> Reduction | None:

@@ -21,7 +21,7 @@ from tokenreduce.bench.report import end_to_end_table, plot, selection_table, ta
 from tokenreduce.bench.selection import selection_overhead
 from tokenreduce.compare import default_strategies
 
-END_TO_END_PREFERRED = ("st_simdiff", "fastv", "visionzip", "framefusion", "evs", "vidcom2", "uniform")
+END_TO_END_PREFERRED = ("st_simdiff", "fastv", "visionzip", "framefusion", "evs", "vidcom2", "dart", "uniform")
 
 
 @dataclass(frozen=True)

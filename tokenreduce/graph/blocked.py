@@ -70,3 +70,15 @@ def dots_with_segment_sums(flat: torch.Tensor, scale: torch.Tensor, segment: tor
         dots = torch.linalg.vecdot(flat[start:stop].float(), padded[segment[start:stop]])
         out[start:stop] = dots * scale[start:stop]
     return out
+
+
+def next_frame_cosine(features: torch.Tensor) -> torch.Tensor:
+    """fp32 ``[B, T-1, H, W]``: cosine of every token of ``features`` ``[B, T, H, W, D]`` with the
+    token at its position in the next frame (ST-SimDiff's temporal edge weight; 0 with a zero
+    vector). Callers mask pairs that involve padding."""
+    b, t, h, w, d = features.shape
+    frame = h * w
+    flat = features.reshape(b * t * frame, d)
+    inverse, dots = norms_and_shifted_dots(flat, [frame])
+    later = torch.cat([dots[frame], dots[frame].new_zeros(frame)]) * inverse * inverse.roll(-frame)
+    return later.reshape(b, t, h, w)[:, :-1]

@@ -2,10 +2,13 @@
 
 from tokenreduce.strategies import (  # noqa: F401
     attention_prune,
+    dart,
     evs,
     fastervlm,
     fastv,
+    flashvid,
     framefusion,
+    holitom,
     keep_all,
     prumerge_plus,
     random_select,
