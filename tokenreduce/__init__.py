@@ -14,6 +14,7 @@ from importlib.metadata import PackageNotFoundError, version
 from tokenreduce.budget import Budget, cost_prune_ratio
 from tokenreduce.config import Config, build, build_component, load_config, save_config
 from tokenreduce.errors import (
+    BudgetWarning,
     ConfigError,
     ConfigTypeError,
     DuplicateRegistrationError,
@@ -63,7 +64,7 @@ def list_strategies() -> list[str]:
 
 
 __all__ = [
-    "ADAPTERS", "COMMUNITY", "STRATEGIES", "Budget", "BudgetConfig", "BudgetedReducer",
+    "ADAPTERS", "COMMUNITY", "STRATEGIES", "Budget", "BudgetConfig", "BudgetWarning", "BudgetedReducer",
     "CommunityDetector", "Component", "Config", "ConfigError", "ConfigTypeError",
     "DuplicateRegistrationError", "EncoderConfig", "InLLMConfig", "LayerwiseReducer", "MissingDependencyError",
     "MissingSignalError", "Pipeline", "PluginWarning",

@@ -37,3 +37,7 @@ class MissingDependencyError(TokenReduceError, ImportError):
 
 class MissingSignalError(TokenReduceError, ValueError):
     """A reducer was called without a signal it declares it needs (e.g. importance)."""
+
+
+class BudgetWarning(UserWarning):
+    """A reducer's budget reduced nothing in a model run (it kept every visual token)."""
