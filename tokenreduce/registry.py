@@ -67,9 +67,16 @@ class Registry:
         return decorator
 
     def add(self, name: str, cls: type, *, origin: str | None = None) -> None:
-        """Register ``cls`` under ``name``; a second, different class under one name is an error."""
+        """Register ``cls`` under ``name``; a second, different class under one name is an error.
+
+        The same class defined again (same module and qualified name: a notebook cell run twice, a
+        reloaded module) replaces the earlier definition: the latest one is what ``get`` returns.
+        """
         where = origin or _origin_of(cls)
         existing = self._entries.get(name)
+        if existing is not None and existing is not cls and origin is None and _origin_of(existing) == where:
+            self._entries.pop(name)
+            existing = None
         if existing is not None and existing is not cls:
             raise DuplicateRegistrationError(
                 f"{self.kind} name {name!r} is registered twice: by {self._origins[name]} and by {where}"
