@@ -2,8 +2,8 @@
 
     PYTHONPATH=. python benchmarks/bench_segment_ops.py
 
-Per-community sums of normalised features (``index_add_`` over blocks of rows, what
-``tokenreduce.graph.blocked.segment_sums`` does) and per-community minima of node ids
+Per-community sums of normalised features (``tokenreduce.graph.blocked.segment_sums``: one
+``embedding_bag`` for fp32 features) and per-community minima of node ids
 (``scatter_reduce(amin)``, what labels and connected components use), against
 ``torch_scatter.scatter_add`` (same row blocks) / ``scatter_min`` when torch-scatter is installed.
 """
@@ -60,13 +60,13 @@ def measure(flat: torch.Tensor, scale: torch.Tensor, segment: torch.Tensor, coun
             torch_scatter: object) -> tuple[float, float, float, float]:
     """(native sums, native min, torch-scatter sums, torch-scatter min) in ms (NaN when absent)."""
     ids = torch.arange(flat.shape[0])
-    native_sum = median_ms(lambda: segment_sums(flat, scale, segment, count), repeat)
+    native_sum = median_ms(lambda: segment_sums(flat, scale, ids, segment, count), repeat)
     native_min = median_ms(lambda: torch.full((count,), flat.shape[0]).scatter_reduce_(
         0, segment, ids, reduce="amin"), repeat)
     if torch_scatter is None:
         return native_sum, native_min, float("nan"), float("nan")
 
-    def scatter_blocked() -> torch.Tensor:  # same blocking as the native path, fair comparison
+    def scatter_blocked() -> torch.Tensor:  # row blocks, so that each scaled block stays in cache
         sums = torch.zeros(count, flat.shape[1])
         for start in range(0, flat.shape[0], BLOCK_ROWS):
             stop = start + BLOCK_ROWS

@@ -20,6 +20,6 @@ if __name__ == "__main__":
     extra = sys.argv[1:]
     device = extra[extra.index("--device") + 1] if "--device" in extra else "cpu"
     sys.exit(main(["bench", "--part", "end-to-end", "--size", "base", "--frames", "8,16,32,64",
-                   "--resolution", "336", "--repeats", "3",
+                   "--resolution", "336", "--repeats", "3", "--ratios", "0.3,0.5",
                    "--json", str(ROOT / "benchmarks" / "results" / f"end-to-end-{device}.json"),
                    "--plot", str(ROOT / "docs" / "images" / f"end-to-end-{device}.png"), *extra]))

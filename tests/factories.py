@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from hypothesis import strategies as st
 
-from tokenreduce.testing import make_features, make_valid  # noqa: F401  (shared with the property suite)
+from tokenreduce.testing import make_features, make_tokens, make_valid  # noqa: F401  (shared with the property suite)
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 VIDEO_KINDS = ("random", "static", "static_noisy", "moving_block", "scene_cut", "duplicated_frames", "flat_colour")

@@ -72,12 +72,16 @@ def _components(edges: list[tuple[int, int]]) -> list[list[int]]:
 def official_run(x: torch.Tensor, attention: torch.Tensor, *, cost: float, tau_sim: float = 0.8,
                  tau_diff: float = 0.2, strategy: int = 3, spatial: bool = True, temporal: bool = True,
                  right: bool = True, bottom: bool = True, prefix: int = 3, suffix: int = 2,
-                 seed: int = 0, found: dict | None = None) -> tuple[set[int], set[int], list[float]]:
+                 seed: int = 0, found: dict | None = None,
+                 pairwise: str = "elementwise") -> tuple[set[int], set[int], list[float]]:
     """One video ``x`` ``[T, H, W, D]`` fp32 and its layer-1 last-query attention ``[T, H, W]``.
 
     Returns (visual tokens kept after stage 1, after stage 2, the sparsity list), as flat visual
     indices ``t*H*W + h*W + w``. Strategy 1 is not supported (the official code crashes on it).
     ``found``, when given, receives the components (flat visual indices) under ``"components"``.
+    ``pairwise="mm"`` computes each component's cosine matrix with ``torch.mm`` exactly as
+    upstream does (its memory is O(n^2), not O(n^2 d): what timing the official code needs on
+    large components; ties between identical tokens are then left to the BLAS).
     """
     if strategy not in (2, 3):
         raise ValueError("strategy 1 fails upstream (per_component_weight is never filled)")
@@ -142,7 +146,10 @@ def official_run(x: torch.Tensor, attention: torch.Tensor, *, cost: float, tau_s
             # the all-pairs cosine matrix of ``torch.mm(normed, normed.T)``, elementwise so that
             # identical tokens get bit-identical rows (the BLAS kernels behind torch.mm may round
             # two identical rows differently: upstream leaves such ties to its BLAS)
-            cos = (normed[:, None, :] * normed[None, :, :]).sum(-1)
+            if pairwise == "mm":
+                cos = torch.mm(normed, normed.T)
+            else:
+                cos = (normed[:, None, :] * normed[None, :, :]).sum(-1)
             weight = cos.mean(dim=-1)
             if len(members) == 2:  # convention: the pair's weights are equal in exact arithmetic
                 weight = weight.mean().expand(2)

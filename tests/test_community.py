@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import builtins
 import math
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -137,6 +140,36 @@ def test_modularity_detectors_on_token_graphs(name):
         single = detector.detect(SpatioTemporalGraphBuilder().build_graph(tokens.sample(b)),
                                  (graph.weight > 0.5)[graph.edge_sample() == b])
         assert single[0].tolist() == found
+
+
+def test_concurrent_louvain_calls_each_get_their_own_seeds_partition(monkeypatch):
+    # igraph's random generator is process-global: another thread must not reseed it between a
+    # call's seeding and its run. Reseeding yields the GIL (sleep), as a thread switch would.
+    igraph = pytest.importorskip("igraph")
+    g = torch.Generator().manual_seed(0)
+    graph = SpatioTemporalGraphBuilder().build_graph(tr.VisualTokens(torch.randn(1, 6, 8, 8, 4, generator=g)))
+    mask = graph.weight > 0
+    detectors = [tr.build_component("community", {"name": "louvain", "seed": s}) for s in range(12)]
+    alone = [d.detect(graph, mask) for d in detectors]
+    assert len({tuple(p.flatten().tolist()) for p in alone}) >= 3  # seeds matter on this graph
+    seed_rng = igraph.set_random_number_generator
+
+    def reseed_then_yield(generator):
+        seed_rng(generator)
+        time.sleep(0.001)
+
+    monkeypatch.setattr(igraph, "set_random_number_generator", reseed_then_yield)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        with ThreadPoolExecutor(max_workers=len(detectors)) as pool:
+            runs = [pool.submit(lambda i=i: [detectors[i].detect(graph, mask) for _ in range(4)])
+                    for i in range(len(detectors))]
+            results = [run.result(timeout=120) for run in runs]
+    finally:
+        sys.setswitchinterval(interval)
+    wrong = [i for i, partitions in enumerate(results) if any(not torch.equal(p, alone[i]) for p in partitions)]
+    assert not wrong, f"seeds {wrong} got another seed's partition"
 
 
 def test_modularity_rejects_negative_weights():

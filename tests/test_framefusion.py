@@ -438,3 +438,19 @@ def test_upstream_step_cases_cover_merging_top_k_and_pruning():
     assert any(r.info["sparsity"] == [[]] for r in results)  # the top-k branch at the first point
     assert any(len(r.info["sparsity"][0]) >= 2 and r.info["sparsity"][0][0] > 0 for r in results)
     assert any((r.roles & int(Role.IMPORTANT)).any() for r in results)  # pruning by attention
+
+
+def test_half_precision_with_large_norms_merges_what_float32_merges():
+    # decoder hidden states reach norms where |a|*|b| overflows fp16 (65504): ~256 and beyond
+    g = torch.Generator().manual_seed(5)
+    base = torch.randn(1, 1, 3, 3, 16, generator=g)
+    frames = base + 0.3 * torch.randn(1, 6, 3, 3, 16, generator=g)
+    x32 = (frames * (600 / frames.norm(dim=-1, keepdim=True))).half().float()  # values fp16 holds exactly
+    assert x32.norm(dim=-1).min() > 256
+    importance = torch.rand(1, 6, 3, 3, generator=g)
+    reducer = tr.build("framefusion", num_layers=4, similarity_lower_bound=0.8)
+    half = reducer(tr.VisualTokens(x32.half(), importance=importance.half(), num_layers=4))
+    full = reducer(tr.VisualTokens(x32, importance=importance, num_layers=4))
+    assert (full.roles & Role.ABSORBED).sum() >= 10  # fp32 merges many tokens
+    assert torch.equal(half.keep_mask, full.keep_mask) and torch.equal(half.roles, full.roles)
+    torch.testing.assert_close(half.features.float(), full.features, rtol=2e-3, atol=0.5)

@@ -87,16 +87,22 @@ def test_blocked_kernels_across_block_boundaries(monkeypatch):
     assert dots[60].numel() == 0
     assert inverse[13] == 0
     torch.testing.assert_close(inverse[:13], 1 / flat[:13].norm(dim=1))
-    segment = torch.randint(0, 4, (50,), generator=g)  # 3 = in no segment
-    sums = blocked.segment_sums(flat, inverse, segment, 3)
+    segment = torch.randint(0, 4, (50,), generator=g)
+    segment[7:21] = 3  # two whole blocks without members
+    rows = (segment < 3).nonzero().flatten()  # 3 = in no segment
     normalised = flat * inverse[:, None]
-    assert sums.shape == (3, 5)
-    for s in range(3):
-        torch.testing.assert_close(sums[s], normalised[segment == s].sum(0))
-    dots_s = blocked.dots_with_segment_sums(flat, inverse, segment, sums)
-    padded = torch.cat([sums, torch.zeros(1, 5)])
-    torch.testing.assert_close(dots_s, (normalised * padded[segment]).sum(1))
-    assert bool((dots_s[segment == 3] == 0).all())
+    for dtype in (torch.float32, torch.bfloat16, torch.float64):  # one sampled product or blocks
+        features = flat.to(dtype)
+        sums = blocked.segment_sums(features, inverse, rows, segment[rows], 3)
+        assert sums.shape == (3, 5) and sums.dtype == torch.float32
+        tolerance = {"atol": 0.05, "rtol": 0.02} if dtype == torch.bfloat16 else {}
+        for s in range(3):
+            torch.testing.assert_close(sums[s], normalised[segment == s].sum(0), **tolerance)
+        dots_s = blocked.dots_with_segment_sums(features, inverse, rows, segment[rows], sums)
+        assert dots_s.shape == rows.shape and dots_s.dtype == torch.float32
+        torch.testing.assert_close(dots_s, (normalised[rows] * sums[segment[rows]]).sum(1), **tolerance)
+    assert blocked.segment_sums(flat, inverse, rows[:0], segment[:0], 2).tolist() == [[0.0] * 5] * 2
+    assert blocked.dots_with_segment_sums(flat, inverse, rows[:0], segment[:0], sums).numel() == 0
 
 
 def test_graph_of_degenerate_grids_has_no_edges():
@@ -108,3 +114,23 @@ def test_edge_kinds_are_switched_off():
     builder = SpatioTemporalGraphBuilder(temporal=False)
     graph = builder.build_graph(tr.VisualTokens(torch.randn(1, 3, 2, 2, 4)))
     assert not bool(graph.of_kind(EdgeKind.TEMPORAL).any())
+
+
+def test_identical_tokens_get_bit_identical_dots_in_any_block(monkeypatch):
+    """Ties between identical tokens survive the fast kernels: a row's dot products do not depend
+    on where it sits in a block or in the pattern of the sampled product."""
+    monkeypatch.setattr(blocked, "BLOCK_ROWS", 5)
+    g = torch.Generator().manual_seed(3)
+    flat = torch.randn(40, 37, generator=g)
+    copies = [0, 6, 13, 22, 39]  # in different blocks, at different offsets
+    flat[copies] = flat[0].clone()
+    flat[[1, 7, 14, 23]] = flat[1].clone()  # their right neighbours too: equal shifted dots
+    inverse, dots = blocked.norms_and_shifted_dots(flat, [1, 5])
+    assert len(set(inverse[copies].tolist())) == 1
+    assert len(set(dots[1][[0, 6, 13, 22]].tolist())) == 1
+    segment = torch.zeros(40, dtype=torch.long)
+    segment[20:] = 1
+    rows = torch.arange(40)
+    sums = blocked.segment_sums(flat, inverse, rows, segment, 2)
+    similarity = blocked.dots_with_segment_sums(flat, inverse, rows, segment, sums)
+    assert len(set(similarity[[0, 6, 13]].tolist())) == 1 and len(set(similarity[[22, 39]].tolist())) == 1

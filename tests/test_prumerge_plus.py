@@ -242,3 +242,25 @@ def test_matches_upstream_tensor_steps_on_576_patches(seed):
     assert red.keep_indices(0).tolist() == sorted(idx)
     torch.testing.assert_close(red.features[0, idx], expected[0, :-1])
     torch.testing.assert_close(red.extra[0], expected[0, -1:])
+
+
+@pytest.mark.parametrize("junk", [float("nan"), -float("inf"), float("inf")])
+def test_padding_importance_and_keys_never_reach_the_result(junk):
+    # padding may hold any importance and keys (VisualTokens allows it): the result must equal the
+    # one with zeros there, and be finite (0 * NaN in the neighbour weights and the summary sum)
+    g = torch.Generator().manual_seed(11)
+    b, t, h, w = 2, 2, 4, 5
+    attention = cls_like_attention((b, t, h, w), g)
+    valid = torch.rand(b, t, h, w, generator=g) > 0.3
+    valid[:, :, 0, 0] = True
+    x = torch.randn(b, t, h, w, 6, generator=g)
+    keys = torch.randn(b, t, h, w, 5, generator=g)
+    reducer = tr.build("prumerge_plus", neighbours=6)
+    clean = reducer(tr.VisualTokens(x, valid, attention.masked_fill(~valid, 0),
+                                    signals={"keys": keys.masked_fill(~valid.unsqueeze(-1), 0)}))
+    dirty = reducer(tr.VisualTokens(x, valid, attention.masked_fill(~valid, junk),
+                                    signals={"keys": keys.masked_fill(~valid.unsqueeze(-1), junk)}))
+    assert clean.extra_valid.any() and (clean.roles & Role.MERGED).any()  # merges and summaries happen
+    assert torch.equal(dirty.keep_mask, clean.keep_mask)
+    assert torch.isfinite(dirty.features).all() and torch.isfinite(dirty.extra).all()
+    assert torch.equal(dirty.features, clean.features) and torch.equal(dirty.extra, clean.extra)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
+from plugins import forget_plugins, write_plugin
 
 import tokenreduce as tr
 from tokenreduce.registry import Registry
@@ -29,16 +29,6 @@ class EveryOther(tr.Reducer):
 '''
 
 
-def write_plugin(root: Path, entry_points: str, modules: dict[str, str]) -> None:
-    """A throw-away installed distribution: a ``*.dist-info`` with ``entry_points.txt``, no network."""
-    for name, source in modules.items():
-        (root / f"{name}.py").write_text(textwrap.dedent(source))
-    info = root / "throwaway_plugin-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: throwaway-plugin\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(textwrap.dedent(entry_points))
-
-
 @pytest.fixture
 def plugin_dir(tmp_path, monkeypatch):
     write_plugin(
@@ -53,12 +43,7 @@ def plugin_dir(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     tr.STRATEGIES.refresh()
     yield tmp_path
-    for name in ("every_other", "broken_plugin"):
-        if name in tr.STRATEGIES._entries:
-            tr.STRATEGIES.unregister(name)
-    tr.STRATEGIES.refresh()
-    for module in ("throwaway_strategy", "throwaway_broken"):
-        sys.modules.pop(module, None)
+    forget_plugins(["every_other", "broken_plugin"], ["throwaway_strategy", "throwaway_broken"])
 
 
 def test_entry_point_plugin_builds_by_name(plugin_dir):

@@ -201,3 +201,27 @@ def test_reference_equals_official_code_at_exact_thresholds(tau_diff):
     for tau_sim in (0.0, 1.0):
         check_against_official(x, importance, cost=0.3, strategy=3, tau_sim=tau_sim, tau_diff=tau_diff,
                                in_property_test=False, exact_inputs=True)
+
+
+@pytest.mark.parametrize("block_rows", [7, 128])
+def test_reference_equals_official_code_on_large_static_components(monkeypatch, block_rows):
+    """The selection's fast kernels (row blocks, community sums, sampled dots) on components of
+    hundreds of members that span many row blocks, with duplicate tokens (equal weights) and a
+    scene cut; the static regions repeat exactly from frame to frame."""
+    from tokenreduce.graph import blocked
+
+    monkeypatch.setattr(blocked, "BLOCK_ROWS", block_rows)
+    g = torch.Generator().manual_seed(block_rows)
+    t, h, w, d = 12, 5, 6, 8
+    palette = torch.randn(4, d, generator=g)
+    layout = torch.zeros(2, h, w, dtype=torch.long)
+    layout[0, :, 3:] = 1
+    layout[1, 2:] = 2 + (torch.arange(w) >= 2).long()
+    scenes = palette[layout] + 0.05 * torch.randn(2, h, w, d, generator=g)  # distinct tokens in a frame
+    x = scenes[(torch.arange(t) >= t // 2).long()].clone()  # static: frames repeat their scene exactly; a cut at 6
+    x[3, 1:3, 1:4] = torch.randn(2, 3, d, generator=g)  # a change (events)
+    importance = torch.rand(t, h, w, generator=g)
+    found: dict = {}
+    official_run(x, importance, cost=0.3, found=found)
+    assert max(len(c) for c in found["components"]) > 100
+    check_against_official(x, importance, cost=0.3, strategy=3, in_property_test=False)

@@ -147,3 +147,77 @@ def test_kept_features_appends_extra():
                        extra=torch.full((1, 1, 2), -1.0))
     out = red.kept_features(x, 0)
     assert out.tolist() == [[0.0, 1.0], [6.0, 7.0], [-1.0, -1.0]]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_features_are_found_anywhere(dtype, value):
+    """The fused check sees a bad value at every position (vector lanes and tails alike) and names it."""
+    shape = (1, 2, 3, 1, 7)  # 42 elements: full SIMD lanes and a remainder
+    for flat_index in range(42):
+        x = torch.randn(shape).to(dtype)
+        x.view(-1)[flat_index] = value
+        with pytest.raises(ValueError, match="features contain NaN or inf") as info:
+            tr.VisualTokens(x)
+        position = list(torch.unravel_index(torch.tensor(flat_index), shape))
+        assert "[" + ", ".join(f"{a}={int(i)}" for a, i in zip("BTHWD", position)) + "]" in str(info.value)
+
+
+def test_finite_features_whose_sum_overflows_are_accepted():
+    """fp16 holds at most 65504; a sum of these finite values would be inf, the check is not fooled."""
+    x = torch.full((1, 4, 8, 8, 64), 60000.0, dtype=torch.float16)
+    assert torch.isinf(x.sum())
+    tr.VisualTokens(x)
+    tr.VisualTokens(torch.full((1, 2, 2, 2, 8), 3e38))  # the fp32 sum overflows too
+
+
+def test_replace_validates_what_it_changes():
+    x = grid()
+    valid = torch.ones(2, 3, 4, 5, dtype=torch.bool)
+    valid[0, 0, 0, 0] = False
+    importance = torch.rand(2, 3, 4, 5)
+    importance[0, 0, 0, 0] = float("nan")  # allowed under padding
+    tokens = tr.VisualTokens(x, valid=valid, importance=importance)
+    bad = x.clone()
+    bad[0, 1, 2, 3, 4] = float("inf")
+    with pytest.raises(ValueError, match=r"features contain NaN or inf values \(first at \[B=0, T=1, H=2, W=3, D=4\]"):
+        tokens.replace(features=bad)
+    with pytest.raises(ValueError, match=r"importance contains NaN .* \[B=0, T=0, H=0, W=0\]"):
+        tokens.replace(valid=torch.ones_like(valid))  # the NaN is no longer under padding
+    with pytest.raises(ValueError, match="no token of sample"):
+        tokens.replace(valid=torch.zeros_like(valid))
+    with pytest.raises(ValueError, match=r"features must have shape \[B, T, H, W, D\]"):
+        tokens.replace(features=x[0])
+    assert tokens.replace(num_layers=3).num_layers == 3
+
+
+def test_trusted_checks_structure_not_values():
+    x = grid()
+    x[0, 0, 0, 0, 0] = float("nan")
+    tokens = tr.VisualTokens.trusted(x, valid=torch.zeros(2, 3, 4, 5, dtype=torch.bool))
+    assert tokens.grid == (3, 4, 5)
+    with pytest.raises(ValueError, match="rank 4"):
+        tr.VisualTokens.trusted(x[0])
+    with pytest.raises(ValueError, match=r"valid must have shape"):
+        tr.VisualTokens.trusted(x, valid=torch.ones(2, 3, 4, dtype=torch.bool))
+    assert tr.VisualTokens(grid()).replace_trusted(features=x).features is x
+
+
+def test_library_copies_do_not_validate_again(monkeypatch):
+    """Pipelines (and the reference variant, a pipeline of two stages) validate the user's tokens
+    once, when they are made, not at every step."""
+    from tokenreduce import tokens as tokens_module
+
+    checked = []
+    original = tokens_module.non_finite_at
+    monkeypatch.setattr(tokens_module, "non_finite_at",
+                        lambda values, valid=None: checked.append(values.shape) or original(values, valid))
+    x = torch.randn(1, 4, 3, 3, 8)
+    x[:, 1:] = x[:, :1] + 0.01 * torch.randn(1, 3, 3, 3, 8)
+    tokens = tr.VisualTokens(x, importance=torch.rand(1, 4, 3, 3), num_layers=28)
+    assert checked == [x.shape, (1, 4, 3, 3)]
+    checked.clear()
+    tr.build("st_simdiff", variant="reference", cost=0.3)(tokens)
+    tr.Pipeline([tr.build("uniform", ratio=0.5), tr.build("attention_prune", ratio=0.3)])(tokens)
+    tokens.sample(0)
+    assert checked == []

@@ -12,14 +12,20 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from tokenreduce.budget import Budget, cost_prune_ratio
-from tokenreduce.config import Config, build, build_component, load_config, save_config
+from tokenreduce.config import Config, build, build_component
+from tokenreduce.config_files import load_config, save_config
 from tokenreduce.errors import (
     BudgetWarning,
     ConfigError,
     ConfigTypeError,
     DuplicateRegistrationError,
+    InputError,
+    InputTypeError,
     MissingDependencyError,
     MissingSignalError,
+    PluginError,
+    RegistrationError,
+    ServingError,
     TokenReduceError,
     UnknownNameError,
 )
@@ -66,10 +72,11 @@ def list_strategies() -> list[str]:
 __all__ = [
     "ADAPTERS", "COMMUNITY", "STRATEGIES", "Budget", "BudgetConfig", "BudgetWarning", "BudgetedReducer",
     "CommunityDetector", "Component", "Config", "ConfigError", "ConfigTypeError",
-    "DuplicateRegistrationError", "EncoderConfig", "InLLMConfig", "LayerwiseReducer", "MissingDependencyError",
-    "MissingSignalError", "Pipeline", "PluginWarning",
-    "Reducer", "Reduction", "ReductionStats", "Registry", "Role", "Signal", "Stage",
-    "TokenReduceError", "UnknownNameError", "VisualTokens", "__version__", "apply", "build", "build_component",
+    "DuplicateRegistrationError", "EncoderConfig", "InLLMConfig", "InputError", "InputTypeError",
+    "LayerwiseReducer", "MissingDependencyError", "MissingSignalError", "Pipeline", "PluginError",
+    "PluginWarning", "Reducer", "Reduction", "ReductionStats", "RegistrationError", "Registry", "Role",
+    "ServingError", "Signal", "Stage", "TokenReduceError", "UnknownNameError", "VisualTokens", "__version__",
+    "apply", "build", "build_component",
     "cost_prune_ratio", "list_strategies", "load_config", "register_adapter", "register_community",
     "register_strategy", "registry_for", "remove", "save_config",
 ]

@@ -15,7 +15,7 @@ from typing import Literal
 
 import torch
 
-from tokenreduce.errors import ConfigError
+from tokenreduce.errors import ConfigError, brief
 
 Rounding = Literal["ceil", "round", "floor"]
 
@@ -23,16 +23,16 @@ Rounding = Literal["ceil", "round", "floor"]
 def check_ratio(ratio: float, name: str = "ratio") -> float:
     """Validate a keep ratio in (0, 1]; return it as a float."""
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
-        raise ConfigError(f"{name} must be a number in (0, 1], got {ratio!r}")
-    if not (0.0 < float(ratio) <= 1.0) or math.isnan(ratio):
-        raise ConfigError(f"{name} must be in (0, 1], got {ratio!r}")
+        raise ConfigError(f"{name} must be a number in (0, 1], got {brief(ratio)}")
+    if not 0 < ratio <= 1:  # exact for any int (no float conversion) and false for NaN
+        raise ConfigError(f"{name} must be in (0, 1], got {brief(ratio)}")
     return float(ratio)
 
 
 def check_count(count: int, name: str = "count") -> int:
     """Validate an absolute token count >= 1."""
     if isinstance(count, bool) or not isinstance(count, int):
-        raise ConfigError(f"{name} must be an int >= 1, got {count!r}")
+        raise ConfigError(f"{name} must be an int >= 1, got {brief(count)}")
     if count < 1:
         raise ConfigError(f"{name} must be >= 1, got {count}")
     return count
@@ -63,6 +63,9 @@ def cost_prune_ratio(sparsity: Sequence[float], cost: float, num_layers: int, *,
     An exhausted budget (already spent, or no layer left) raises ``ConfigError`` as the reference
     does; with ``clamp=True`` it returns 1.0 instead (prune everything that is left).
     """
+    check_ratio(cost, "cost")
+    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers >= 2**63:
+        raise ConfigError(f"num_layers must be an int below 2**63, got {brief(num_layers)}")
     if clamp and num_layers >= 1 and len(sparsity) >= num_layers:
         return 1.0
     if num_layers < 1 or len(sparsity) >= num_layers:
@@ -113,7 +116,7 @@ class Budget:
         if self.cost is not None:
             check_ratio(self.cost, "cost")
         if self.rounding not in ("ceil", "round", "floor"):
-            raise ConfigError(f"rounding must be 'ceil', 'round' or 'floor', got {self.rounding!r}")
+            raise ConfigError(f"rounding must be 'ceil', 'round' or 'floor', got {brief(self.rounding)}")
 
     def keep_count(
         self,

@@ -121,6 +121,16 @@ def _list_of(item: Callable[[str], object], what: str) -> Callable[[str], list]:
     return parse
 
 
+def _strategy_spec(text: str) -> object:
+    """argparse type: a strategy spec (``compare.parse_spec``); a malformed one is a usage error."""
+    from tokenreduce.compare import parse_spec
+
+    try:
+        return parse_spec(text)
+    except tokenreduce.TokenReduceError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def even_frames(text: str) -> int:
     """argparse type: a positive even frame count (the benchmark model takes frames in pairs)."""
     value = positive_int(text)
@@ -142,27 +152,35 @@ def _configure_bench(parser: argparse.ArgumentParser) -> Runner:
     parser.add_argument("--part", choices=("selection", "end-to-end", "all"), default="all",
                         help="which benchmark to run (default all)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default cpu)")
-    parser.add_argument("--strategy", action="append", metavar="NAME",
-                        help="strategy to measure; repeat for several (default: every registered one for "
-                             "selection; st_simdiff, fastv, visionzip, framefusion, evs, vidcom2, dart, uniform "
-                             "when registered for end-to-end)")
-    parser.add_argument("--ratios", type=_list_of(keep_ratio, "ratios in (0, 1]"), default=[0.3, 0.5],
-                        help="keep ratios of the reduced runs (default 0.3,0.5)")
+    parser.add_argument("--strategy", action="append", metavar="NAME|CONFIG", type=_strategy_spec,
+                        help="strategy to measure: a name, a .json/.yaml config, a JSON object, or a name with "
+                             "options (st_simdiff:variant=reference); repeat for several (default: every "
+                             "registered one for selection; st_simdiff, fastv, visionzip, framefusion, evs, "
+                             "vidcom2, dart, uniform when registered for end-to-end)")
+    parser.add_argument("--ratios", type=_list_of(keep_ratio, "ratios in (0, 1]"), default=[0.3],
+                        help="keep ratios of the reduced runs (default 0.3, the paper's budget; e.g. 0.3,0.5)")
     parser.add_argument("--selection-frames", type=positive_int, default=64,
                         help="frames of the selection benchmark (default 64)")
     parser.add_argument("--selection-grid", type=positive_int, default=13,
                         help="tokens per frame side in the selection benchmark (default 13: 169 per frame)")
     parser.add_argument("--dim", type=positive_int, default=3584, help="feature size for selection (default 3584)")
-    parser.add_argument("--size", choices=("tiny", "small", "base"), default="base",
-                        help="end-to-end model: tiny (tests), small (~59M), base (~137M parameters; default)")
+    parser.add_argument("--size", choices=("tiny", "small", "base"), default="small",
+                        help="end-to-end model: tiny (tests), small (~59M parameters; default), base (~137M)")
     parser.add_argument("--frames", type=_list_of(even_frames, "even frame counts"), default=[8, 16, 32],
                         help="frame counts of the end-to-end benchmark (default 8,16,32)")
     parser.add_argument("--resolution", type=resolution_px, default=336,
                         help="frame side in pixels, a multiple of 28 (default 336: 144 tokens per 2 frames)")
-    parser.add_argument("--repeats", type=positive_int, default=3, help="timed runs per measurement (default 3)")
-    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--repeats", type=positive_int, default=3,
+                        help="timed runs per measurement (default 3; fewer give no spread and no verdicts)")
+    parser.add_argument("--json", metavar="PATH", default="tokenreduce-bench.json",
+                        help="results as JSON, rewritten as each measurement finishes (default "
+                             "tokenreduce-bench.json; '' for none)")
     parser.add_argument("--plot", metavar="PATH", default="tokenreduce-bench.png",
-                        help="plot of time and memory vs frames (default tokenreduce-bench.png)")
+                        help="plot of time and memory vs frames, redrawn as results come (default "
+                             "tokenreduce-bench.png; '' for none)")
+    parser.add_argument("--check-logits", action="store_true",
+                        help="report how far the first-token logits of several configurations of one strategy "
+                             "(at one ratio) are apart")
     parser.add_argument("--threads", type=positive_int,
                         help="CPU threads for torch (default: torch's choice); 1 makes CPU times most "
                              "stable on a machine shared with other work")
@@ -177,7 +195,8 @@ def _configure_bench(parser: argparse.ArgumentParser) -> Runner:
             parts=parts, device=args.device, strategies=args.strategy, ratios=tuple(args.ratios),
             selection_frames=args.selection_frames, selection_grid=args.selection_grid, dim=args.dim,
             size=args.size, frame_counts=tuple(args.frames), resolution=args.resolution, repeats=args.repeats,
-            json_path=args.json, plot_path=args.plot, progress=not args.no_progress, threads=args.threads))
+            json_path=args.json or None, plot_path=args.plot or None, progress=not args.no_progress,
+            threads=args.threads, check_logits=args.check_logits))
 
     return run
 

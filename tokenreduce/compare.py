@@ -7,6 +7,7 @@ the encoder's documented proxies (``EncodedVideo.proxies``) and are listed in th
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Any
 
 import tokenreduce as tr
 from tokenreduce.encoders import EncodedVideo
+from tokenreduce.errors import ConfigError
 from tokenreduce.interfaces import Reducer, Signal
 from tokenreduce.tokens import Reduction, VisualTokens
 
@@ -72,7 +74,41 @@ def _is_file(spec: str | Path) -> bool:
     return Path(spec).suffix.lower() in (".json", ".yaml", ".yml")
 
 
+def parse_spec(text: str) -> str | dict[str, Any]:
+    """A strategy as a command line gives it: a registered name, a ``.json``/``.yaml`` config file,
+    an inline JSON object (``'{"name": "st_simdiff", "variant": "reference"}'``), or a name with
+    options (``st_simdiff:variant=reference,tau_sim=0.7``; a value is read as JSON when it parses,
+    else as a string). Returns what ``tr.build`` takes."""
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            spec = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"strategy {text!r} is not a valid JSON object: {exc}") from None
+        if not isinstance(spec, dict) or "name" not in spec:
+            raise ConfigError(f"a strategy given as JSON needs a \"name\", got {text!r}")
+        return spec
+    name, colon, options = text.partition(":")
+    if not colon or Path(text).suffix.lower() in (".json", ".yaml", ".yml"):
+        return text
+    spec: dict[str, Any] = {"name": name.strip()}
+    for option in filter(None, (o.strip() for o in options.split(","))):
+        key, equals, value = option.partition("=")
+        if not equals or not key.strip():
+            raise ConfigError(f"strategy option {option!r} in {text!r} is not key=value")
+        try:
+            spec[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            spec[key.strip()] = value.strip()
+    return spec
+
+
 def label_of(spec: str | Path | dict[str, Any], reducer: Reducer) -> str:
+    """How tables and plots name a strategy: its name, the file's stem, or the name with the
+    options given (``st_simdiff(variant=reference)``)."""
+    if isinstance(spec, dict):
+        options = ", ".join(f"{k}={v}" for k, v in spec.items() if k != "name")
+        return f"{reducer.config.name}({options})" if options else reducer.config.name
     if isinstance(spec, (str, Path)) and _is_file(spec):
         return f"{Path(spec).stem} ({reducer.config.name})"
     return reducer.config.name

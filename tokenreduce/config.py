@@ -17,16 +17,20 @@ registered name, a nested dict, a config, or a built component.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
+import sys
 import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Union
 
-from tokenreduce.errors import ConfigError, ConfigTypeError, MissingDependencyError
+from tokenreduce.config_files import load_config
+from tokenreduce.errors import ConfigError, ConfigTypeError, brief
 from tokenreduce.registry import registry_for
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # the range of every int field (seeds, counts, layers)
+FLOAT_MAX = sys.float_info.max
 
 _COMPONENT_KEY = "tokenreduce_component"
 _COMPONENT_LIST_KEY = "tokenreduce_component_list"
@@ -60,14 +64,14 @@ def _to_config(kind: str, value: Any, field_name: str) -> Config:
     elif isinstance(value, Mapping):
         if "name" not in value:
             raise ConfigError(f"{field_name}: a nested {registry.kind} config needs a 'name' key "
-                              f"(one of {', '.join(registry.names())}), got keys {sorted(value)}")
+                              f"(one of {', '.join(registry.names())}), got keys {brief(list(value))}")
         config = registry.get(value["name"]).Config.from_dict(value)
     else:
         raise ConfigTypeError(f"{field_name} must be a {registry.kind} name, dict or config, "
                               f"got {type(value).__name__}")
     if config.kind != kind:
         raise ConfigTypeError(f"{field_name} must be a {registry.kind}, got a {config.kind} "
-                              f"config ({config.name!r})")
+                              f"config ({brief(config.name)})")
     return config
 
 
@@ -86,16 +90,22 @@ def _check_value(name: str, hint: Any, value: Any) -> Any:
     if hint is Any:
         return value
     if origin in (Union, types.UnionType):
+        value_errors = []
         for option in args:
             try:
                 return _check_value(name, option, value)
-            except (ConfigTypeError, ConfigError):
+            except ConfigTypeError:
                 continue
-        raise ConfigTypeError(f"{name} must be {_type_name(hint)}, got {value!r} ({type(value).__name__})")
+            except ConfigError as exc:
+                if option in (int, float):  # a number out of range: that message is the precise one
+                    value_errors.append(exc)
+        if value_errors:
+            raise value_errors[0]
+        raise ConfigTypeError(f"{name} must be {_type_name(hint)}, got {brief(value)} ({type(value).__name__})")
     if origin is Literal:
         if any(value == option and type(value) is type(option) for option in args):
             return value
-        raise ConfigError(f"{name} must be one of {', '.join(map(repr, args))}, got {value!r}")
+        raise ConfigError(f"{name} must be one of {', '.join(map(repr, args))}, got {brief(value)}")
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
             raise ConfigTypeError(f"{name} must be a list, got {type(value).__name__}")
@@ -109,25 +119,28 @@ def _check_value(name: str, hint: Any, value: Any) -> Any:
     if hint is type(None):
         if value is None:
             return None
-        raise ConfigTypeError(f"{name} must be None, got {value!r}")
+        raise ConfigTypeError(f"{name} must be None, got {brief(value)}")
     if hint is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigTypeError(f"{name} must be a bool (true/false), got {value!r} ({type(value).__name__})")
+        raise ConfigTypeError(f"{name} must be a bool (true/false), got {brief(value)} ({type(value).__name__})")
     if hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if not INT64_MIN <= value <= INT64_MAX:
+                raise ConfigError(f"{name} must be in the int64 range [-2**63, 2**63 - 1], got {brief(value)}")
             return value
-        raise ConfigTypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+        raise ConfigTypeError(f"{name} must be an int, got {brief(value)} ({type(value).__name__})")
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if isinstance(value, float) and math.isnan(value):
-                raise ConfigError(f"{name} must not be NaN")
-            return float(value)
-        raise ConfigTypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+            if isinstance(value, int) and abs(value) > FLOAT_MAX:
+                raise ConfigError(f"{name} must be a number within the float range (|x| <= {FLOAT_MAX:.4g}), "
+                                  f"got {brief(value)}")
+            return float(value)  # NaN and inf pass here: the config's validate() names the valid range
+        raise ConfigTypeError(f"{name} must be a number, got {brief(value)} ({type(value).__name__})")
     if hint is str:
         if isinstance(value, str):
             return value
-        raise ConfigTypeError(f"{name} must be a str, got {value!r} ({type(value).__name__})")
+        raise ConfigTypeError(f"{name} must be a str, got {brief(value)} ({type(value).__name__})")
     if isinstance(hint, type):
         if isinstance(value, hint):
             return value
@@ -163,6 +176,10 @@ class Config:
                 value = _check_value(label, hints[f.name], value)
             object.__setattr__(self, f.name, value)
         self.validate()
+        for f in dataclasses.fields(self):  # a validate() that forgot NaN never lets one through
+            value = getattr(self, f.name)
+            if isinstance(value, float) and math.isnan(value):
+                raise ConfigError(f"{self.name}.{f.name} must be a number, got nan")
 
     @classmethod
     def _hints(cls) -> dict[str, Any]:
@@ -192,11 +209,11 @@ class Config:
         name = values.pop("name", None)
         own = getattr(cls.component, "registered_name", None)
         if name is not None and own is not None and name != own:
-            raise ConfigError(f"config for {own!r} was given name {name!r}")
+            raise ConfigError(f"config for {own!r} was given name {brief(name)}")
         valid = cls.field_names()
-        unknown = sorted(set(values) - set(valid))
+        unknown = set(values) - set(valid)
         if unknown:
-            raise ConfigError(f"unknown key(s) {', '.join(map(repr, unknown))} for {own or cls.__qualname__}; "
+            raise ConfigError(f"unknown key(s) {_key_list(unknown)} for {own or cls.__qualname__}; "
                               f"valid keys: {', '.join(valid) or 'none'}")
         return cls(**values)
 
@@ -209,9 +226,9 @@ class Config:
 
     def replace(self, **changes: Any) -> Config:
         """A copy with some fields changed (validated again)."""
-        unknown = sorted(set(changes) - set(self.field_names()))
+        unknown = set(changes) - set(self.field_names())
         if unknown:
-            raise ConfigError(f"unknown key(s) {', '.join(map(repr, unknown))} for {self.name}; "
+            raise ConfigError(f"unknown key(s) {_key_list(unknown)} for {self.name}; "
                               f"valid keys: {', '.join(self.field_names())}")
         return dataclasses.replace(self, **changes)
 
@@ -222,6 +239,20 @@ class Config:
         return type(self).component(self)
 
 
+def check_in_range(name: str, value: float, low: float, high: float, what: str = "") -> None:
+    """Raise ``ConfigError`` naming ``name``, the range and the value unless ``low <= value <= high``
+    (NaN is outside every range). ``what`` says what the value is ("a cosine similarity ")."""
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be {what}in [{low:g}, {high:g}], got {brief(value)}")
+
+
+def _key_list(keys: set[Any], shown: int = 10) -> str:
+    """Some of ``keys`` for a message, each bounded, with the count when there are more."""
+    names = sorted(brief(k) for k in keys)
+    more = f", ... ({len(names)} in all)" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, Config):
         return value.to_dict()
@@ -230,53 +261,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     return value
-
-
-# ----- files -----------------------------------------------------------------------------------
-def load_config(path: str | Path) -> dict[str, Any]:
-    """Read a config dict from a ``.json``, ``.yaml`` or ``.yml`` file with safe loaders only."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
-    text = path.read_text(encoding="utf-8")
-    suffix = path.suffix.lower()
-    if suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}: invalid JSON: {exc}") from None
-    elif suffix in (".yaml", ".yml"):
-        yaml = _yaml()
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: invalid YAML: {exc}") from None
-    else:
-        raise ConfigError(f"{path}: unsupported config file type {suffix!r}; use .json, .yaml or .yml")
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a config file must hold a mapping, got {type(data).__name__}")
-    return data
-
-
-def save_config(config: Config | Mapping[str, Any], path: str | Path) -> None:
-    """Write a config (or its dict) as JSON or YAML, chosen by the file suffix."""
-    data = config.to_dict() if isinstance(config, Config) else dict(config)
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix == ".json":
-        path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    elif suffix in (".yaml", ".yml"):
-        path.write_text(_yaml().safe_dump(data, sort_keys=False), encoding="utf-8")
-    else:
-        raise ConfigError(f"{path}: unsupported config file type {suffix!r}; use .json, .yaml or .yml")
-
-
-def _yaml() -> Any:
-    try:
-        import yaml
-    except ImportError:
-        raise MissingDependencyError("YAML configs need PyYAML: pip install 'tokenreduce[yaml]'") from None
-    return yaml
 
 
 def _looks_like_path(spec: str) -> bool:

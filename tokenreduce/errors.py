@@ -7,6 +7,8 @@ Every error subclasses a builtin (``ValueError``, ``TypeError``, ``LookupError``
 
 from __future__ import annotations
 
+import reprlib
+
 
 class TokenReduceError(Exception):
     """Base class of every error tokenreduce raises deliberately."""
@@ -18,6 +20,16 @@ class ConfigError(TokenReduceError, ValueError):
 
 class ConfigTypeError(TokenReduceError, TypeError):
     """A configuration field has a value of the wrong type."""
+
+
+class InputError(TokenReduceError, ValueError):
+    """A tensor input (``VisualTokens``, ``Reduction``, a model handed to ``apply``) has a wrong
+    shape, device or value; the message names the argument."""
+
+
+class InputTypeError(TokenReduceError, TypeError):
+    """An input has the wrong type (a list where a tensor belongs, a float mask); the message names
+    the argument."""
 
 
 class UnknownNameError(TokenReduceError, LookupError):
@@ -39,5 +51,52 @@ class MissingSignalError(TokenReduceError, ValueError):
     """A reducer was called without a signal it declares it needs (e.g. importance)."""
 
 
+class RegistrationError(TokenReduceError, TypeError):
+    """A class cannot be registered: it is not a component of the registry's kind, or the name is
+    not a valid name."""
+
+
+class PluginError(UnknownNameError):
+    """A name belongs to a plugin (entry point) that could not be used: it failed to load or is
+    not of the registry's kind; the message names the plugin, its distribution and the reason."""
+
+
+class ServingError(TokenReduceError, ValueError):
+    """A strategy cannot run inside a serving engine as configured (e.g. it needs the LLM's attention)."""
+
+
 class BudgetWarning(UserWarning):
     """A reducer's budget reduced nothing in a model run (it kept every visual token)."""
+
+
+_BRIEF_LIMIT = 80
+
+
+class _BoundedRepr(reprlib.Repr):
+    """``reprlib.Repr`` that never converts a huge int to decimal (Python refuses past 4300 digits
+    and the conversion is quadratic) and shows a few items of every container."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel, self.maxlist, self.maxtuple, self.maxdict, self.maxset = 3, 4, 4, 4, 4
+        self.maxstring = self.maxother = _BRIEF_LIMIT
+
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() <= 128:
+            return repr(x)
+        return f"<int of about {int(x.bit_length() * 0.30103) + 1} digits>"
+
+
+_BOUNDED = _BoundedRepr()
+
+
+def clip(text: str, limit: int = 2 * _BRIEF_LIMIT) -> str:
+    """``text`` cut to ``limit`` characters (for messages that quote another library's message)."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def brief(value: object) -> str:
+    """A repr of ``value`` for error messages: bounded in length and in the work it takes, whatever
+    the value (a huge int, a deeply nested or alias-expanded structure, a long string)."""
+    return clip(_BOUNDED.repr(value))
+

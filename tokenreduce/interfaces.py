@@ -32,7 +32,7 @@ import torch
 
 from tokenreduce.budget import Budget, check_count, check_ratio
 from tokenreduce.config import Config
-from tokenreduce.errors import ConfigError, ConfigTypeError, MissingSignalError
+from tokenreduce.errors import ConfigError, ConfigTypeError, InputTypeError, MissingSignalError, brief
 from tokenreduce.tokens import Reduction, VisualTokens
 
 
@@ -276,7 +276,7 @@ class Reducer(Component, abc.ABC):
 
     def __call__(self, tokens: VisualTokens) -> Reduction:
         if not isinstance(tokens, VisualTokens):
-            raise TypeError(f"{type(self).__name__} expects tr.VisualTokens, got {type(tokens).__name__}; "
+            raise InputTypeError(f"{type(self).__name__} expects tr.VisualTokens, got {type(tokens).__name__}; "
                             "wrap features of shape [B, T, H, W, D] with tr.VisualTokens(features)")
         self.check_signals(tokens)
         reduction = self.reduce(tokens)

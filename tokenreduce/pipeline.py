@@ -55,8 +55,8 @@ def restrict(tokens: VisualTokens, reduction: Reduction, base: torch.Tensor) -> 
     features = tokens.features
     if reduction.features is not None:
         features = reduction.features.reshape(tokens.batch_size, t, h, w, -1).to(features.dtype)
-    return tokens.replace(valid=reduction.keep_mask.reshape(tokens.batch_size, t, h, w),
-                          features=features, budget_base=base)
+    return tokens.replace_trusted(valid=reduction.keep_mask.reshape(tokens.batch_size, t, h, w),
+                                  features=features, budget_base=base)
 
 
 def run_in_order(steps: Sequence[Reducer], tokens: VisualTokens) -> Reduction:

@@ -34,6 +34,31 @@ def top_k_mask(scores: torch.Tensor, counts: torch.Tensor, eligible: torch.Tenso
     return (rank < counts.to(scores.device).unsqueeze(1)) & eligible
 
 
+def top_k_exact(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` highest scores of every row of ``scores`` ``[..., N]`` and their indices, both
+    ``[..., k]``, by ``top_k_mask``'s rule: among equal scores the lower index is chosen.
+
+    ``torch.topk`` alone may pick any of several equal scores at the boundary; rows where equal
+    scores straddle it (rare with real-valued scores) are redone exactly, so no row is sorted
+    whole. Rows with fewer than ``k`` finite scores return some ``-inf`` entries (callers treat
+    them as absent). ``k`` is clipped to ``N``.
+    """
+    k = min(k, scores.shape[-1])
+    values, indices = torch.topk(scores, k, dim=-1)
+    threshold = values[..., -1:]
+    straddle = ((scores == threshold).sum(dim=-1) > (values == threshold).sum(dim=-1)) & (
+        threshold.squeeze(-1) > float("-inf"))
+    if k and bool(straddle.any()):
+        rows = straddle.nonzero(as_tuple=True)
+        row_scores, row_threshold = scores[rows], threshold[rows]
+        above, level = row_scores > row_threshold, row_scores == row_threshold
+        need = k - above.sum(dim=-1, keepdim=True)
+        chosen = (above | (level & (level.cumsum(dim=-1) <= need))).nonzero()[:, 1].reshape(-1, k)
+        indices[rows] = chosen
+        values[rows] = row_scores.gather(-1, chosen)
+    return values, indices
+
+
 def rank_within(eligible: torch.Tensor, segment: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """For each eligible token: its 0-based rank among the eligible tokens of its segment (in
     flat order) and the segment's eligible count. ``segment`` is a long ``[N]`` or ``[B, N]``

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from tokenreduce.errors import MissingSignalError
+from tokenreduce.errors import InputError, InputTypeError, MissingSignalError, brief
 
 
 class Role(enum.IntFlag):
@@ -49,36 +49,64 @@ def _check_grid_tensor(
 ) -> torch.Tensor:
     """Validate an optional per-token tensor whose leading dims must be the grid ``[B,T,H,W]``."""
     if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape [B, T, H, W]={_shape_text(grid)}, "
-                        f"got {type(value).__name__}")
+        raise InputTypeError(f"{name} must be a torch.Tensor of shape [B, T, H, W]={_shape_text(grid)}, "
+                             f"got {type(value).__name__}")
     if tuple(value.shape[:4]) != grid or (kind != "signal" and value.ndim != 4):
         expected = _shape_text(grid) + (" + trailing dims" if kind == "signal" else "")
-        raise ValueError(f"{name} must have shape [B, T, H, W]={expected} to match features, "
+        raise InputError(f"{name} must have shape [B, T, H, W]={expected} to match features, "
                          f"got {_shape_text(value.shape)}")
     if value.device != device:
-        raise ValueError(f"{name} is on {value.device} but features are on {device}")
+        raise InputError(f"{name} is on {value.device} but features are on {device}")
     if kind == "bool" and value.dtype != torch.bool:
-        raise TypeError(f"{name} must be a bool tensor, got dtype {value.dtype}")
+        raise InputTypeError(f"{name} must be a bool tensor, got dtype {value.dtype}")
     if kind == "float":
         if not value.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
+            raise InputTypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
     return value
+
+
+def non_finite_at(values: torch.Tensor, valid: torch.Tensor | None = None) -> list[int] | None:
+    """The index of the first NaN or inf of a float tensor ``[B, T, H, W, ...]`` at a ``valid``
+    token (anywhere when ``valid`` is ``None``), or ``None`` when there is none.
+
+    One fused reduction decides the common case: ``aminmax`` propagates NaN and returns an
+    infinite extreme when there is one, and, unlike a sum, it cannot overflow on finite values (an
+    fp16 sum of finite features easily does). Only when it finds something is an element-wise mask
+    built, to tell padding from valid tokens and to name the culprit.
+    """
+    if values.numel() == 0:
+        return None
+    low, high = torch.aminmax(values)
+    if bool(torch.isfinite(low) & torch.isfinite(high)):
+        return None
+    bad = ~torch.isfinite(values)
+    if valid is not None:
+        bad &= valid.reshape(*valid.shape, *[1] * (values.ndim - valid.ndim))
+    found = bad.nonzero()
+    return None if found.shape[0] == 0 else [int(i) for i in found[0].tolist()]
+
+
+def _where(index: list[int], values: torch.Tensor) -> str:
+    """``(first at [B=.., T=.., ...]: value)`` for an error message."""
+    axes = ", ".join(f"{axis}={i}" for axis, i in zip("BTHWD", index[:5]))
+    rest = "".join(f", {i}" for i in index[5:])
+    return f"(first at [{axes}{rest}]: {values[tuple(index)].item()})"
 
 
 def _check_context(context: Mapping[str, Any], batch: int, device: torch.device) -> dict[str, torch.Tensor]:
     """Validate ``VisualTokens.context``: a bool ``"valid"`` ``[B, M]`` and ``[B, M, ...]`` tensors."""
     if not isinstance(context, Mapping) or "valid" not in context:
-        raise ValueError("context must be a dict with a bool 'valid' tensor [B, M] (and [B, M, ...] signals)")
+        raise InputError("context must be a dict with a bool 'valid' tensor [B, M] (and [B, M, ...] signals)")
     valid = context["valid"]
     if not isinstance(valid, torch.Tensor) or valid.dtype != torch.bool or valid.ndim != 2 or valid.shape[0] != batch:
-        raise ValueError(f"context['valid'] must be a bool tensor [B, M] with B={batch}")
+        raise InputError(f"context['valid'] must be a bool tensor [B, M] with B={batch}")
     checked = {}
     for key, value in context.items():
         if not isinstance(value, torch.Tensor) or tuple(value.shape[:2]) != tuple(valid.shape):
-            raise ValueError(f"context[{key!r}] must be a tensor [B, M, ...]={_shape_text(valid.shape)} + trailing "
+            raise InputError(f"context[{key!r}] must be a tensor [B, M, ...]={_shape_text(valid.shape)} + trailing "
                              f"dims, got {type(value).__name__} {_shape_text(getattr(value, 'shape', ()))}")
         if value.device != device:
-            raise ValueError(f"context[{key!r}] is on {value.device} but features are on {device}")
+            raise InputError(f"context[{key!r}] is on {value.device} but features are on {device}")
         checked[key] = value
     return checked
 
@@ -104,7 +132,15 @@ class VisualTokens:
             ``context["valid"]`` bool ``[B, M]`` marks the real ones and every other entry is a
             ``[B, M, ...]`` tensor. Inside the LLM these are the tokens after the video (the
             prompt) with the in-LLM signals of the grid tokens (``"keys"``, ``"normed"``).
+
+    The constructor validates everything once: types, shapes, dtypes and devices (O(1)), and the
+    values (finite features, and finite importance and signals at valid tokens; a valid token per
+    sample; ``budget_base >= 1``) with one fused reduction each. ``replace`` validates only the
+    fields it changes; library code that builds tokens from tensors it made or already validated
+    uses ``VisualTokens.trusted`` and ``replace_trusted``, which check structure but not values.
     """
+
+    VALUE_CHECKED = ("features", "valid", "importance", "signals", "budget_base")
 
     def __init__(
         self,
@@ -117,48 +153,81 @@ class VisualTokens:
         num_layers: int | None = None,
         context: Mapping[str, torch.Tensor] | None = None,
     ) -> None:
+        self._assign(features, valid, importance, signals, budget_base, num_layers, context,
+                     check_values=self.VALUE_CHECKED)
+
+    @classmethod
+    def trusted(
+        cls,
+        features: torch.Tensor,
+        valid: torch.Tensor | None = None,
+        importance: torch.Tensor | None = None,
+        *,
+        signals: Mapping[str, torch.Tensor] | None = None,
+        budget_base: torch.Tensor | None = None,
+        num_layers: int | None = None,
+        context: Mapping[str, torch.Tensor] | None = None,
+    ) -> VisualTokens:
+        """Tokens made by library code from tensors it produced or already validated (a pipeline
+        step's survivors, an adapter's hidden states): types, shapes, dtypes and devices are
+        checked, the values are not (no pass over the features)."""
+        tokens = cls.__new__(cls)
+        tokens._assign(features, valid, importance, signals, budget_base, num_layers, context, check_values=())
+        return tokens
+
+    def _assign(self, features: Any, valid: Any, importance: Any, signals: Any, budget_base: Any,
+                num_layers: Any, context: Any, *, check_values: tuple[str, ...]) -> None:
+        """Check the structure of every field and the values of the fields in ``check_values``."""
         if not isinstance(features, torch.Tensor):
-            raise TypeError("features must be a torch.Tensor of shape [B, T, H, W, D], "
-                            f"got {type(features).__name__}")
+            raise InputTypeError("features must be a torch.Tensor of shape [B, T, H, W, D], "
+                                 f"got {type(features).__name__}")
         if features.ndim != 5:
-            raise ValueError("features must have shape [B, T, H, W, D] (rank 5), "
+            raise InputError("features must have shape [B, T, H, W, D] (rank 5), "
                              f"got rank {features.ndim} with shape {_shape_text(features.shape)}")
         if not features.is_floating_point():
-            raise TypeError(f"features must be a floating-point tensor, got dtype {features.dtype}")
+            raise InputTypeError(f"features must be a floating-point tensor, got dtype {features.dtype}")
+        if features.is_meta:
+            raise InputError("features is a meta tensor (a shape without data); pass real values")
         for axis, size in zip("BTHWD", features.shape):
             if size == 0:
-                raise ValueError(f"features has an empty {axis} axis: shape "
+                raise InputError(f"features has an empty {axis} axis: shape "
                                  f"{_shape_text(features.shape)} (an empty video or batch)")
         grid = tuple(features.shape[:4])
         device = features.device
         if valid is not None:
             valid = _check_grid_tensor("valid", valid, grid, kind="bool", device=device)
-            empty = ~valid.flatten(1).any(dim=1)
-            if bool(empty.any()):
-                raise ValueError(f"valid marks no token of sample(s) {empty.nonzero().flatten().tolist()}"
-                                 " as valid: every sample needs at least one valid token")
-        if not bool(torch.isfinite(features).all()):
-            raise ValueError("features contain NaN or inf values")
+            if "valid" in check_values:
+                empty = ~valid.flatten(1).any(dim=1)
+                if bool(empty.any()):
+                    raise InputError(f"valid marks no token of sample(s) {empty.nonzero().flatten().tolist()}"
+                                     " as valid: every sample needs at least one valid token")
+        if "features" in check_values:
+            bad = non_finite_at(features)
+            if bad is not None:
+                raise InputError(f"features contain NaN or inf values {_where(bad, features)}")
         if importance is not None:
             importance = _check_grid_tensor("importance", importance, grid, kind="float", device=device)
-            finite = torch.isfinite(importance) if valid is None else torch.isfinite(importance) | ~valid
-            if not bool(finite.all()):
-                raise ValueError("importance contains NaN or inf values at valid tokens")
+            bad = non_finite_at(importance, valid) if "importance" in check_values else None
+            if bad is not None:
+                raise InputError(f"importance contains NaN or inf values at valid tokens {_where(bad, importance)}")
         checked_signals: dict[str, torch.Tensor] = {}
         for key, value in (signals or {}).items():
             if not isinstance(key, str):
-                raise TypeError(f"signals keys must be str, got {type(key).__name__}")
+                raise InputTypeError(f"signals keys must be str, got {type(key).__name__}")
             checked_signals[key] = _check_grid_tensor(f"signals[{key!r}]", value, grid,
                                                       kind="signal", device=device)
+            bad = non_finite_at(value, valid) if "signals" in check_values and value.is_floating_point() else None
+            if bad is not None:
+                raise InputError(f"signals[{key!r}] contains NaN or inf values at valid tokens {_where(bad, value)}")
         if budget_base is not None:
             if not isinstance(budget_base, torch.Tensor) or budget_base.shape != (grid[0],):
-                raise ValueError(f"budget_base must be a tensor of shape [B]=({grid[0]},)")
+                raise InputError(f"budget_base must be a tensor of shape [B]=({grid[0]},)")
             budget_base = budget_base.to(device=device, dtype=torch.long)
-            if bool((budget_base < 1).any()):
-                raise ValueError("budget_base must be >= 1 for every sample")
+            if "budget_base" in check_values and bool((budget_base < 1).any()):
+                raise InputError("budget_base must be >= 1 for every sample")
         if num_layers is not None and (isinstance(num_layers, bool) or not isinstance(num_layers, int)
-                                       or num_layers < 1):
-            raise ValueError(f"num_layers must be a positive int, got {num_layers!r}")
+                                       or not 1 <= num_layers < 2**63):
+            raise InputError(f"num_layers must be an int in [1, 2**63 - 1], got {brief(num_layers)}")
         self.features = features
         self.valid = valid
         self.importance = importance
@@ -229,22 +298,36 @@ class VisualTokens:
 
     # ----- derived token sets ---------------------------------------------------------------
     def replace(self, **changes: Any) -> VisualTokens:
-        """A copy with some fields replaced (validated again)."""
+        """A copy with some fields replaced. The new fields are validated (and importance and
+        signals again when ``valid`` changes: they must be finite at the valid tokens); the others
+        were validated when these tokens were made. Shapes are always checked against each other."""
+        changed = set(changes) | ({"importance", "signals"} if "valid" in changes else set())
+        return self._copy(changes, check_values=tuple(k for k in self.VALUE_CHECKED if k in changed))
+
+    def replace_trusted(self, **changes: Any) -> VisualTokens:
+        """``replace`` for library code whose new fields it produced itself (a pipeline step's
+        kept mask, merged features): structure is checked, values are not (see ``trusted``)."""
+        return self._copy(changes, check_values=())
+
+    def _copy(self, changes: dict[str, Any], *, check_values: tuple[str, ...]) -> VisualTokens:
         fields = {"features": self.features, "valid": self.valid, "importance": self.importance,
                   "signals": self.signals, "budget_base": self.budget_base,
                   "num_layers": self.num_layers, "context": self.context}
         unknown = set(changes) - set(fields)
         if unknown:
-            raise TypeError(f"unknown VisualTokens field(s) {sorted(unknown)}; valid: {sorted(fields)}")
+            raise InputTypeError(f"unknown VisualTokens field(s) {sorted(unknown)}; valid: {sorted(fields)}")
         fields.update(changes)
-        return VisualTokens(**fields)
+        tokens = VisualTokens.__new__(VisualTokens)
+        tokens._assign(fields["features"], fields["valid"], fields["importance"], fields["signals"],
+                       fields["budget_base"], fields["num_layers"], fields["context"], check_values=check_values)
+        return tokens
 
     def sample(self, b: int) -> VisualTokens:
         """Sample ``b`` alone, as a batch of one."""
         if not 0 <= b < self.batch_size:
             raise IndexError(f"sample index {b} out of range for batch size {self.batch_size}")
         pick = slice(b, b + 1)
-        return VisualTokens(
+        return VisualTokens.trusted(
             self.features[pick],
             None if self.valid is None else self.valid[pick],
             None if self.importance is None else self.importance[pick],
@@ -259,6 +342,23 @@ class VisualTokens:
         extras += [f"signals[{k!r}]" for k in self.signals]
         return (f"VisualTokens(shape={_shape_text(self.features.shape)}, dtype={self.features.dtype}, "
                 f"device={self.device}" + (", with " + ", ".join(extras) if extras else "") + ")")
+
+
+def _check_like_mask(name: str, value: Any, keep_mask: torch.Tensor, *, integer: bool) -> None:
+    """A ``Reduction`` field that must be a ``[B, N]`` tensor like ``keep_mask`` (never broadcast):
+    bool (``valid``) or an integer dtype (``roles``)."""
+    kind = "an integer" if integer else "a bool"
+    if not isinstance(value, torch.Tensor):
+        raise InputTypeError(f"{name} must be {kind} torch.Tensor [B, N], got {type(value).__name__}")
+    if integer and (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool):
+        raise InputTypeError(f"{name} must be an integer tensor of Role flags, got dtype {value.dtype}")
+    if not integer and value.dtype != torch.bool:
+        raise InputTypeError(f"{name} must be a bool tensor, got dtype {value.dtype}")
+    if value.shape != keep_mask.shape:
+        raise InputError(f"{name} must have the shape of keep_mask [B, N]={_shape_text(keep_mask.shape)}, "
+                         f"got {_shape_text(value.shape)}")
+    if value.device != keep_mask.device:
+        raise InputError(f"{name} is on {value.device} but keep_mask is on {keep_mask.device}")
 
 
 @dataclass(frozen=True)
@@ -309,28 +409,40 @@ class Reduction:
         extra_valid: torch.Tensor | None = None,
         info: dict[str, Any] | None = None,
     ) -> None:
+        if not isinstance(keep_mask, torch.Tensor):
+            raise InputTypeError(f"keep_mask must be a bool torch.Tensor [B, N], got {type(keep_mask).__name__}")
         if keep_mask.dtype != torch.bool or keep_mask.ndim != 2:
-            raise ValueError(f"keep_mask must be a bool tensor [B, N], got {keep_mask.dtype} "
+            raise InputError(f"keep_mask must be a bool tensor [B, N], got {keep_mask.dtype} "
                              f"{_shape_text(keep_mask.shape)}")
+        if keep_mask.is_meta:
+            raise InputError("keep_mask is a meta tensor (a shape without data)")
+        if (not isinstance(grid, tuple) or len(grid) != 3
+                or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in grid)):
+            raise InputTypeError(f"grid must be a tuple (T, H, W) of positive ints, got {brief(grid)}")
         t, h, w = grid
         if keep_mask.shape[1] != t * h * w:
-            raise ValueError(f"keep_mask has {keep_mask.shape[1]} columns, grid {grid} has {t * h * w}")
+            raise InputError(f"keep_mask has {keep_mask.shape[1]} columns, grid {grid} has {t * h * w}")
         if valid is None:
             valid = torch.ones_like(keep_mask)
+        _check_like_mask("valid", valid, keep_mask, integer=False)
         if bool((keep_mask & ~valid).any()):
-            raise ValueError("keep_mask keeps padding (tokens outside valid)")
+            raise InputError("keep_mask keeps padding (tokens outside valid)")
         if roles is None:
             roles = torch.zeros(keep_mask.shape, dtype=torch.int32, device=keep_mask.device)
+        _check_like_mask("roles", roles, keep_mask, integer=True)
         roles = roles.to(torch.int32)
         roles = torch.where(keep_mask, roles | int(Role.KEPT), roles & ~int(Role.KEPT))
+        for name, value in (("features", features), ("extra", extra), ("extra_valid", extra_valid)):
+            if value is not None and not isinstance(value, torch.Tensor):
+                raise InputTypeError(f"{name} must be a torch.Tensor or None, got {type(value).__name__}")
         if features is not None and features.shape[:2] != keep_mask.shape:
-            raise ValueError(f"features must be [B, N, D] with [B, N]={_shape_text(keep_mask.shape)}, "
+            raise InputError(f"features must be [B, N, D] with [B, N]={_shape_text(keep_mask.shape)}, "
                              f"got {_shape_text(features.shape)}")
         if extra is not None and (extra.ndim != 3 or extra.shape[0] != keep_mask.shape[0]):
-            raise ValueError(f"extra must be [B, E, D], got {_shape_text(extra.shape)}")
+            raise InputError(f"extra must be [B, E, D], got {_shape_text(extra.shape)}")
         if extra_valid is not None and (extra is None or extra_valid.dtype != torch.bool
                                         or extra_valid.shape != extra.shape[:2]):
-            raise ValueError("extra_valid must be a bool tensor [B, E] matching extra, got "
+            raise InputError("extra_valid must be a bool tensor [B, E] matching extra, got "
                              f"{extra_valid.dtype} {_shape_text(extra_valid.shape)}")
         self.keep_mask = keep_mask
         self.roles = roles

@@ -12,13 +12,16 @@ The model's parameters and forwards are never edited.
 
 from __future__ import annotations
 
+import inspect
+import itertools
+import warnings
 from typing import Any
 
 from torch import nn
 
-from tokenreduce.errors import UnknownNameError
+from tokenreduce.errors import InputError, InputTypeError, UnknownNameError, brief, clip
 from tokenreduce.interfaces import Reducer
-from tokenreduce.registry import ADAPTERS
+from tokenreduce.registry import ADAPTERS, PluginWarning
 
 
 def find_adapter(model: nn.Module, name: str | None = None) -> type:
@@ -28,8 +31,15 @@ def find_adapter(model: nn.Module, name: str | None = None) -> type:
     if name is not None:
         return ADAPTERS.get(name)
     supported = []
-    for cls in dict(ADAPTERS.items()).values():
-        if cls.supports(model):
+    for adapter_name, cls in ADAPTERS.by_precedence():  # built-ins first: a plugin never pre-empts one
+        try:
+            claims = bool(cls.supports(model))
+        except Exception as exc:  # noqa: BLE001  (a plugin's broken supports() must not break apply)
+            warnings.warn(f"tokenreduce adapter {adapter_name!r} ({ADAPTERS.origin(adapter_name)}) was "
+                          f"skipped: its supports() raised {type(exc).__name__}: {clip(str(exc))}",
+                          PluginWarning, stacklevel=3)
+            continue
+        if claims:
             return cls
         supported.extend(getattr(cls, "model_classes", ()))
     raise UnknownNameError(f"no token-reduction adapter supports {type(model).__name__}; supported classes: "
@@ -68,13 +78,22 @@ def apply(model: nn.Module, reducer: Reducer, *, adapter: str | None = None, **o
             ones (the generic adapter's ``visual``).
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module (a Hugging Face model), got {type(model).__name__}")
+        raise InputTypeError("model must be a torch.nn.Module (a Hugging Face model), "
+                             f"got {type(model).__name__}")
+    if any(p.is_meta for p in itertools.chain(model.parameters(), model.buffers())):
+        raise InputError(f"model ({type(model).__name__}) has tensors on the meta device (shapes without "
+                         "data): load its weights (e.g. from_pretrained without device_map='meta') first")
     if id(model) in _ACTIVE:
         raise RuntimeError("a reducer is already applied to this model; remove it first")
     from tokenreduce.adapters.session import ReductionSession
 
     adapter_cls = find_adapter(model, adapter)
     adapter_options = {k: options.pop(k) for k in list(options) if k in getattr(adapter_cls, "options", ())}
+    valid = [p.name for p in inspect.signature(ReductionSession).parameters.values() if p.kind is p.KEYWORD_ONLY]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise InputTypeError(f"unknown option(s) {brief(unknown)} for tr.apply on {type(model).__name__}; valid: "
+                             f"{', '.join(valid + list(getattr(adapter_cls, 'options', ())))}")
     session = ReductionSession(adapter_cls(model, **adapter_options), reducer, **options)
     session.attach()
     _ACTIVE[id(model)] = session

@@ -20,6 +20,8 @@ import torch
 from torch import nn
 
 from tokenreduce.adapters import hf
+from tokenreduce.adapters.concurrency import PerThread
+from tokenreduce.errors import ConfigError
 
 
 @dataclass
@@ -32,16 +34,18 @@ class EncoderRecord:
 
 
 class EncoderCapture:
-    """Records the inputs of vision attention layers ``layers`` during each vision-tower call."""
+    """Records the inputs of vision attention layers ``layers`` during each vision-tower call
+    (per thread: a thread finds the records of its own calls)."""
+
+    records: list[EncoderRecord] = PerThread(list)  # type: ignore[assignment]
+    _pending: EncoderRecord = PerThread(EncoderRecord)  # type: ignore[assignment]
 
     def __init__(self, blocks: nn.ModuleList | None, layers: set[int], attention_of) -> None:
-        self.records: list[EncoderRecord] = []
-        self._pending = EncoderRecord()
         self._handles = []
         self.num_blocks = len(blocks) if blocks is not None else 0
         outside = sorted(i for i in layers if not -self.num_blocks <= i < self.num_blocks)
         if blocks is not None and outside:
-            raise ValueError(f"encoder_layer {outside[0]} is outside the vision encoder's "
+            raise ConfigError(f"encoder_layer {outside[0]} is outside the vision encoder's "
                              f"{self.num_blocks} blocks (valid: {-self.num_blocks} .. {self.num_blocks - 1})")
         for index in sorted({i % len(blocks) for i in layers}) if blocks is not None else ():
             module = attention_of(blocks[index])

@@ -4,6 +4,7 @@ steps read, which steps run on the LLM input, and which run before (or inside) w
 from __future__ import annotations
 
 from tokenreduce.adapters.state import ForwardState
+from tokenreduce.errors import ConfigError, InputError
 from tokenreduce.interfaces import EncoderConfig, LayerwiseReducer, Reducer, Stage
 
 POSITION_POLICIES = ("original", "contiguous")
@@ -31,7 +32,7 @@ class Schedule:
         self.layerwise = [s for s in self.steps if isinstance(s, LayerwiseReducer)]
         self.layerwise_from = min((s.layer for s in self.layerwise), default=None)
         if self.in_steps and positions == "contiguous":
-            raise ValueError("positions='contiguous' renumbers the LLM input and works with pre-LLM steps only; "
+            raise InputError("positions='contiguous' renumbers the LLM input and works with pre-LLM steps only; "
                              "in-LLM steps keep the original positions")
 
     def _place(self, step: Reducer) -> None:
@@ -44,12 +45,12 @@ class Schedule:
         layer = step.layer
         name = step.registered_name or type(step).__name__
         if layer is None:
-            raise TypeError(f"{name} runs in the LLM (Stage.IN_LLM) but its config has no layer: derive it from "
-                            "tr.InLLMConfig (layer, position)")
+            raise ConfigError(f"{name} runs in the LLM (Stage.IN_LLM) but its config has no layer: derive it from "
+                              "tr.InLLMConfig (layer, position)")
         first = 0 if isinstance(step, LayerwiseReducer) else 1  # layer 0 has no previous layer to probe
         if not first <= layer < self.num_layers:
-            raise ValueError(f"{name}.layer must be in [{first}, "
-                             f"{self.num_layers - 1}] for a decoder with {self.num_layers} layers, got {layer}")
+            raise ConfigError(f"{name}.layer must be in [{first}, "
+                              f"{self.num_layers - 1}] for a decoder with {self.num_layers} layers, got {layer}")
         self.in_steps.setdefault(layer, []).append(step)
         if step.position == "after_attention":
             self.after_attention.add(id(step))

@@ -25,18 +25,22 @@ from typing import Any
 import torch
 
 from tokenreduce.adapters import hf
+from tokenreduce.adapters.concurrency import ForwardLock, PerThread
 from tokenreduce.adapters.decode import Decode
 from tokenreduce.adapters.prefill import Prefill
 from tokenreduce.adapters.record import PrefillRecord, report, save_report, video_records
 from tokenreduce.adapters.schedule import POSITION_POLICIES, Schedule
 from tokenreduce.adapters.state import ForwardState, Phase
 from tokenreduce.adapters.steps import video_groups
-from tokenreduce.errors import BudgetWarning
+from tokenreduce.errors import BudgetWarning, InputError, InputTypeError, brief
 from tokenreduce.interfaces import BudgetConfig, Reducer
 
 
 class ReductionSession:
     """Installs and removes the hooks driving ``reducer`` on the model ``adapter`` wraps.
+
+    Threads may share it: forwards take turns and each thread's prefill state is its own
+    (``concurrency.py``); the reports (``kept_indices`` ...) describe the calling thread's last prefill.
 
     Args:
         adapter: the model adapter.
@@ -47,14 +51,19 @@ class ReductionSession:
             averaged.
     """
 
+    state: ForwardState | None = PerThread()  # type: ignore[assignment]  # this thread's last prefill
+    _phase: Phase | None = PerThread()  # type: ignore[assignment]
+    _last: PrefillRecord | None = PerThread()  # type: ignore[assignment]  # the record of this thread's last prefill
+    _decode_steps: int = PerThread(int)  # type: ignore[assignment]  # of that prefill, kept when the session ends
+
     def __init__(self, adapter, reducer: Reducer, *, positions: str = "original", probe_queries: int = 1) -> None:
         if not isinstance(reducer, Reducer):
-            raise TypeError(f"reducer must be a tokenreduce Reducer (e.g. tr.build('random', ratio=0.3)), "
-                            f"got {type(reducer).__name__}")
+            raise InputTypeError(f"reducer must be a tokenreduce Reducer (e.g. tr.build('random', ratio=0.3)), "
+                                 f"got {type(reducer).__name__}")
         if positions not in POSITION_POLICIES:
-            raise ValueError(f"positions must be one of {POSITION_POLICIES}, got {positions!r}")
+            raise InputError(f"positions must be one of {POSITION_POLICIES}, got {brief(positions)}")
         if isinstance(probe_queries, bool) or not isinstance(probe_queries, int) or probe_queries < 1:
-            raise ValueError(f"probe_queries must be a positive int, got {probe_queries!r}")
+            raise InputError(f"probe_queries must be a positive int, got {brief(probe_queries)}")
         self.adapter = adapter
         self.reducer = reducer
         self.positions = positions
@@ -63,11 +72,9 @@ class ReductionSession:
         self.schedule = Schedule(reducer, self.num_layers, positions)
         self.prefill = Prefill(adapter, self.schedule, positions=positions, probe_queries=probe_queries)
         self.decode = Decode(adapter)
-        self.state: ForwardState | None = None
-        self.records: list[PrefillRecord] = []  # one per reduced prefill, kept after the session ends
+        self._forward_lock = ForwardLock()
+        self.records: list[PrefillRecord] = []  # one per reduced prefill (every thread's), kept after the session
         self._warned_budget = False
-        self._decode_steps = 0  # of the last prefill, kept when the session ends
-        self._phase: Phase | None = None
         self._handles: list[Any] = []
         self._restore: list[Any] = []
 
@@ -84,6 +91,9 @@ class ReductionSession:
             top, lm = self.adapter.top, self.adapter.language_model
             self._hook(top.register_forward_pre_hook(self._top_pre, with_kwargs=True))
             self._hook(top.register_forward_hook(self._top_post, with_kwargs=True))
+            for module in {id(m): m for m in (top, self.adapter.vision_tower) if m is not None}.values():
+                for handle in self._forward_lock.install(module):  # after the hooks above: runs last
+                    self._hook(handle)
             self._hook(lm.register_forward_pre_hook(self._lm_pre, with_kwargs=True))
             for index, layer in enumerate(self.adapter.layers):
                 self._hook(layer.register_forward_pre_hook(self._layer_pre(index), with_kwargs=True))
@@ -122,8 +132,8 @@ class ReductionSession:
     # ----- reporting: what the prefills decided (available after the session ends) -------------
     @property
     def last(self) -> PrefillRecord | None:
-        """The record of the last reduced prefill, or ``None`` before the first."""
-        return self.records[-1] if self.records else None
+        """The record of this thread's last reduced prefill, or ``None`` before the first."""
+        return self._last
 
     def kept_indices(self) -> list[torch.Tensor]:
         """Per video (in the adapter's span order): the flat grid indices the last prefill kept."""
@@ -206,6 +216,7 @@ class ReductionSession:
         record = PrefillRecord(video_records(state.groups, len(state.visual.spans), self._budget()),
                                dict(state.layer_counts))
         self.records.append(record)
+        self._last = record
         if self._warned_budget or not self._warns_when_nothing_is_reduced():
             return
         if record.videos and all(video.share >= 1 for video in record.videos):

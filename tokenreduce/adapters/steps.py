@@ -140,7 +140,7 @@ def run_steps(
                 step_importance = torch.stack([imp for imp, _ in per_span]).to(hidden.device)
                 signals[Signal.KEYS.value] = _grid_view(torch.stack([k for _, k in per_span]).to(hidden.device),
                                                         group.grid)
-            tokens = VisualTokens(
+            tokens = VisualTokens.trusted(
                 _grid_view(features, group.grid),
                 valid=_grid_view(present, group.grid),
                 importance=None if step_importance is None else _grid_view(

@@ -4,10 +4,11 @@ For every frame count the full model and each (strategy, ratio) run on the same 
 process, so the ratios compare like with like. Per run:
 
 - ``ttft_s``: one forward pass over the prompt with the KV cache on and the first token picked
-  (vision tower + selection + LLM prefill + LM head on the last position), wall clock; the best
-  of ``repeats`` after one warm-up. The repeats of all configurations of one frame count are
-  interleaved (full, strategy 1, strategy 2, ..., full, ...), so that other work on the machine
-  disturbs them alike.
+  (vision tower + selection + LLM prefill + LM head on the last position), wall clock, as all
+  ``repeats`` (min / median / max) after a warm-up pass of the full model and one of the
+  configuration (the memory pass below). The repeats of
+  all configurations of one frame count are interleaved (full, strategy 1, strategy 2, ..., full,
+  ...), so that other work on the machine disturbs them alike.
 - ``vision_s``: the part of it spent in the vision tower (forward hooks); ``prefill_s`` is
   ``ttft_s - vision_s``: the selection overhead plus the LLM prefill, which reduction shrinks.
 - ``ttft_cpu_s`` / ``prefill_cpu_s``: the same in CPU time of the process (all its threads,
@@ -18,24 +19,38 @@ process, so the ratios compare like with like. Per run:
   KV cache) above what was allocated when it started; weights, inputs and the vision tower's own
   activations are excluded. On CUDA it is ``torch.cuda.max_memory_allocated`` over that window;
   on CPU the running sum of the PyTorch profiler's allocation/free events (``profile_memory=True``)
-  inside a ``record_function`` range around the forward, in a separate untimed pass.
+  inside a ``record_function`` range around the forward, in the untimed warm-up pass (what native
+  code writes to stderr during that pass, the profiler's own lines, is silenced; the timed passes
+  run the same forward unsilenced).
 - ``kept_tokens``: visual tokens in the last decoder layer's KV cache.
+- ``logits`` (kept in memory, not in the JSON): the first token's logits, for ``--check-logits``.
+
+Results come out as they are measured: ``measure`` yields the runs of a frame count after each
+round of repeats, so that a caller can write them before the next one starts.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 
 import tokenreduce as tr
 from tokenreduce.adapters import hf
 from tokenreduce.bench.model import TEXT_TOKENS, VideoPrompt, build_model, video_prompt
-from tokenreduce.compare import build_at_ratio
+from tokenreduce.bench.progress import Progress
+from tokenreduce.bench.selection import Spec
+from tokenreduce.bench.spread import Spread
+from tokenreduce.compare import build_at_ratio, label_of
 from tokenreduce.interfaces import Reducer
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -45,17 +60,52 @@ class PrefillRun:
     frames: int
     strategy: str
     ratio: float
+    config: dict[str, Any] | None
     visual_tokens: int
     kept_tokens: int
-    ttft_s: float
-    vision_s: float
-    prefill_s: float
-    ttft_cpu_s: float
-    prefill_cpu_s: float
+    ttft_s: Spread | None  # timings are None until the first timed repeat has run
+    vision_s: Spread | None
+    prefill_s: Spread | None
+    ttft_cpu_s: Spread | None
+    prefill_cpu_s: Spread | None
     peak_bytes: int
+    logits: torch.Tensor | None = None
 
-    def as_dict(self) -> dict:
-        return asdict(self)
+    @property
+    def label(self) -> str:
+        return "full" if self.strategy == "full" else f"{self.strategy} r={self.ratio:g}"
+
+    @property
+    def repeats(self) -> int:
+        return 0 if self.ttft_s is None else len(self.ttft_s.values)
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"frames": self.frames, "strategy": self.strategy, "ratio": self.ratio,
+                               "config": self.config, "visual_tokens": self.visual_tokens,
+                               "kept_tokens": self.kept_tokens, "peak_bytes": self.peak_bytes,
+                               "repeats": self.repeats}
+        for name in ("ttft_s", "vision_s", "prefill_s", "ttft_cpu_s", "prefill_cpu_s"):
+            value = getattr(self, name)
+            out[name] = None if value is None else value.as_dict()
+        return out
+
+
+@dataclass(frozen=True)
+class Config:
+    """One configuration to measure: a label, its keep ratio, the reducer (``None``: full model)."""
+
+    label: str
+    ratio: float
+    reducer: Reducer | None
+
+    @property
+    def title(self) -> str:
+        return self.label if self.reducer is None else f"{self.label} r={self.ratio:g}"
+
+    @property
+    def name(self) -> str:
+        """The registered strategy name (``full`` for the unreduced model)."""
+        return "full" if self.reducer is None else (self.reducer.registered_name or self.reducer.config.name)
 
 
 def _sync(device: torch.device) -> None:
@@ -86,13 +136,15 @@ class _VisionTimer:
             handle.remove()
 
 
-def _prefill(model: torch.nn.Module, prompt: VideoPrompt) -> int:
-    """One prefill forward; returns the visual tokens left in the last layer's KV cache."""
+def _prefill(model: torch.nn.Module, prompt: VideoPrompt) -> tuple[int, torch.Tensor]:
+    """One prefill forward; returns the visual tokens left in the last layer's KV cache and the
+    first token's logits."""
     with torch.inference_mode():
         out = model(**prompt.inputs, use_cache=True, logits_to_keep=1)
-        out.logits[:, -1].argmax(-1)
+        logits = out.logits[:, -1]
+        logits.argmax(-1)
     cache = hf.output_cache(out)
-    return hf.cache_length(cache, hf.cache_layers(cache) - 1) - TEXT_TOKENS
+    return hf.cache_length(cache, hf.cache_layers(cache) - 1) - TEXT_TOKENS, logits
 
 
 class _PeakMemory:
@@ -124,14 +176,16 @@ class _PeakMemory:
             self._range.__exit__(None, None, None)
             self._range = None
 
-    def measure(self, run: Callable[[], object]) -> int:
+    def measure(self, run: Callable[[], T]) -> tuple[int, T]:
+        """``run()``'s result and the peak memory its module forward allocated."""
         if self.device.type == "cuda":
-            run()
-            return self.peak
+            result = run()
+            return self.peak, result
         from torch.profiler import ProfilerActivity, profile
 
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            run()
+        # the native profiler writes "USDT ... profiler_start" and allocator notes to stderr
+        with native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            result = run()
         events = list(prof.profiler.kineto_results.events())
         window = next(e for e in events if e.name() == self.RANGE)
         start, end = window.start_ns(), window.start_ns() + window.duration_ns()
@@ -140,11 +194,25 @@ class _PeakMemory:
             if start <= event.start_ns() <= end:
                 current += event.nbytes()
                 peak = max(peak, current)
-        return peak
+        return peak, result
 
     def close(self) -> None:
         for handle in self._handles:
             handle.remove()
+
+
+@contextlib.contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """Send what native code writes to the process's stderr (file descriptor 2) to /dev/null."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 @contextlib.contextmanager
@@ -169,34 +237,58 @@ def _timed_prefill(model: torch.nn.Module, prompt: VideoPrompt, timer: _VisionTi
     return time.perf_counter() - start, timer.seconds, time.process_time() - cpu_start, timer.cpu_seconds
 
 
-def measure(model: torch.nn.Module, prompt: VideoPrompt, configs: Sequence[tuple[str, float, Reducer | None]], *,
-            frames: int, repeats: int, device: torch.device) -> list[PrefillRun]:
-    """Time and memory of every ``(label, ratio, reducer)`` at one frame count (see the module docstring)."""
+def _run_of(config: Config, frames: int, prompt: VideoPrompt, kept: int, peak: int, logits: torch.Tensor | None,
+            timings: list[Timing]) -> PrefillRun:
+    spreads: list[Spread | None] = [None] * 5
+    if timings:
+        walls, visions, cpus, vision_cpus = zip(*timings)
+        spreads = [Spread.of(walls), Spread.of(visions), Spread.of([w - v for w, v in zip(walls, visions)]),
+                   Spread.of(cpus), Spread.of([c - v for c, v in zip(cpus, vision_cpus)])]
+    return PrefillRun(frames, config.label, config.ratio,
+                      None if config.reducer is None else config.reducer.config.to_dict(),
+                      prompt.visual_tokens, kept, *spreads, peak_bytes=peak, logits=logits)
+
+
+def measure(model: torch.nn.Module, prompt: VideoPrompt, configs: Sequence[Config], *, frames: int, repeats: int,
+            device: torch.device, progress: Progress | None = None,
+            keep_logits: bool = False) -> Iterator[list[PrefillRun]]:
+    """Time and memory of every configuration at one frame count (see the module docstring):
+    yields the runs measured so far after each warm-up pass (timings still None) and after each
+    round of repeats."""
     timer = _VisionTimer(model.model.visual, device)
     memory = _PeakMemory(model.model.language_model, device)
-    kept, peaks = [], []
+    step = progress.now if progress is not None else (lambda what: None)
+    done = progress.advance if progress is not None else (lambda: None)
+    kept, peaks, logits = [], [], []
     timings: list[list[Timing]] = [[] for _ in configs]
+
+    def measured() -> list[PrefillRun]:
+        return [_run_of(*measurement) for measurement in
+                zip(configs, [frames] * len(kept), [prompt] * len(kept), kept, peaks, logits, timings)]
+
     try:
-        for _, _, reducer in configs:  # warm-up, kept count and peak memory
-            with reduced(model, reducer):
-                kept.append(_prefill(model, prompt))
-                peaks.append(memory.measure(lambda: _prefill(model, prompt)))
-        for _ in range(repeats):
-            for runs_of_config, (_, _, reducer) in zip(timings, configs):
-                with reduced(model, reducer):
+        step(f"{frames} frames: warm-up")
+        _prefill(model, prompt)  # one-time allocations (caches, workspaces) happen before any measurement
+        done()
+        for config in configs:  # each configuration's own warm-up: kept count, peak memory, logits
+            step(f"{frames} frames: {config.title}, warm-up and memory")
+            with reduced(model, config.reducer):
+                peak, (count, first_logits) = memory.measure(lambda: _prefill(model, prompt))
+            kept.append(count)
+            peaks.append(peak)
+            logits.append(first_logits.float().cpu() if keep_logits else None)
+            done()
+            yield measured()
+        for round_index in range(repeats):
+            for config, runs_of_config in zip(configs, timings):
+                step(f"{frames} frames: {config.title}, timing {round_index + 1}/{repeats}")
+                with reduced(model, config.reducer):
                     runs_of_config.append(_timed_prefill(model, prompt, timer, device))
+                done()
+            yield measured()
     finally:
         timer.close()
         memory.close()
-    results = []
-    for (label, ratio, _), count, peak, runs_of_config in zip(configs, kept, peaks, timings):
-        wall, vision, _, _ = min(runs_of_config)
-        results.append(PrefillRun(
-            frames=frames, strategy=label, ratio=ratio, visual_tokens=prompt.visual_tokens, kept_tokens=count,
-            ttft_s=wall, vision_s=vision, prefill_s=wall - vision,
-            ttft_cpu_s=min(t[2] for t in runs_of_config), prefill_cpu_s=min(t[2] - t[3] for t in runs_of_config),
-            peak_bytes=peak))
-    return results
 
 
 def cannot_apply(model: torch.nn.Module, reducer: Reducer) -> str | None:
@@ -209,28 +301,71 @@ def cannot_apply(model: torch.nn.Module, reducer: Reducer) -> str | None:
         return str(exc)
 
 
-def end_to_end(*, size: str, frame_counts: Sequence[int], strategies: Sequence[str], ratios: Sequence[float],
-               resolution: int, repeats: int, device: str = "cpu",
-               progress: Callable[[Sequence], Iterator] = iter) -> tuple[list[PrefillRun], list[str]]:
+def logit_differences(runs: Sequence[PrefillRun], configs: Sequence[Config]) -> list[str]:
+    """For every strategy measured in several configurations at one ratio and frame count: the
+    largest difference of their first-token logits (0 when they compute the same thing, e.g. the
+    same selection run another way)."""
+    lines = []
+    by_group: dict[tuple[str, float, int], list[PrefillRun]] = {}
+    names = {config.label: config.name for config in configs}
+    for run in runs:
+        if run.logits is not None:
+            by_group.setdefault((names.get(run.strategy, run.strategy), run.ratio, run.frames), []).append(run)
+    for (name, ratio, frames), group in sorted(by_group.items()):
+        if len(group) < 2:
+            continue
+        worst = max(float((run.logits - group[0].logits).abs().max()) for run in group[1:])
+        scale = float(group[0].logits.abs().max())
+        lines.append(f"logits at {frames} frames, {name} r={ratio:g}: {len(group)} configurations "
+                     f"({', '.join(run.strategy for run in group)}) differ by at most {worst:.3g} "
+                     f"(largest logit {scale:.3g})")
+    return lines
+
+
+def plan(model: torch.nn.Module, specs: Sequence[Spec], ratios: Sequence[float]) -> tuple[list[Config], list[str]]:
+    """The full model and every (strategy, ratio) the model's adapter installs; notes on the others
+    (a missing optional backend, a stage its adapter does not support)."""
+    configs, notes = [Config("full", 1.0, None)], []
+    for spec in specs:
+        for ratio in ratios:
+            reducer = build_at_ratio(spec, ratio)
+            label = label_of(spec, reducer)
+            problem = cannot_apply(model, reducer)
+            if problem:
+                notes.append(f"skipped {label} r={ratio:g}: {problem}")
+            else:
+                configs.append(Config(label, ratio, reducer))
+    return configs, notes
+
+
+def end_to_end(*, size: str, frame_counts: Sequence[int], strategies: Sequence[Spec], ratios: Sequence[float],
+               resolution: int, repeats: int, device: str = "cpu", progress: bool = False,
+               check_logits: bool = False,
+               on_runs: Callable[[list[PrefillRun]], None] = lambda runs: None,
+               on_note: Callable[[str], None] = lambda note: None) -> tuple[list[PrefillRun], list[str]]:
     """Measure the full model and every (strategy, ratio) at every frame count.
 
-    Returns the runs and notes: the strategies ``tr.apply`` cannot install on the model (a missing
-    optional backend, a stage its adapter does not support) are skipped with the reason.
+    ``on_runs`` gets every run measured so far (the latest frame count's possibly not timed yet)
+    after each pass. Returns the runs and notes: strategies ``tr.apply`` cannot install are
+    skipped with the reason; with
+    ``check_logits``, how far apart the logits of configurations of one strategy are.
     """
     torch_device = torch.device(device)
     model = build_model(size, device=device)
-    reducers: list[tuple[str, float, Reducer | None]] = [("full", 1.0, None)]
-    notes = []
-    for name in strategies:
-        for ratio in ratios:
-            reducer = build_at_ratio(name, ratio)
-            problem = cannot_apply(model, reducer)
-            if problem:
-                notes.append(f"skipped {name} r={ratio:g}: {problem}")
-            else:
-                reducers.append((name, ratio, reducer))
-    runs = []
-    for frames in progress(list(frame_counts)):
-        prompt = video_prompt(frames, resolution, device=device)
-        runs += measure(model, prompt, reducers, frames=frames, repeats=repeats, device=torch_device)
-    return runs, notes
+    configs, notes = plan(model, strategies, ratios)
+    for note in notes:
+        on_note(note)
+    finished: list[PrefillRun] = []
+    with Progress("end-to-end", len(frame_counts) * (1 + len(configs) * (1 + repeats)), enabled=progress) as bar:
+        for frames in frame_counts:
+            prompt = video_prompt(frames, resolution, device=device)
+            latest: list[PrefillRun] = []
+            for latest in measure(model, prompt, configs, frames=frames, repeats=repeats, device=torch_device,
+                                  progress=bar, keep_logits=check_logits):
+                on_runs(finished + latest)
+            finished += latest
+            if check_logits:
+                for line in logit_differences(latest, configs):
+                    notes.append(line)
+                    on_note(line)
+    return finished, notes

@@ -60,10 +60,8 @@ def community_sums(graph: TokenGraph, labels: torch.Tensor, valid: torch.Tensor)
     label, segment = torch.unique(flat_label[rows], return_inverse=True)
     size = torch.zeros(label.shape[0], dtype=torch.long, device=labels.device)
     size.index_add_(0, segment, torch.ones_like(segment))
-    node_segment = torch.full((graph.total_nodes,), label.shape[0], dtype=torch.long, device=labels.device)
-    node_segment[rows] = segment
-    sums = segment_sums(graph.features, graph.inverse_norm, node_segment, label.shape[0])
-    similarity = dots_with_segment_sums(graph.features, graph.inverse_norm, node_segment, sums)[rows]
+    sums = segment_sums(graph.features, graph.inverse_norm, rows, segment, label.shape[0])
+    similarity = dots_with_segment_sums(graph.features, graph.inverse_norm, rows, segment, sums)
     return CommunitySums(rows, segment, sums, size, label, similarity, sizes)
 
 

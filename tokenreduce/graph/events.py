@@ -6,6 +6,7 @@ import dataclasses
 
 import torch
 
+from tokenreduce.config import check_in_range
 from tokenreduce.errors import ConfigError
 from tokenreduce.graph.token_graph import EdgeKind, TokenGraph
 from tokenreduce.tokens import VisualTokens
@@ -31,8 +32,9 @@ class TemporalDifference:
     ignore_zero_vectors: bool = False
 
     def __post_init__(self) -> None:
+        check_in_range("temporal_difference.tau_diff", self.tau_diff, -1.0, 1.0, "a cosine similarity ")
         if self.percentile is not None and not 0.0 <= self.percentile <= 100.0:
-            raise ConfigError(f"percentile must be in [0, 100], got {self.percentile}")
+            raise ConfigError(f"temporal_difference.percentile must be in [0, 100], got {self.percentile}")
 
     def detect(self, tokens: VisualTokens, graph: TokenGraph) -> torch.Tensor:
         """Bool ``[B, N]``: the event tokens (always within ``tokens.valid``)."""

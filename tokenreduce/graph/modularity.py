@@ -1,7 +1,8 @@
 """``louvain`` and ``leiden``: modularity communities through a graph library.
 
 CPU: igraph + leidenalg (``pip install 'tokenreduce[graph]'``). Louvain is igraph's
-``community_multilevel`` (its random generator seeded for the call), Leiden is leidenalg's
+``community_multilevel`` (igraph's process-global random generator seeded for the call, under a
+lock, so concurrent calls from several threads each get their own seed's partition), Leiden is leidenalg's
 optimiser (seeded; ``iterations`` passes, 2 by default as in ``leidenalg.find_partition``, or
 until a pass no longer improves when ``iterations <= 0``); both optimise the resolution-``γ``
 modularity ``Σ_ij (A_ij - γ k_i k_j / 2m) δ(c_i, c_j)`` with edge weights = cosine similarity.
@@ -16,7 +17,9 @@ undefined otherwise), so use a threshold ``tau_sim >= 0``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
+import threading
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -29,6 +32,7 @@ from tokenreduce.graph.community import CommunityDetector
 from tokenreduce.registry import register_community
 
 MAX_PASSES = 50
+_IGRAPH_RNG_LOCK = threading.Lock()  # guards igraph's process-global random generator
 
 
 def _import_leidenalg() -> tuple[Any, Any]:
@@ -64,8 +68,8 @@ class ModularityCommunities(CommunityDetector):
         backend: Literal["auto", "igraph", "cugraph"] = "auto"
 
         def validate(self) -> None:
-            if self.resolution <= 0:
-                raise ConfigError(f"{self.name}.resolution must be > 0, got {self.resolution}")
+            if not 0 < self.resolution < math.inf:
+                raise ConfigError(f"{self.name}.resolution must be a finite number > 0, got {self.resolution}")
 
     def detect(self, graph: TokenGraph, edge_mask: torch.Tensor | None = None) -> torch.Tensor:
         keep = torch.ones_like(graph.src, dtype=torch.bool) if edge_mask is None else edge_mask
@@ -133,11 +137,14 @@ class Louvain(ModularityCommunities):
     refine: ClassVar[bool] = False
 
     def _optimise(self, g: Any, weights: list[float], igraph: Any, leidenalg: Any) -> list[int]:
-        igraph.set_random_number_generator(random.Random(self.config.seed))
-        try:
-            return g.community_multilevel(weights=weights, resolution=self.config.resolution).membership
-        finally:
-            igraph.set_random_number_generator(random)
+        # igraph's generator is process-global (multilevel takes none per call): seeding and running
+        # hold one lock, so concurrent calls each get exactly their own seed's partition
+        with _IGRAPH_RNG_LOCK:
+            igraph.set_random_number_generator(random.Random(self.config.seed))
+            try:
+                return g.community_multilevel(weights=weights, resolution=self.config.resolution).membership
+            finally:
+                igraph.set_random_number_generator(random)
 
 
 @register_community("leiden")

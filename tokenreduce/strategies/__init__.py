@@ -6,6 +6,7 @@ from tokenreduce.strategies import (  # noqa: F401
     evs,
     fastervlm,
     fastv,
+    fit_budget,
     flashvid,
     framefusion,
     holitom,

@@ -34,13 +34,15 @@ import dataclasses
 from typing import Any, ClassVar, Literal
 
 import torch
+import torch.nn.functional as F
 
 from tokenreduce.budget import check_ratio, cost_prune_ratio, scaled_count
 from tokenreduce.errors import ConfigError, MissingSignalError
+from tokenreduce.graph.blocked import pair_dots
 from tokenreduce.interfaces import BudgetConfig, InLLMConfig, LayerwiseReducer, Signal
 from tokenreduce.pipeline import combine
 from tokenreduce.registry import register_strategy
-from tokenreduce.selection import top_k_mask
+from tokenreduce.selection import at_least_float32, top_k_mask
 from tokenreduce.tokens import Reduction, Role, VisualTokens
 
 NO_NEIGHBOUR = -2.0  # similarity of a token without a temporal neighbour (never merged)
@@ -68,23 +70,44 @@ class FrameFusionState:
         return any(m and not p for m, p in zip(self.merging_done, self.pruning_done))
 
 
+def previous_in_chain(valid: torch.Tensor) -> torch.Tensor:
+    """Long ``[B, T, H, W]``: the frame of each token's previous valid token at its grid position
+    (-1 where there is none)."""
+    t = valid.shape[1]
+    frame = torch.arange(t, device=valid.device).view(1, t, 1, 1)
+    last_valid = torch.where(valid, frame, -1).cummax(dim=1).values
+    return torch.cat([torch.full_like(last_valid[:, :1], -1), last_valid[:, :-1]], dim=1)
+
+
 def temporal_similarity(features: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """``[B, T, H, W]``: cosine similarity of each valid token to the previous valid token of its
     grid position (``NO_NEIGHBOUR`` where there is none, and at invalid tokens).
 
     The cosine is ``dot / (|a| * |b|)`` without epsilon, as upstream; a zero vector gives NaN,
-    which is replaced by ``NO_NEIGHBOUR`` (never merged). Only the token pairs that exist are
-    read, so later merge points (fewer tokens left) cost less.
+    which is replaced by ``NO_NEIGHBOUR`` (never merged). It is computed in ``at_least_float32``
+    precision and returned in it: in fp16 the product of two norms overflows once they pass
+    ~256 (decoder hidden states do), and a similarity rounded back to fp16 could cross the
+    threshold, so half-precision inputs merge exactly the tokens their fp32 values merge. Only
+    the token pairs that exist are read, in place (``pair_dots``: the dots of each token with
+    its neighbour and with itself), so later merge points (fewer tokens left) cost less.
     """
-    t = features.shape[1]
-    frame = torch.arange(t, device=features.device).view(1, t, 1, 1)
-    last_valid = torch.where(valid, frame, -1).cummax(dim=1).values
-    previous = torch.cat([torch.full_like(last_valid[:, :1], -1), last_valid[:, :-1]], dim=1)
-    b, f, h, w = (valid & (previous >= 0)).nonzero(as_tuple=True)
-    token, neighbour = features[b, f, h, w], features[b, previous[b, f, h, w], h, w]
-    cosine = (token * neighbour).sum(dim=-1) / (token.norm(dim=-1) * neighbour.norm(dim=-1))
-    similarity = torch.full(valid.shape, NO_NEIGHBOUR, dtype=features.dtype, device=features.device)
-    similarity[b, f, h, w] = cosine.masked_fill(cosine.isnan(), NO_NEIGHBOUR)
+    b, t, h, w, d = features.shape
+    n = t * h * w
+    previous = previous_in_chain(valid)
+    has = valid & (previous >= 0)
+    flat = at_least_float32(features.reshape(b * n, d))
+    node = torch.arange(b * n, device=valid.device).reshape(valid.shape)
+    frame = torch.arange(t, device=valid.device).view(1, t, 1, 1)
+    later, earlier, own = node[has], (node - (frame - previous) * (h * w))[has], node[valid]
+    rows, cols = torch.cat([later, own]), torch.cat([earlier, own])
+    order = torch.argsort(rows * (b * n) + cols)  # pair_dots takes pairs sorted by (row, column)
+    dots = torch.empty_like(rows, dtype=flat.dtype)
+    dots[order] = pair_dots(flat, flat, rows[order], cols[order])
+    squares = torch.zeros(b * n, dtype=flat.dtype, device=features.device)
+    squares[own] = dots[later.shape[0]:]
+    cosine = dots[:later.shape[0]] / (squares[later].sqrt() * squares[earlier].sqrt())
+    similarity = torch.full(valid.shape, NO_NEIGHBOUR, dtype=flat.dtype, device=features.device)
+    similarity[has] = cosine.masked_fill(cosine.isnan(), NO_NEIGHBOUR)
     return similarity
 
 
@@ -94,7 +117,9 @@ def merge_runs(features: torch.Tensor, valid: torch.Tensor, merge: torch.Tensor)
     ``features`` ``[B, T, H, W, D]``; ``valid``/``merge`` bool ``[B, T, H, W]`` (``merge`` never
     holds the first valid token of a grid position). Returns ``(features, anchors)``: a copy of
     the features with every anchor replaced by the mean of itself and its run (summed in run
-    order, then divided, as upstream), and bool ``[B, N]``: the anchors that absorbed a token.
+    order, then divided, as upstream; half precision is summed in fp32), and bool ``[B, N]``:
+    the anchors that absorbed a token. Only the anchors and their runs are read (one
+    ``embedding_bag``), besides the copy.
     """
     b, t, h, w, d = features.shape
     n = t * h * w
@@ -104,12 +129,18 @@ def merge_runs(features: torch.Tensor, valid: torch.Tensor, merge: torch.Tensor)
     sample, member = merge.reshape(b, n).nonzero(as_tuple=True)
     rows = sample * n + member
     targets = sample * n + flat_anchor.reshape(b, n)[sample, member]
-    flat = features.reshape(b * n, d)
-    merged = flat.clone().index_add_(0, targets, flat[rows])
-    counts = torch.ones(b * n, dtype=features.dtype, device=features.device)
-    counts.index_add_(0, targets, torch.ones_like(targets, dtype=features.dtype))
-    anchors = counts > 1
-    merged[anchors] /= counts[anchors].unsqueeze(-1)
+    flat = at_least_float32(features.reshape(b * n, d))  # a half-precision sum of large states overflows
+    anchor_rows = torch.unique(targets)  # ascending
+    # each anchor's bag: the anchor itself, then its run in flat (= run) order
+    bag = torch.cat([torch.arange(anchor_rows.shape[0], device=features.device),
+                     torch.searchsorted(anchor_rows, targets)])
+    members = torch.cat([anchor_rows, rows])[torch.argsort(bag, stable=True)]
+    counts = torch.bincount(bag, minlength=anchor_rows.shape[0])
+    sums = F.embedding_bag(members, flat, counts.cumsum(0) - counts, mode="sum")
+    merged = features.reshape(b * n, d).clone()
+    merged[anchor_rows] = (sums / counts.to(flat.dtype).unsqueeze(-1)).to(features.dtype)
+    anchors = torch.zeros(b * n, dtype=torch.bool, device=features.device)
+    anchors[anchor_rows] = True
     return merged.reshape(features.shape), anchors.reshape(b, n)
 
 

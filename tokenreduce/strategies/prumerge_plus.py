@@ -46,7 +46,7 @@ from tokenreduce.errors import ConfigError
 from tokenreduce.frames import frame_rows, frame_slots_as_extra, sample_rows
 from tokenreduce.interfaces import BudgetConfig, BudgetedReducer, EncoderConfig, Signal, Stage
 from tokenreduce.registry import register_strategy
-from tokenreduce.selection import at_least_float32, even_spacing_mask, proportional_counts, top_k_mask
+from tokenreduce.selection import at_least_float32, even_spacing_mask, proportional_counts, top_k_exact, top_k_mask
 from tokenreduce.tokens import Reduction, Role, VisualTokens
 
 
@@ -156,30 +156,44 @@ class PruMergePlus(BudgetedReducer):
 
     def merge(self, features: torch.Tensor, keys: torch.Tensor, attention: torch.Tensor, valid: torch.Tensor,
               kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Step 4 per frame row: the features with every kept token merged, and which absorbed any."""
+        """Step 4 per frame row: the features with every kept token merged, and which absorbed any.
+
+        Only the ``neighbours`` nearest patches of each kept token are read (one weighted
+        ``embedding_bag``), not a dense ``[kept, P]`` weight matrix times every patch.
+        """
+        frames, patches, dim = features.shape
         positions, real = kept_rows(kept)
-        unit = F.normalize(at_least_float32(keys), dim=-1)
-        similarity = unit.gather(1, positions.unsqueeze(-1).expand(-1, -1, unit.shape[-1])) @ unit.transpose(1, 2)
-        itself = torch.arange(valid.shape[1], device=valid.device) == positions.unsqueeze(-1)
-        similarity = similarity.masked_fill(itself | ~valid.unsqueeze(1), float("-inf"))
-        width = min(self.config.neighbours, valid.shape[1])
-        ranked = torch.sort(similarity, dim=-1, descending=True, stable=True)
-        nearest, available = ranked.indices[..., :width], ranked.values[..., :width] > float("-inf")
-        weight = attention.to(features.dtype).unsqueeze(1).expand(-1, positions.shape[1], -1).gather(2, nearest)
-        weights = torch.zeros_like(similarity, dtype=features.dtype).scatter_(2, nearest, weight * available)
-        centres = features.gather(1, positions.unsqueeze(-1).expand(-1, -1, features.shape[-1]))
-        merged_rows = centres + weights @ features
-        target = torch.where(real, positions, valid.shape[1])  # padding rows go to a dropped column
-        out = torch.cat([features, features[:, :1]], dim=1)
-        out.scatter_(1, target.unsqueeze(-1).expand_as(merged_rows), merged_rows)
-        absorbed_any = torch.zeros(valid.shape[0], valid.shape[1] + 1, dtype=torch.bool, device=valid.device)
-        absorbed_any.scatter_(1, target, available.any(dim=-1) & real)
-        return out[:, :-1], absorbed_any[:, :-1]
+        keys = at_least_float32(keys)
+        centres = keys.gather(1, positions.unsqueeze(-1).expand(-1, -1, keys.shape[-1]))
+        centres /= torch.linalg.vector_norm(centres, dim=-1, keepdim=True).clamp(min=1e-12)  # F.normalize
+        # cosine = (unit centre key . key) / |key|: the patches' norms divide the [kept, P] products
+        # instead of normalising every key first (a copy of all keys)
+        similarity = centres @ keys.transpose(1, 2)
+        similarity /= torch.linalg.vector_norm(keys, dim=-1).clamp(min=1e-12).unsqueeze(1)
+        itself = torch.arange(patches, device=valid.device) == positions.unsqueeze(-1)
+        similarity.masked_fill_(itself | ~valid.unsqueeze(1) | ~real.unsqueeze(-1), float("-inf"))
+        nearest_similarity, nearest = top_k_exact(similarity, self.config.neighbours)
+        available = nearest_similarity > float("-inf")
+        flat = features.reshape(frames * patches, dim)
+        rows = torch.arange(frames, device=valid.device).view(-1, 1, 1) * patches + nearest
+        weights = attention.to(flat.dtype).gather(1, nearest.reshape(frames, -1)).reshape(nearest.shape) * available
+        width = nearest.shape[-1]
+        sums = F.embedding_bag(rows.reshape(-1), flat, torch.arange(0, rows.numel(), width, device=valid.device),
+                               mode="sum", per_sample_weights=weights.reshape(-1))
+        counts = available.sum(dim=-1)
+        # padding slots of ``positions`` have no neighbour: their sums are zero and add nothing
+        centre = (torch.arange(frames, device=valid.device).unsqueeze(1) * patches + positions).reshape(-1)
+        merged = flat.clone().index_add_(0, centre, sums)
+        absorbed_any = torch.zeros(frames * patches, dtype=torch.bool, device=valid.device)
+        absorbed_any[centre[real.reshape(-1)]] = (counts > 0)[real]
+        return merged.reshape(features.shape), absorbed_any.reshape(frames, patches)
 
     def reduce(self, tokens: VisualTokens) -> Reduction:
         batch, t = tokens.batch_size, tokens.grid[0]
         valid = frame_rows(tokens.flat_valid(), t)
-        attention = frame_rows(tokens.flat_importance(), t)
+        # padding may hold any importance (NaN, -inf) and keys: zero them, as 0 * NaN would spread
+        attention = frame_rows(tokens.flat_importance(), t).masked_fill(~valid, 0)
+        keys = frame_rows(tokens.flat_signal("keys"), t).masked_fill(~valid.unsqueeze(-1), 0)
         features = frame_rows(tokens.flat_features(), t)
         budgets = self.frame_budgets(tokens)
         if budgets is None:
@@ -189,8 +203,7 @@ class PruMergePlus(BudgetedReducer):
             summarise = self.summaries(budgets, valid)
             top, sampled = self.select_at_budget(attention, valid, budgets - summarise.long())
         kept = top | sampled
-        merged, absorbed_any = self.merge(features, frame_rows(tokens.flat_signal("keys"), t), attention,
-                                          valid, kept)
+        merged, absorbed_any = self.merge(features, keys, attention, valid, kept)
         roles = (torch.where(top, int(Role.IMPORTANT), 0) | torch.where(sampled, int(Role.SAMPLED), 0)
                  | torch.where(absorbed_any, int(Role.MERGED), 0))
         extra = extra_valid = None

@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from tokenreduce.budget import Budget, check_ratio, cost_prune_ratio
+from tokenreduce.config import check_in_range
 from tokenreduce.errors import ConfigError
 from tokenreduce.graph.centrality import (
     CommunitySums,
@@ -194,6 +195,10 @@ class STSimDiffReferenceStage1(Reducer):
     class Config(ReferenceFields):
         tau_diff: float = 0.2
         score: Literal[1, 2, 3] = 3
+
+        def validate(self) -> None:
+            super().validate()
+            check_in_range(f"{self.name}.tau_diff", self.tau_diff, -1.0, 1.0, "a cosine similarity ")
 
     @classmethod
     def examples(cls) -> list[dict[str, Any]]:

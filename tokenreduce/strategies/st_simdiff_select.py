@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from tokenreduce.budget import check_ratio
-from tokenreduce.config import Config, component_field
+from tokenreduce.config import Config, check_in_range, component_field
 from tokenreduce.errors import ConfigError
 from tokenreduce.graph.centrality import centrality, community_sums
 from tokenreduce.graph.events import TemporalDifference
@@ -48,8 +48,7 @@ class GraphFields(Config):
 
     def validate(self) -> None:
         super().validate()
-        if not -1.0 <= self.tau_sim <= 1.0:
-            raise ConfigError(f"{self.name}.tau_sim must be a cosine similarity in [-1, 1], got {self.tau_sim}")
+        check_in_range(f"{self.name}.tau_sim", self.tau_sim, -1.0, 1.0, "a cosine similarity ")
 
 
 @dataclasses.dataclass
@@ -64,6 +63,7 @@ class SelectionFields(GraphFields):
 
     def validate(self) -> None:
         super().validate()
+        check_in_range(f"{self.name}.tau_diff", self.tau_diff, -1.0, 1.0, "a cosine similarity ")
         if isinstance(self.max_community_size, int) and self.max_community_size < 1:
             raise ConfigError(f"{self.name}.max_community_size must be >= 1, 'sqrt' or None, "
                               f"got {self.max_community_size}")

@@ -89,26 +89,31 @@ def contextual_tokens(
     slot = torch.div(rank, step, rounding_mode="floor")
     targets = remaining & (rank % step == 0) & (slot < wanted)
     others = remaining & ~targets & (wanted > 0)
-    dump = contextual  # scatter index for tokens that go nowhere (dropped afterwards)
 
-    unit = F.normalize(at_least_float32(keys), dim=-1)
-    target_index = torch.where(targets, slot, dump)
-    target_keys = unit.new_zeros(frames, contextual + 1, unit.shape[-1])
-    target_keys.scatter_(1, target_index.unsqueeze(-1).expand_as(unit), unit)
-    token_valid = torch.arange(contextual, device=unit.device) < torch.minimum(left, wanted)
-    similarity = unit @ target_keys[:, :contextual].transpose(1, 2)
-    similarity = similarity.masked_fill(~token_valid.unsqueeze(1), float("-inf"))
-    assigned = torch.where(others, similarity.argmax(dim=-1), dump)
+    # targets' unit keys, gathered (a frame's slot c is its c-th target; unused slots read row 0
+    # and are masked below)
+    frame_of = torch.arange(frames, device=features.device).unsqueeze(1).expand(-1, patches)
+    target_row = torch.zeros(frames * contextual, dtype=torch.long, device=features.device)
+    target_row[(frame_of * contextual + slot)[targets]] = targets.reshape(-1).nonzero().flatten()
+    keys = at_least_float32(keys)
+    target_keys = F.normalize(keys.reshape(frames * patches, -1)[target_row], dim=-1)
+    token_valid = torch.arange(contextual, device=keys.device) < torch.minimum(left, wanted)
+    # each patch's key against the targets' unit keys: the cosine times the patch's own norm, a
+    # positive factor of the whole row that does not change which target is the most similar
+    similarity = target_keys.reshape(frames, contextual, -1) @ keys.transpose(1, 2)  # [F, C, P]
+    similarity = similarity.masked_fill(~token_valid.unsqueeze(-1), float("-inf"))
+    assigned = similarity.argmax(dim=1)  # the first target on ties
 
-    def gather_sum(index: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros(frames, contextual + 1, values.shape[-1], dtype=values.dtype, device=values.device)
-        return out.scatter_add_(1, index.unsqueeze(-1).expand_as(values), values)[:, :contextual]
-
-    ones = torch.ones(frames, patches, 1, dtype=features.dtype, device=features.device)
-    target_features = gather_sum(target_index, features * targets.unsqueeze(-1))
-    sums = gather_sum(assigned, features)
-    counts = gather_sum(assigned, ones).clamp(min=1)
-    return target_features + sums / counts, token_valid
+    # every token's sum: one embedding_bag over the assigned patches, grouped by (frame, target),
+    # each read once in place (no [F, P, D] mask product or scatter)
+    flat = features.reshape(frames * patches, -1)
+    members = others.reshape(-1).nonzero().flatten()
+    bag = (frame_of * contextual + assigned).reshape(-1)[members]
+    counts = torch.bincount(bag, minlength=frames * contextual)
+    sums = F.embedding_bag(members[torch.argsort(bag, stable=True)], flat, counts.cumsum(0) - counts, mode="sum")
+    mean = sums / counts.clamp(min=1).to(features.dtype).unsqueeze(-1)
+    tokens = flat[target_row] + mean
+    return tokens.reshape(frames, contextual, -1), token_valid
 
 
 @register_strategy("visionzip")
