@@ -58,6 +58,17 @@ def test_visualize_takes_names_and_config_files(clip, tmp_path, capsys):
     assert out.read_bytes().startswith(PNG_MAGIC) and not out.with_suffix(".html").exists()
 
 
+def test_a_config_files_budget_stands_unless_the_ratio_flag_is_given(clip, tmp_path, capsys):
+    config = tmp_path / "half.yaml"
+    config.write_text("name: uniform\nratio: 0.5\n")
+    grid_tokens = 2 * 3 * 4  # 2 frames of a 3x4 grid
+    for flags, kept in (([], grid_tokens // 2), (["--ratio", "0.25"], math.ceil(0.25 * grid_tokens))):
+        assert main(["visualize", str(clip), "--strategy", str(config), *flags, "--frames", "2", "--patches", "4",
+                     "--out", str(tmp_path / "vis.png")]) == 0
+        row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("half (uniform)"))
+        assert row.split()[2] == str(kept), row  # "half", "(uniform)", kept, ...
+
+
 def test_visualize_with_a_checkpoints_vision_tower(clip, tmp_path, capsys):
     from transformers import Qwen2VLImageProcessorPil
 

@@ -15,9 +15,10 @@ kept count equals ``planned_counts``; a ``ratio`` / ``count`` budget of a ``Budg
 on exactly ``keep_counts`` tokens (new tokens counted), which is ``rounding(ratio · N)``; ratio 1
 keeps everything; the same input gives the same result; a batch equals its samples one by one;
 every example reduces the suite's grids (settings that keep everything test nothing); the config
-round-trips through JSON; a missing required signal is an error naming it. Each check is a function of its own (``check_invariants``, ...) for
-suites that want them as separate tests; the grid strategies (``grids``, ``ratios``) and the
-token factories (``make_features``, ``make_valid``, ``make_tokens``) are public too.
+round-trips through JSON; a missing required signal is an error naming it. Each check is a
+function of its own (``check_invariants``, ...) for suites that want them as separate tests; the
+grid strategies (``grids``, ``ratios``) and the token factories (``make_features``, ``make_valid``,
+``make_tokens``) are public too.
 
 Needs hypothesis (``pip install 'tokenreduce[test]'``). The number of examples per check is
 hypothesis' (``max_examples`` of the active settings profile) unless ``max_examples`` is given.
@@ -372,8 +373,8 @@ def check_strategy(strategy: str | type[Reducer], max_examples: int | None = Non
 
 
 __all__ = [
-    "Grid", "KEY_DIM", "NUM_LAYERS", "check_batch_consistency", "check_degenerate_grids", "check_exact_budget",
-    "check_invariants", "check_missing_signals", "check_ratio_one", "check_reduces_something", "check_reduction", "check_round_trip",
-    "check_strategy", "expected_counts", "grids", "make_features", "make_tokens", "make_valid", "ratios",
-    "signals_of", "strategy_class", "build_example",
+    "Grid", "KEY_DIM", "NUM_LAYERS", "build_example", "check_batch_consistency", "check_degenerate_grids",
+    "check_exact_budget", "check_invariants", "check_missing_signals", "check_ratio_one", "check_reduces_something",
+    "check_reduction", "check_round_trip", "check_strategy", "expected_counts", "grids", "make_features", "make_tokens",
+    "make_valid", "ratios", "signals_of", "strategy_class",
 ]
