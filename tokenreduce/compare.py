@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import tokenreduce as tr
+from tokenreduce.adapters.record import VideoRecord
 from tokenreduce.encoders import EncodedVideo
 from tokenreduce.errors import ConfigError
 from tokenreduce.interfaces import Reducer, Signal
@@ -44,6 +45,12 @@ class StrategyRun:
 
     def role_count(self, role: str) -> int:
         return int(self.reduction.stats.roles.get(role, [0])[0])
+
+    @classmethod
+    def from_record(cls, label: str, video: VideoRecord) -> StrategyRun:
+        """A video of a model run (``session.last.videos[i]``, or a loaded report's): what the model's
+        own signals kept, with its roles and the time its steps took; no proxies."""
+        return cls(label, video.reduction(), video.seconds, ())
 
 
 def default_strategies() -> list[str]:

@@ -92,3 +92,24 @@ def test_a_budget_that_keeps_everything_warns_once():
         with warnings.catch_warnings(), torch.no_grad(), tr.apply(model, quiet):
             warnings.simplefilter("error", tr.BudgetWarning)
             model.generate(**inputs, max_new_tokens=1, do_sample=False)
+
+
+def test_a_model_runs_record_is_drawn_with_its_own_roles():
+    import numpy as np
+
+    from tokenreduce.compare import StrategyRun, format_table
+    from tokenreduce.viz import CELL_PIXELS, DROPPED_BRIGHTNESS, overlay
+
+    model = tm.llava_onevision()
+    with torch.no_grad(), tr.apply(model, tr.build("visionzip", dominant=2, contextual=1, cls_token=False)) as session:
+        model(**tm.llava_inputs([3, 3], 2, 1))
+    video = json.loads(json.dumps(session.report()))["prefills"][0]["videos"][0]  # what a saved report holds
+    run = StrategyRun.from_record("visionzip (model)", session.last.videos[0])
+    assert run.kept == len(video["kept"]) + video["inserted"] and run.total == video["tokens"] == 12
+    assert run.role_count("ABSORBED") == video["role_counts"]["ABSORBED"] > 0
+    assert "visionzip (model)" in format_table([run]) and run.proxies == ()
+    t, h, w = run.reduction.grid
+    frames = np.ones((t, h * CELL_PIXELS, w * CELL_PIXELS, 3))
+    drawn = overlay(frames, run.reduction.roles[0].reshape(t, h, w).numpy())
+    bright = drawn[:, ::CELL_PIXELS, ::CELL_PIXELS, 0].reshape(-1) > DROPPED_BRIGHTNESS  # one pixel per token
+    assert bright.nonzero()[0].tolist() == video["kept"]

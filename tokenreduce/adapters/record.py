@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from tokenreduce.tokens import ROLE_NAMES, Role
+from tokenreduce.tokens import ROLE_NAMES, Reduction, Role
 
 
 @dataclass
@@ -91,6 +91,14 @@ class VideoRecord:
                 flagged &= (self.roles & int(Role.KEPT)) != 0
             counts[role.name] = int(flagged.sum())
         return counts
+
+    def reduction(self) -> Reduction:
+        """The video's outcome as a one-sample ``Reduction`` (kept mask, roles, the inserted tokens as
+        featureless ``extra`` slots), e.g. to draw a model run with ``tokenreduce.viz``."""
+        keep = torch.zeros(1, self.tokens, dtype=torch.bool)
+        keep[0, self.kept] = True
+        extra = torch.zeros(1, self.inserted, 1) if self.inserted else None
+        return Reduction(keep, self.roles.unsqueeze(0), grid=self.grid, extra=extra)
 
     def to_dict(self) -> dict[str, Any]:
         return {"sample": self.sample, "grid": list(self.grid), "tokens": self.tokens,
