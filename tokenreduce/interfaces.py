@@ -32,7 +32,7 @@ import torch
 
 from tokenreduce.budget import Budget, check_count, check_ratio
 from tokenreduce.config import Config
-from tokenreduce.errors import ConfigError, ConfigTypeError, InputTypeError, MissingSignalError, brief
+from tokenreduce.errors import ConfigError, ConfigTypeError, InputTypeError, MissingSignalError
 from tokenreduce.tokens import Reduction, VisualTokens
 
 

@@ -46,7 +46,13 @@ from tokenreduce.errors import ConfigError
 from tokenreduce.frames import frame_rows, frame_slots_as_extra, sample_rows
 from tokenreduce.interfaces import BudgetConfig, BudgetedReducer, EncoderConfig, Signal, Stage
 from tokenreduce.registry import register_strategy
-from tokenreduce.selection import at_least_float32, even_spacing_mask, proportional_counts, top_k_exact, top_k_mask
+from tokenreduce.selection import (
+    at_least_float32,
+    even_spacing_mask,
+    proportional_counts,
+    top_k_exact,
+    top_k_mask,
+)
 from tokenreduce.tokens import Reduction, Role, VisualTokens
 
 

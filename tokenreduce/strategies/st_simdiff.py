@@ -34,7 +34,12 @@ from tokenreduce.strategies.st_simdiff_reference import (
     STSimDiffReferenceStage2,
     check_reference_tau_sim,
 )
-from tokenreduce.strategies.st_simdiff_select import SelectionFields, changed, select_candidates, trim_to_budget
+from tokenreduce.strategies.st_simdiff_select import (
+    SelectionFields,
+    changed,
+    select_candidates,
+    trim_to_budget,
+)
 from tokenreduce.tokens import Reduction, VisualTokens
 
 DEFAULT_RATIO = 0.3
