@@ -5,7 +5,6 @@ adapter."""
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 
 import pytest
@@ -87,14 +86,8 @@ def _hook_state(model):
 
 
 def _kwargs(name):
-    """Default config at ratio 0.3 (when the strategy has one); in-LLM steps before layer 1."""
-    fields = {f.name for f in dataclasses.fields(tr.STRATEGIES.get(name).Config)}
-    kw = {"ratio": 0.3} if "ratio" in fields else {}
-    if "cost" in fields and not kw:  # FLOP-style budgets only: a cost the 3-layer test models can meet
-        kw["cost"] = 0.5
-    if any(step.stage is tr.Stage.IN_LLM for step in tr.build(name, **kw).steps()) and name != "framefusion":
-        kw["layer"] = 1
-    return kw
+    """The strategy's canonical example setting (its first ``examples()`` entry, declared with the strategy)."""
+    return tr.STRATEGIES.get(name).examples()[0]
 
 
 def _runs_on(family_name, name):
@@ -102,7 +95,7 @@ def _runs_on(family_name, name):
     return tr.Stage.ENCODER not in stages or bool(tr.ADAPTERS.get(FAMILIES[family_name].adapter).encoder_modalities)
 
 
-ALL_STRATEGIES = [n for n in tr.list_strategies() if n != "pipeline"]
+ALL_STRATEGIES = tr.list_strategies()
 
 # one-step selections: checked against the uncached oracle (at the planned count when a strategy plans one)
 ORACLE = [n for n in ("random", "uniform", "attention_prune", "fastv", "evs", "vidcom2", "dart")
@@ -166,10 +159,11 @@ def test_keep_all_is_exact_and_model_restored(family_name, attn):
             gen = model.generate(**inputs, max_new_tokens=3, do_sample=False)
             located = session.video_grids(), session.grid_modalities()
             kept = [k.numel() for k in session.kept_indices()]
+            offered = [video.tokens for video in session.last.videos]
         assert torch.equal(out, ref)
         assert torch.equal(gen, ref_gen)
         assert located == _truth_grids(truth)  # every video and image found on its grid
-        assert kept == [g.tokens for g in truth]
+        assert kept == offered == [g.tokens for g in truth]
         assert _hook_state(model) == hooks
         with torch.no_grad():
             assert torch.equal(model(**inputs).logits, ref)

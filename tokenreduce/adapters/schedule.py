@@ -15,7 +15,7 @@ from collections.abc import Set
 
 from tokenreduce.adapters.state import ForwardState
 from tokenreduce.errors import ConfigError, InputError
-from tokenreduce.interfaces import LayerwiseReducer, Reducer, Signal, Stage, in_llm_position
+from tokenreduce.interfaces import EncoderConfig, LayerwiseReducer, Reducer, Signal, Stage
 
 POSITION_POLICIES = ("original", "contiguous")
 
@@ -23,7 +23,7 @@ POSITION_POLICIES = ("original", "contiguous")
 def encoder_layer(step: Reducer) -> int:
     """The vision-encoder layer an encoder step reads: its config's ``encoder_layer``
     (``EncoderConfig``), else the second-to-last (the VisionZip / FasterVLM choice)."""
-    return int(getattr(step.config, "encoder_layer", -2))
+    return step.config.encoder_layer if isinstance(step.config, EncoderConfig) else -2
 
 
 def reads_probe(step: Reducer) -> bool:
@@ -62,8 +62,11 @@ class Schedule:
             return
         layer = step.layer
         name = step.registered_name or type(step).__name__
+        if layer is None:
+            raise ConfigError(f"{name} runs in the LLM (Stage.IN_LLM) but its config has no layer: derive it from "
+                              "tr.InLLMConfig (layer, position)")
         first = 0 if isinstance(step, LayerwiseReducer) else 1  # layer 0 has no previous layer to probe
-        if layer is None or not first <= layer < self.num_layers:
+        if not first <= layer < self.num_layers:
             raise ConfigError(f"{name}.layer must be in [{first}, {self.num_layers - 1}] for a decoder with "
                               f"{self.num_layers} layers, got {layer}")
         if not isinstance(step, LayerwiseReducer) and reads_probe(step):
@@ -75,7 +78,7 @@ class Schedule:
             layer = after + 1
         self.placed[id(step)] = layer
         self.in_steps.setdefault(layer, []).append(step)
-        if in_llm_position(step) == "after_attention":
+        if step.position == "after_attention":
             self.after_attention.add(id(step))
 
     @property
