@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from tokenreduce.adapters import hf
+from tokenreduce.adapters.chunked_prefill import DEFAULT_PREFILL_CHUNK, ChunkedPrefill, check_prefill_chunk
 from tokenreduce.adapters.concurrency import ForwardLock, PerThread
 from tokenreduce.adapters.decode import Decode
 from tokenreduce.adapters.prefill import Prefill
@@ -41,12 +42,15 @@ class ReductionSession:
             (the pruned LLM input is renumbered 0..L-1; pre-LLM steps only).
         probe_queries: the importance is the attention of the last ``probe_queries`` queries,
             averaged.
+        prefill_chunk: the decoder layers before the first in-LLM step run on chunks of this many
+            sequence slots during a reduced prefill (``chunked_prefill.py``); ``None``: all at once.
     """
 
     state: ForwardState | None = PerThread()  # type: ignore[assignment]  # this thread's last prefill
     _phase: Phase | None = PerThread()  # type: ignore[assignment]
 
-    def __init__(self, adapter, reducer: Reducer, *, positions: str = "original", probe_queries: int = 1) -> None:
+    def __init__(self, adapter, reducer: Reducer, *, positions: str = "original", probe_queries: int = 1,
+                 prefill_chunk: int | None = DEFAULT_PREFILL_CHUNK) -> None:
         if not isinstance(reducer, Reducer):
             raise InputTypeError(f"reducer must be a tokenreduce Reducer (e.g. tr.build('random', ratio=0.3)), "
                                  f"got {type(reducer).__name__}")
@@ -54,6 +58,7 @@ class ReductionSession:
             raise InputError(f"positions must be one of {POSITION_POLICIES}, got {brief(positions)}")
         if isinstance(probe_queries, bool) or not isinstance(probe_queries, int) or probe_queries < 1:
             raise InputError(f"probe_queries must be a positive int, got {brief(probe_queries)}")
+        self.prefill_chunk = check_prefill_chunk(prefill_chunk)
         self.adapter = adapter
         self.reducer = reducer
         self.positions = positions
@@ -62,6 +67,7 @@ class ReductionSession:
         self.schedule = Schedule(reducer, self.num_layers, positions)
         self.prefill = Prefill(adapter, self.schedule, positions=positions, probe_queries=probe_queries)
         self.decode = Decode(adapter)
+        self.chunked = ChunkedPrefill(adapter, self.schedule, self.prefill_chunk)
         self._forward_lock = ForwardLock()
         self._handles: list[Any] = []
         self._restore: list[Any] = []
@@ -76,6 +82,7 @@ class ReductionSession:
         """Install the hooks; on any failure nothing stays installed."""
         try:
             self._restore.extend(self.adapter.install(self))
+            self._restore.extend(self.chunked.install(self._prefill_state))
             top, lm = self.adapter.top, self.adapter.language_model
             self._hook(top.register_forward_pre_hook(self._top_pre, with_kwargs=True))
             self._hook(top.register_forward_hook(self._top_post, with_kwargs=True))
@@ -159,6 +166,11 @@ class ReductionSession:
         """Sequence length each decoder layer received in the last prefill."""
         return {} if self.state is None else dict(self.state.layer_counts)
 
+    @property
+    def chunked_layers(self) -> dict[int, int]:
+        """Decoder layers the last prefill ran in chunks, and in how many (``prefill_chunk``)."""
+        return {} if self.state is None else dict(self.state.chunks)
+
     # ----- the model: which phase a call is in ----------------------------------------------------
     def _top_pre(self, module, args, kwargs):
         call = hf.call_arguments(args, kwargs)
@@ -215,6 +227,10 @@ class ReductionSession:
             if self._phase is Phase.PREFILL:
                 self.prefill.record_probe_inputs(self.state, index, args, kwargs)
         return hook
+
+    def _prefill_state(self) -> ForwardState | None:
+        """The running prefill's state; ``None`` outside reduced prefills."""
+        return self.state if self._phase is Phase.PREFILL else None
 
     def _in_prefill(self, function):
         """A hook that calls ``function(state, ...)`` during prefills only."""
