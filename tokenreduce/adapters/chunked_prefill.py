@@ -6,9 +6,10 @@ prefill's peak memory, and pruning later only shrinks what comes after. So durin
 each of those layers runs on consecutive chunks of ``prefill_chunk`` slots, in order, each chunk
 attending to the keys and values the earlier chunks wrote to the layer's cache (a scratch cache when
 the call has none), with its rows of the layer's own attention mask, rotary embeddings and position
-ids. The layer's output and cache, and the inputs of the attention probe of layer K-1 (reassembled
-from its chunks), are what the unchunked layer computes, up to floating-point rounding; from layer K
-on the reduced sequence runs as before.
+ids. The layer's output and cache are what the unchunked layer computes, up to floating-point
+rounding. Of layer K-1's attention inputs the probe keeps what it reads (``probe.py``): the rotated
+key states of every slot, computed chunk by chunk, and the inputs of the last ``probe_queries``
+queries. From layer K on the reduced sequence runs as before.
 
 Layer by layer rather than chunk by chunk through all K layers: the steps at K read every slot's
 hidden states, so each layer's whole output exists anyway, and the model's own code between layers
@@ -30,13 +31,13 @@ import torch
 from torch import nn
 
 from tokenreduce.adapters import hf
-from tokenreduce.adapters.probe import AttentionInputs
+from tokenreduce.adapters.probe import AttentionInputs, rotated_keys
 from tokenreduce.adapters.schedule import Schedule
 from tokenreduce.adapters.state import ForwardState
 from tokenreduce.errors import InputError, brief
 
 #: Slots per chunk unless ``tr.apply(..., prefill_chunk=...)`` says otherwise.
-DEFAULT_PREFILL_CHUNK = 512
+DEFAULT_PREFILL_CHUNK = 256
 
 
 def check_prefill_chunk(value: Any) -> int | None:
@@ -64,11 +65,13 @@ class ChunkedPrefill:
         adapter: the model adapter.
         schedule: where the reducer's steps run.
         chunk: slots per chunk; ``None`` turns chunking off.
+        probe_queries: the queries the attention probe averages (the session's option).
     """
 
-    def __init__(self, adapter: Any, schedule: Schedule, chunk: int | None) -> None:
+    def __init__(self, adapter: Any, schedule: Schedule, chunk: int | None, probe_queries: int = 1) -> None:
         self.adapter = adapter
         self.chunk = chunk
+        self.probe_queries = probe_queries
         self.num_layers = first_reduced_layer(schedule) if chunk is not None else 0
 
     def install(self, prefill_state: Callable[[], ForwardState | None]) -> list[Callable[[], None]]:
@@ -106,7 +109,9 @@ class ChunkedPrefill:
         cos, sin = kwargs[hf.POSITION_EMBEDDINGS]
         seq_dim = hf.rotary_sequence_dim(cos)
         output: torch.Tensor | None = None
-        probe: torch.Tensor | None = None  # the attention's (normed) inputs, when a later step probes them
+        keys: torch.Tensor | None = None  # what the probe reads, when a later step probes this layer
+        queries: torch.Tensor | None = None  # the attention's (normed) inputs of the last probe_queries slots
+        attention = self.adapter.attention_of(self.adapter.layers[index])
         starts = range(0, length, self.chunk)
         for start in starts:
             end = min(start + self.chunk, length)
@@ -132,11 +137,15 @@ class ChunkedPrefill:
             output[:, rows] = result
             recorded = state.probe_inputs.pop(index, None)
             if recorded is not None:
-                if probe is None:
-                    probe = recorded.hidden_states.new_empty(hidden.shape[:2] + recorded.hidden_states.shape[2:])
-                probe[:, rows] = recorded.hidden_states
-        if probe is not None:
-            state.probe_inputs[index] = AttentionInputs(probe, kwargs[hf.POSITION_EMBEDDINGS], mask)
+                chunk_keys = rotated_keys(attention, recorded)
+                if keys is None:
+                    keys = chunk_keys.new_empty(chunk_keys.shape[:2] + (length,) + chunk_keys.shape[3:])
+                keys[:, :, rows] = chunk_keys
+                recent = recorded.hidden_states
+                queries = recent if queries is None else torch.cat([queries, recent], dim=1)
+                queries = queries[:, -self.probe_queries:].clone()  # not a view holding the whole chunk
+        if keys is not None:
+            state.probe_inputs[index] = AttentionInputs(queries, kwargs[hf.POSITION_EMBEDDINGS], mask, keys)
         state.chunks[index] = len(starts)
         return output  # type: ignore[return-value]
 

@@ -7,6 +7,9 @@ last ``n`` queries and ``k_proj`` of all keys, the per-head ``q_norm``/``k_norm`
 has them (Qwen3), the layer's own rotary function with the position embeddings it received
 (M-RoPE included: the rotary embedding already merged the rows), grouped-query heads, scaling and
 the attention mask. The result equals the eager attention rows.
+
+A prefill whose layers ran in chunks (``chunked_prefill.py``) keeps only what the probe reads: the
+key states of every slot, computed chunk by chunk, and the inputs of the last queries.
 """
 
 from __future__ import annotations
@@ -21,11 +24,21 @@ from tokenreduce.adapters import hf
 
 @dataclass
 class AttentionInputs:
-    """What one self-attention module received: its (normed) hidden states and arguments."""
+    """What one self-attention module received: its (normed) hidden states and arguments.
 
-    hidden_states: torch.Tensor  # [B, L, D]
-    position_embeddings: tuple[torch.Tensor, torch.Tensor]
+    With ``keys`` (the rotated key states of all ``L`` slots, ``[B, kv_heads, L, head_dim]``),
+    ``hidden_states`` may hold only the last rows of the ``L``: those of the queries probed.
+    """
+
+    hidden_states: torch.Tensor  # [B, L, D], or its last rows when keys are given
+    position_embeddings: tuple[torch.Tensor, torch.Tensor]  # over all L slots
     attention_mask: torch.Tensor | None
+    keys: torch.Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        """``L``: the slots the attention saw."""
+        return int(self.hidden_states.shape[1] if self.keys is None else self.keys.shape[2])
 
 
 def _batched(embedding: torch.Tensor, batch: int) -> torch.Tensor:
@@ -44,18 +57,26 @@ def _heads(projection: nn.Module, norm: nn.Module | None, x: torch.Tensor, head_
 
 def _rotated(attention: nn.Module, inputs: AttentionInputs, projection: str, norm: str,
              rows: slice = slice(None)) -> torch.Tensor:
-    """``[B, heads, L', head_dim]``: the layer's query or key states of ``rows``, rotary applied."""
+    """``[B, heads, L', head_dim]``: the layer's query or key states of ``rows`` (of the ``L`` slots),
+    rotary applied."""
     x = inputs.hidden_states
-    cos, sin = (_batched(e, x.shape[0])[..., rows, :] for e in inputs.position_embeddings)
-    states = _heads(getattr(attention, projection), getattr(attention, norm, None), x[:, rows],
+    first, stop, _ = rows.indices(inputs.length)
+    offset = inputs.length - x.shape[1]  # hidden_states may hold only the last rows
+    cos, sin = (_batched(e, x.shape[0])[..., first:stop, :] for e in inputs.position_embeddings)
+    states = _heads(getattr(attention, projection), getattr(attention, norm, None), x[:, first - offset:stop - offset],
                     int(attention.head_dim))
     return hf.rotary_function(attention)(states, states, cos, sin)[0]
+
+
+def rotated_keys(attention: nn.Module, inputs: AttentionInputs) -> torch.Tensor:
+    """``[B, kv_heads, L, head_dim]``: the layer's key states of every slot, rotary applied."""
+    return inputs.keys if inputs.keys is not None else _rotated(attention, inputs, "k_proj", "k_norm")
 
 
 def key_states(attention: nn.Module, inputs: AttentionInputs) -> torch.Tensor:
     """``[B, L, kv_heads * head_dim]``: the layer's key states of every slot, rotary applied, the
     key heads side by side (what the layer writes to its KV cache, as DART reads it)."""
-    keys = _rotated(attention, inputs, "k_proj", "k_norm")
+    keys = rotated_keys(attention, inputs)
     return keys.transpose(1, 2).reshape(keys.shape[0], keys.shape[2], -1)
 
 
@@ -67,10 +88,10 @@ def last_query_attention(attention: nn.Module, inputs: AttentionInputs, num_quer
     without a cache, so queries and keys are the same ``L`` slots.
     """
     x = inputs.hidden_states
-    length = x.shape[1]
+    length = inputs.length
     n = min(max(int(num_queries), 1), length)
     q = _rotated(attention, inputs, "q_proj", "q_norm", slice(length - n, length))
-    k = _rotated(attention, inputs, "k_proj", "k_norm")
+    k = rotated_keys(attention, inputs)
     groups = q.shape[1] // k.shape[1]
     k = k.repeat_interleave(groups, dim=1)
     scores = torch.matmul(q, k.transpose(2, 3)) * float(attention.scaling)  # [B, heads, n, L]

@@ -67,7 +67,7 @@ class ReductionSession:
         self.schedule = Schedule(reducer, self.num_layers, positions)
         self.prefill = Prefill(adapter, self.schedule, positions=positions, probe_queries=probe_queries)
         self.decode = Decode(adapter)
-        self.chunked = ChunkedPrefill(adapter, self.schedule, self.prefill_chunk)
+        self.chunked = ChunkedPrefill(adapter, self.schedule, self.prefill_chunk, probe_queries)
         self._forward_lock = ForwardLock()
         self._handles: list[Any] = []
         self._restore: list[Any] = []
