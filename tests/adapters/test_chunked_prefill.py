@@ -16,6 +16,7 @@ import torch
 from adapter_oracle import capture_lm_inputs, manual_greedy
 
 import tokenreduce as tr
+from tokenreduce.adapters import VisualLayout, contiguous_video
 from tokenreduce.adapters.chunked_prefill import DEFAULT_PREFILL_CHUNK
 
 pytest.importorskip("transformers")
@@ -126,6 +127,24 @@ def test_probe_signals_and_mid_layer_steps():
         assert lengths == ref_lengths and all(torch.equal(a, b) for a, b in zip(kept, ref_kept))
         assert torch.equal(seq, ref_seq)
         torch.testing.assert_close(logits, ref_logits, **TOLERANCE)
+
+
+def test_generic_path_chunks_a_plain_decoder():
+    """The generic adapter (a Llama decoder fed with inputs_embeds, 1-D positions) chunks alike."""
+    model = tm.llama("sdpa", num_layers=LAYERS)
+    embeds = torch.randn(1, 30, 32, generator=torch.Generator().manual_seed(0)) * 0.05
+    visual = VisualLayout.from_spans(1, 30, [contiguous_video(0, 3, (2, 3, 4))])
+    runs = []
+    for chunk in (None, 7):
+        with torch.no_grad(), tr.apply(model, tr.build("fastv", ratio=0.3, layer=2), adapter="generic", visual=visual,
+                                       prefill_chunk=chunk) as session:
+            out = model.generate(inputs_embeds=embeds, max_new_tokens=3, do_sample=False, output_logits=True,
+                                 return_dict_in_generate=True)
+            runs.append((out.sequences, torch.stack(out.logits, dim=1), session.kept_indices(),
+                         session.chunked_layers))
+    (ref_seq, ref_logits, ref_kept, _), (seq, logits, kept, chunks) = runs
+    assert chunks == {0: 5, 1: 5} and torch.equal(kept[0], ref_kept[0]) and torch.equal(seq, ref_seq)
+    torch.testing.assert_close(logits, ref_logits, **TOLERANCE)
 
 
 def test_unchunked_where_chunking_cannot_apply():
