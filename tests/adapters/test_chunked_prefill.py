@@ -168,6 +168,20 @@ def test_unchunked_where_chunking_cannot_apply():
     assert [a.shape for a in out.attentions] == [a.shape for a in ref.attentions]
 
 
+def test_output_hidden_states_of_a_chunked_prefill():
+    """transformers records every layer's whole output, also of the layers run in chunks."""
+    model = tm.qwen2_vl("sdpa", num_layers=LAYERS)
+    inputs = tm.qwen_inputs([(2, 4, 6), (2, 4, 4)])
+    runs = []
+    for chunk in (None, CHUNK):
+        with torch.no_grad(), tr.apply(model, tr.build("fastv", ratio=0.3, layer=2), prefill_chunk=chunk) as session:
+            runs.append((model(**inputs, output_hidden_states=True).hidden_states, session.chunked_layers))
+    (ref, _), (states, chunks) = runs
+    assert set(chunks) == {0, 1} and len(states) == len(ref) == LAYERS + 1
+    for state, expected in zip(states, ref):
+        torch.testing.assert_close(state, expected, **TOLERANCE)
+
+
 def test_model_restored_and_an_instance_forward_kept():
     """The wrapped layer forwards are taken off again; a forward another library set on a layer
     instance (accelerate does) runs every chunk and is put back as it was."""
