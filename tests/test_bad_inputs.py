@@ -29,6 +29,7 @@ import tokenreduce as tr
 from tokenreduce.adapters.apply import find_adapter
 from tokenreduce.config_files import MAX_CONFIG_BYTES
 from tokenreduce.errors import InputError, InputTypeError, PluginError
+from tokenreduce.graph import TemporalDifference
 
 MESSAGE_LIMIT = 1000  # no message renders an unbounded value
 
@@ -180,7 +181,7 @@ BUILD = [
         "st_simdiff_select.tau_diff", "[-1, 1]"),
     row("tau_diff-nan-reference", lambda: tr.build("st_simdiff_reference_stage1", tau_diff=NAN), tr.ConfigError,
         "st_simdiff_reference_stage1.tau_diff", "[-1, 1]", "nan"),
-    row("tau_diff-event-detector", lambda: tr.build_component("events", "temporal_difference", tau_diff=INF),
+    row("tau_diff-event-detector", lambda: TemporalDifference(tau_diff=INF),
         tr.ConfigError, "temporal_difference.tau_diff", "[-1, 1]"),
     row("tau_sim-nan", lambda: tr.build("st_simdiff", tau_sim=NAN), tr.ConfigError, "st_simdiff.tau_sim",
         "[-1, 1]", "nan"),

@@ -58,7 +58,18 @@ def test_visualize_takes_names_and_config_files(clip, tmp_path, capsys):
     assert out.read_bytes().startswith(PNG_MAGIC) and not out.with_suffix(".html").exists()
 
 
-def test_visualize_with_a_checkpoints_vision_tower(clip, tmp_path, capsys):
+def test_a_config_files_budget_stands_unless_the_ratio_flag_is_given(clip, tmp_path, capsys):
+    config = tmp_path / "half.yaml"
+    config.write_text("name: uniform\nratio: 0.5\n")
+    grid_tokens = 2 * 3 * 4  # 2 frames of a 3x4 grid
+    for flags, kept in (([], grid_tokens // 2), (["--ratio", "0.25"], math.ceil(0.25 * grid_tokens))):
+        assert main(["visualize", str(clip), "--strategy", str(config), *flags, "--frames", "2", "--patches", "4",
+                     "--out", str(tmp_path / "vis.png")]) == 0
+        row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("half (uniform)"))
+        assert row.split()[2] == str(kept), row  # "half", "(uniform)", kept, ...
+
+
+def test_visualize_with_a_checkpoint_runs_each_strategy_in_the_whole_model(clip, tmp_path, capsys):
     from transformers import Qwen2VLImageProcessorPil
 
     from tokenreduce.bench.model import build_model
@@ -67,9 +78,14 @@ def test_visualize_with_a_checkpoints_vision_tower(clip, tmp_path, capsys):
     build_model("tiny").save_pretrained(checkpoint)
     Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=112 * 112).save_pretrained(checkpoint)
     out = tmp_path / "model.png"
-    assert main(["visualize", str(clip), "--model", str(checkpoint), "--strategy", "uniform", "--frames", "2",
-                 "--out", str(out)]) == 0
-    assert "ckpt vision tower" in capsys.readouterr().out
+    assert main(["visualize", str(clip), "--model", str(checkpoint), "--strategy", "uniform", "--strategy", "fastv",
+                 "--frames", "4", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "tokens: 2 frames x 2x2 = 8; encoder: ckpt, the whole model" in printed  # 4 frames: 2 temporal patches
+    rows = {line.split()[0]: line.split() for line in printed.splitlines() if line.startswith(("uniform", "fastv"))}
+    assert rows["uniform"][1] == "3" and rows["fastv"][1] == "2"  # ceil(0.3 * 8); FastV's round(0.3 * 8)
+    assert rows["uniform"][-1] == rows["fastv"][-1] == "-"  # the model's own signals: no proxies
+    assert "proxy signals" not in printed.split("\n\n", 1)[1]
     assert out.read_bytes().startswith(PNG_MAGIC)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 
 import tokenreduce as tr
 from tokenreduce.compare import (
+    DEFAULT_RATIO,
     NOT_COMPARED,
     build_at_ratio,
     default_strategies,
@@ -17,7 +19,6 @@ from tokenreduce.compare import (
     tokens_for,
 )
 from tokenreduce.encoders import EncodedVideo
-from tokenreduce.interfaces import Reducer
 from tokenreduce.tokens import Reduction
 
 
@@ -40,16 +41,26 @@ def test_build_at_ratio_sets_the_budget(tmp_path):
     config.write_text("name: uniform\nper_frame: true\ncount: 7\n")
     reducer = build_at_ratio(str(config), 0.4)
     assert (reducer.config.ratio, reducer.config.count, reducer.config.per_frame) == (0.4, None, True)
-    assert build_at_ratio("keep_all", 0.3).config.to_dict() == {"name": "keep_all"}
+    # reference budgets are replaced too: the strategy's own at_budget rule
+    reducer = build_at_ratio({"name": "framefusion", "cost": 0.5, "similarity_lower_bound": 0.9}, 0.3)
+    assert (reducer.config.ratio, reducer.config.cost, reducer.config.similarity_lower_bound) == (0.3, None, 0.9)
+    with pytest.raises(tr.ConfigError, match="keep_all keeps every token"):
+        build_at_ratio("keep_all", 0.3)
 
 
-def test_per_frame_counts_follow_the_ratio():
-    # VisionZip-style configs: ceil(0.3 * 144) = 44 tokens per frame, 1/6.4 of them contextual
-    reducer = build_at_ratio("visionzip", 0.3, tokens_per_frame=144)
-    config = reducer.config
-    assert (config.dominant, config.contextual, config.cls_token) == (37, 7, False)
+def test_without_a_ratio_names_get_the_default_and_files_keep_their_budget(tmp_path):
+    config = tmp_path / "half.yaml"
+    config.write_text("name: uniform\nratio: 0.5\n")
+    assert build_at_ratio(str(config), None).config.ratio == 0.5
+    assert build_at_ratio({"name": "fastv", "prune_ratio": 0.25}, None).config.prune_ratio == 0.25
+    assert build_at_ratio("uniform", None).config.ratio == DEFAULT_RATIO
+
+
+def test_visionzip_counts_follow_the_ratio():
+    # ceil(0.3 * 2 * 144) = 87 tokens reach the LLM: per frame 44 / 43, of them round(k * 10/64) contextual
     runs, _ = run_strategies(["visionzip"], encoded_video(t=2, h=12, w=12), 0.3)
-    assert runs[0].kept == 2 * 44  # dominant tokens kept in place plus contextual tokens
+    assert runs[0].kept == 87
+    assert runs[0].reduction.kept_counts().item() == (43 - 7) + (44 - 7)  # dominant patches in place
 
 
 def test_only_declared_signals_are_given_and_proxies_are_named():
@@ -77,8 +88,12 @@ def test_runs_keep_the_budget_and_table_reports_them():
 
 def test_strategies_missing_a_backend_are_skipped_with_the_reason():
     @tr.register_strategy("needs_backend_for_test")
-    class NeedsBackend(Reducer):
+    class NeedsBackend(tr.BudgetedReducer):
         """Raises as a strategy with a missing optional backend does."""
+
+        @dataclasses.dataclass
+        class Config(tr.BudgetConfig):
+            pass
 
         def reduce(self, tokens) -> Reduction:
             raise tr.MissingDependencyError("install the graph extra")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import tokenreduce as tr
-from tokenreduce.interfaces import CommunityDetector
+from tokenreduce.graph.community import CommunityDetector
 
 
 @pytest.fixture
@@ -102,7 +102,7 @@ def test_unknown_keys_list_valid_ones():
     ({"ratio": "0.3"}, "random.ratio must be"),
     ({"seed": 1.5}, "random.seed must be an int"),
     ({"seed": True}, "random.seed must be an int"),
-    ({"ratio": 0.3, "count": 3}, "give ratio or count, not both"),
+    ({"ratio": 0.3, "count": 3}, "give one budget: ratio or count, not several"),
     ({"ratio": 1.2}, "ratio must be in (0, 1]"),
     ({"count": 0}, "count must be >= 1"),
 ])

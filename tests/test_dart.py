@@ -112,7 +112,7 @@ def test_batch_with_padding_equals_each_sample_alone():
 
 
 @pytest.mark.parametrize("options,field", [
-    ({"ratio": 0.3, "count": 3}, "one of ratio, count, reduction_ratio"), ({"reduction_ratio": 1.0}, "reduction_ratio"),
+    ({"ratio": 0.3, "count": 3}, "one budget: ratio, count or reduction_ratio"), ({"reduction_ratio": 1.0}, "reduction_ratio"),
     ({"ratio": 1.5}, "ratio"), ({"layer": 0}, "layer"), ({"pivot_image": 0}, "pivot_image"),
     ({"pivot_text": -1}, "pivot_text"),
 ])

@@ -38,5 +38,12 @@ def test_writing_a_strategy_example():
 
         red = namespace["reducer"](tr.VisualTokens(torch.randn(1, 2, 3, 3, 4)))
         assert red.kept_counts().tolist() == [6]  # ceil(0.3 * 18)
+        # the notebook case: the cell run again replaces the class, the latest is what builds
+        first = tr.STRATEGIES.get("norm_select")
+        exec(compile(blocks[0], "writing-a-strategy.md", "exec"), namespace)
+        assert tr.STRATEGIES.get("norm_select") is namespace["NormSelect"] is not first
+        # the plugin author's two-line test runs the whole property suite on the strategy
+        exec(compile(blocks[2], "writing-a-strategy.md", "exec"), namespace)
+        namespace["test_norm_select"]()
     finally:
         tr.STRATEGIES.unregister("norm_select")

@@ -126,3 +126,31 @@ def test_model_path_errors_are_clear(tmp_path):
         VisionTowerEncoder(tmp_path / "missing")
     with pytest.raises(TokenReduceError, match="cannot load"):
         VisionTowerEncoder(tmp_path)
+
+
+def test_the_whole_models_video_input_pairs_consecutive_frames(tiny_checkpoint):
+    from tokenreduce.model_showcase import video_inputs
+
+    tower = VisionTowerEncoder(tiny_checkpoint)
+    still = random_frames(2, 72, 128, seed=4)
+    # a still pair is what the image processor makes of one image (it repeats it over the temporal patch)
+    inputs, rows = video_inputs(tower, np.stack([still[0], still[0], still[1], still[1], still[1]]))
+    images = tower.processor(images=list(still), return_tensors="pt")
+    assert rows == [0, 2]  # the fifth frame makes no whole temporal patch
+    torch.testing.assert_close(inputs["pixel_values_videos"], images["pixel_values"])
+    t, h, w = inputs["video_grid_thw"][0].tolist()
+    assert (t, h, w) == (2, *images["image_grid_thw"][0, 1:].tolist())
+    ids = inputs["input_ids"][0]
+    assert int((ids == tower.model.config.video_token_id).sum()) == t * (h // 2) * (w // 2)
+    assert ids[-1] == tower.model.config.vision_end_token_id
+    moving = video_inputs(tower, random_frames(2, 72, 128, seed=5))[0]["pixel_values_videos"]
+    slots = moving.reshape(moving.shape[0], 3, 2, -1)
+    assert not torch.equal(slots[:, :, 0], slots[:, :, 1])  # two different frames in one temporal patch
+
+
+def test_the_whole_model_needs_a_whole_temporal_patch(tiny_checkpoint):
+    from tokenreduce.model_showcase import video_inputs
+
+    tower = VisionTowerEncoder(tiny_checkpoint)
+    with pytest.raises(TokenReduceError, match="at least 2 frames"):
+        video_inputs(tower, random_frames(1, 72, 128))

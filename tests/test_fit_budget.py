@@ -83,7 +83,7 @@ def test_new_tokens_cannot_be_fitted():
 
 
 def test_config_round_trips():
-    reducer = tr.build({"name": "fit_budget", "count": 7, "strategy": {"name": "st_simdiff_select", "ratio": 0.5}})
+    reducer = tr.build({"name": "fit_budget", "count": 7, "strategy": {"name": "st_simdiff_select", "retention": 0.5}})
     again = tr.build(reducer.config.to_dict())
     assert again.config == reducer.config
-    assert again.inner.config.ratio == 0.5
+    assert again.inner.config.retention == 0.5

@@ -164,7 +164,7 @@ def test_tree_root_is_its_sum_over_one_plus_its_direct_children():
 
 # ----- bad input ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("options,field", [
-    ({"ratio": 0.3, "retention_ratio": 0.2}, "one of ratio, retention_ratio, count"), ({"ratio": 0.0}, "ratio"),
+    ({"ratio": 0.3, "retention_ratio": 0.2}, "one budget: ratio, count, retention_ratio or expansion"), ({"ratio": 0.0}, "ratio"),
     ({"count": 0}, "count"), ({"retention_ratio": 2.0}, "retention_ratio"), ({"expansion": 0.0}, "expansion"),
     ({"alpha": 1.5}, "alpha"), ({"temporal_threshold": 1.0}, "temporal_threshold"),
     ({"segment_threshold": 2.0}, "segment_threshold"), ({"min_segments": 0}, "min_segments"),

@@ -110,9 +110,8 @@ def test_graph_of_degenerate_grids_has_no_edges():
     assert graph.num_edges == 0 and graph.total_nodes == 2
 
 
-def test_registered_and_configurable():
-    builder = tr.build_component("graph", {"name": "spatio_temporal", "temporal": False})
-    assert isinstance(builder, SpatioTemporalGraphBuilder) and builder.config.temporal is False
+def test_edge_kinds_are_switched_off():
+    builder = SpatioTemporalGraphBuilder(temporal=False)
     graph = builder.build_graph(tr.VisualTokens(torch.randn(1, 3, 2, 2, 4)))
     assert not bool(graph.of_kind(EdgeKind.TEMPORAL).any())
 

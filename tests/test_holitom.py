@@ -136,7 +136,7 @@ def test_steps_and_their_stages():
 
 # ----- bad input ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("options,field", [
-    ({"ratio": 0.3, "count": 4}, "one of ratio, count"), ({"ratio": 0.0}, "ratio"), ({"count": 0}, "count"),
+    ({"ratio": 0.3, "count": 4}, "one budget: ratio or count"), ({"ratio": 0.0}, "ratio"), ({"count": 0}, "count"),
     ({"tau": 1.5}, "tau"), ({"beta": -0.1}, "beta"), ({"contextual": 2.0}, "contextual"),
     ({"neighbours": 0}, "neighbours"), ({"max_window": 0}, "max_window"), ({"layer": 0}, "layer"),
     ({"merge_ratio": 1.0}, "merge_ratio"),

@@ -53,6 +53,8 @@ REPO = Path(__file__).resolve().parents[1]
 TASK = "tokenreduce_tiny_video_qa"
 IMAGE_TASK = "tokenreduce_tiny_image_qa"
 MULTI_TASK = "tokenreduce_tiny_multi_video_qa"
+CHOICE_TASK = "tokenreduce_tiny_video_choice"  # multiple choice by likelihood (loglikelihood requests)
+CHOICES = ["A", "B", "C", "D"]
 NUM_IMAGES = 2
 NUM_VIDEOS = 4
 FRAMES_PER_VIDEO = 12
@@ -309,6 +311,25 @@ def write_task(directory: Path) -> None:
                                   (MULTI_TASK, "multi.json", "multi_doc_to_visual"),
                                   (IMAGE_TASK, "images.json", "image_doc_to_visual")]:
         write_task_yaml(directory, task, data, to_visual)
+    (directory / f"{CHOICE_TASK}.yaml").write_text(textwrap.dedent(f"""\
+        task: {CHOICE_TASK}
+        dataset_path: json
+        dataset_kwargs:
+          data_files:
+            test: {directory / "data.json"}
+        test_split: test
+        output_type: multiple_choice
+        doc_to_visual: !function utils.doc_to_visual
+        doc_to_text: !function utils.doc_to_text
+        doc_to_choice: {json.dumps(CHOICES)}
+        doc_to_target: answer
+        metric_list:
+          - metric: acc
+            aggregation: mean
+            higher_is_better: true
+        metadata:
+          - version: 0.0
+        """))
 
 
 def write_task_yaml(directory: Path, task: str, data: str, to_visual: str) -> None:
@@ -444,13 +465,15 @@ def config_file_run(workspace: Path) -> tuple[Path, subprocess.CompletedProcess]
     """One lmms-eval process running a ``--config`` list (one import of lmms-eval for many runs):
     ``random`` at ratio 0.3 in batches of two on Qwen2-VL over ``BATCHED_TASKS``, and on each model of
     ``CONFIG_MODELS`` over the video task, VisionZip (an encoder stage inserting new tokens) on
-    LLaVA-OneVision, then a run whose reducer always fails. ``output_path`` is
+    LLaVA-OneVision, the multiple-choice task (loglikelihood requests) on Qwen2-VL, then a run whose
+    reducer always fails. ``output_path`` is
     set in the file only, never on the command line."""
     root = workspace / "config_runs"
     random = {"strategy": "random", "ratio": 0.3}
     runs = [("qwen2_vl", "qwen2_vl", BATCHED_TASKS, {**random, "seed": 3}),
             *[(name, name, (TASK,), random) for name in CONFIG_MODELS],
-            ("llava_visionzip", "llava_onevision", (TASK,), VISIONZIP)]
+            ("llava_visionzip", "llava_onevision", (TASK,), VISIONZIP),
+            ("qwen2_vl_choice", "qwen2_vl", (CHOICE_TASK,), random)]
     entries = [{"model": "tokenreduce", "tasks": ",".join(tasks), "batch_size": 2, "log_samples": True,
                 "output_path": str(root / name),
                 "model_args": model_args(workspace, model, model_class=TINY_MODELS[model].model_class, **reducer)}
@@ -555,6 +578,61 @@ def test_failing_reducer_stops_the_run_with_an_error_record(config_file_run: tup
     assert error["error"] == "RuntimeError" and error["message"] == "always_fails: this reducer fails on purpose"
     assert error["task"] == TASK and error["rank"] == 0 and len(error["doc_ids"]) == 2
     assert error["reducer"]["name"] == FAILING_STRATEGY and "tokenreduce_test_failing.py" in error["traceback"]
+
+
+@pytest.mark.slow
+@needs_adapters
+def test_multiple_choice_scores_every_choice_by_its_loss_under_the_reducer(
+        workspace: Path, config_file_run: tuple[Path, subprocess.CompletedProcess]) -> None:
+    root, completed = config_file_run
+    assert (root / "qwen2_vl_choice").is_dir(), _tail(completed)
+    results, samples, header, records = read_outputs(root / "qwen2_vl_choice", (CHOICE_TASK,))
+    assert "acc,none" in results["results"][CHOICE_TASK] and header["reducer"]["name"] == "random"
+    tokens = qwen_video_tokens(MAX_FRAMES)
+    assert sorted(r["doc_id"] for r in records) == list(range(NUM_VIDEOS))
+    assert all((r["visual_tokens"], r["kept_tokens"]) == (tokens, math.ceil(0.3 * tokens)) for r in records)
+    # per choice (loss, greedy), as lmms-eval logs them (it writes the numbers as text)
+    scored = {sample["doc_id"]: [(float(loss), greedy) for loss, greedy in sample["filtered_resps"]]
+              for sample in samples[CHOICE_TASK]}
+    assert sorted(scored) == list(range(NUM_VIDEOS))
+    for doc_id, per_choice in scored.items():
+        losses = [loss for loss, _ in per_choice]
+        assert len(losses) == len(CHOICES) and all(math.isfinite(x) and x > 0 for x in losses)
+        assert len(set(losses)) > 1, "the choices are scored differently"
+    # lmms-eval picks the choice of lowest loss: its accuracy is the share of docs where that is the answer
+    docs = json.loads((workspace / "task" / "data.json").read_text())
+    picked = {doc_id: CHOICES[min(range(len(CHOICES)), key=lambda i: per_choice[i][0])]
+              for doc_id, per_choice in scored.items()}
+    accuracy = sum(picked[doc_id] == docs[doc_id]["answer"] for doc_id in scored) / len(scored)
+    assert results["results"][CHOICE_TASK]["acc,none"] == pytest.approx(accuracy)
+    # the same loss through the public API: the checkpoint, its processor and tr.apply with labels
+    doc_id = 0
+    expected = choice_loss(workspace, doc_id, CHOICES[0])
+    assert scored[doc_id][0][0] == pytest.approx(expected, rel=1e-4)
+
+
+def choice_loss(workspace: Path, doc_id: int, choice: str) -> float:
+    """The mean loss of ``" " + choice`` after doc ``doc_id``'s prompt on Qwen2-VL under ``random`` at
+    ratio 0.3, computed in this process with the library's public API."""
+    import tokenreduce as tr
+    from tokenreduce.integrations.lmms_eval_video import sample_video
+
+    path = workspace / "qwen2_vl"
+    processor = transformers.AutoProcessor.from_pretrained(path, trust_remote_code=True)
+    model = transformers.Qwen2VLForConditionalGeneration.from_pretrained(path, dtype=torch.float32).eval()
+    doc = json.loads((workspace / "task" / "data.json").read_text())[doc_id]
+    frames, metadata = sample_video(str(workspace / "task" / "videos" / doc["video"]), MAX_FRAMES)
+    text = doc["question"] + "\nAnswer with the option letter."
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": text}]}]
+    prompt = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    continuation = " " + choice
+    length = len(processor.tokenizer(prompt + continuation)["input_ids"]) - len(processor.tokenizer(prompt)["input_ids"])
+    inputs = processor(text=[prompt + continuation], videos=[frames], video_metadata=[metadata],
+                       do_sample_frames=False, return_tensors="pt")
+    labels = torch.full_like(inputs["input_ids"], -100)
+    labels[:, -length:] = inputs["input_ids"][:, -length:]
+    with torch.no_grad(), tr.apply(model, tr.build("random", ratio=0.3)):
+        return float(model(**inputs, labels=labels).loss)
 
 
 def test_a_model_that_cannot_be_set_up_stops_the_run() -> None:

@@ -90,6 +90,29 @@ def test_duplicate_names_name_both_origins():
     registry.register("thing")(First)  # registering the same class again is harmless
 
 
+def test_defining_the_same_class_again_replaces_it():
+    """A notebook cell that defines and registers a strategy can run twice: the latest class wins."""
+    source = (
+        "import dataclasses\n"
+        "import tokenreduce as tr\n"
+        "@tr.register_strategy('test_redefined')\n"
+        "class Redefined(tr.BudgetedReducer):\n"
+        "    @dataclasses.dataclass\n"
+        "    class Config(tr.BudgetConfig):\n"
+        "        version: int = VERSION\n"
+        "    def reduce(self, tokens):\n"
+        "        raise NotImplementedError\n"
+    )
+    cell = {"__name__": "__main__"}
+    try:
+        for version in (1, 2):
+            exec(source.replace("VERSION", str(version)), cell)  # the cell, run twice in one kernel
+            assert tr.build("test_redefined").config.version == version
+            assert tr.STRATEGIES.get("test_redefined") is cell["Redefined"]
+    finally:
+        tr.STRATEGIES.unregister("test_redefined")
+
+
 def test_duplicate_of_builtin_strategy():
     with pytest.raises(tr.DuplicateRegistrationError, match=r"tokenreduce\.strategies\.random_select\.RandomSelect"):
         @tr.register_strategy("random")

@@ -67,7 +67,8 @@ def test_which_strategies_can_serve():
 
 
 @pytest.mark.parametrize("spec", ['{"name": "uniform", "ratio": 0.3}', '{"name": "random", "count": 9}',
-                                  '{"name": "fit_budget", "ratio": 0.5}', '{"name": "evs", "prune_ratio": 0.5}'])
+                                  '{"name": "fit_budget", "ratio": 0.5}', '{"name": "evs", "prune_ratio": 0.5}',
+                                  '{"name": "st_simdiff_select", "ratio": 0.5}'])
 def test_a_budget_of_its_own_contradicts_the_engines(spec):
     with pytest.raises(tr.ServingError, match="keeps the count the engine reserves per video"):
         ServingStrategy.from_spec(spec, SOURCE)
@@ -80,12 +81,16 @@ def test_budgeted_strategies_get_the_count_and_content_driven_ones_are_fitted():
     assert uniform.reducer_for(7) is reducer
     evs = ServingStrategy.from_spec("evs", SOURCE).reducer_for(9)
     assert (evs.config.count, evs.config.ratio, evs.config.prune_ratio) == (9, None, None)
-    select = ServingStrategy.from_spec('{"name": "st_simdiff_select", "tau_sim": 0.6}', SOURCE)
-    fitted = select.reducer_for(5)
+    # st_simdiff_select takes the budget language: its union trimmed or filled to the count; its
+    # eq. 5 rate (retention) is not a budget and stays
+    select = ServingStrategy.from_spec('{"name": "st_simdiff_select", "tau_sim": 0.6, "retention": 0.5}', SOURCE)
+    trimmed = select.reducer_for(5)
+    assert (type(trimmed).__name__, trimmed.config.count, trimmed.config.ratio, trimmed.config.retention) == \
+        ("STSimDiffSelect", 5, None, 0.5)
+    stage1 = ServingStrategy.from_spec('{"name": "st_simdiff_reference_stage1", "tau_sim": 0.6}', SOURCE)
+    fitted = stage1.reducer_for(5)
     assert isinstance(fitted, FitBudget) and fitted.config.count == 5
-    assert fitted.config.strategy == tr.build("st_simdiff_select", tau_sim=0.6).config
-    # a content-driven strategy's own fields are its own (st_simdiff_select.ratio is a per-community rate)
-    assert ServingStrategy.from_spec('{"name": "st_simdiff_select", "ratio": 0.5}', SOURCE).budgeted is False
+    assert fitted.config.strategy == tr.build("st_simdiff_reference_stage1", tau_sim=0.6).config
 
 
 @pytest.mark.parametrize("spec", ["uniform", '{"name": "random", "seed": 5}', "st_simdiff_select", "keep_all", "evs",

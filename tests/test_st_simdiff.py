@@ -53,7 +53,7 @@ def test_select_matches_oracle(grid, seed, ratio, tau_sim, switches, padded, max
     x = structured_features(b, t, h, w, d, seed=seed)
     valid = random_valid(b, t, h, w, seed, padded)
     tokens = tr.VisualTokens(x, valid)
-    reducer = tr.build("st_simdiff_select", ratio=ratio, tau_sim=tau_sim, spatial=spatial,
+    reducer = tr.build("st_simdiff_select", retention=ratio, tau_sim=tau_sim, spatial=spatial,
                        temporal=temporal, right=right, bottom=bottom, events=events,
                        max_community_size=max_size)
     got = reducer(tokens)
@@ -124,7 +124,7 @@ def object_video() -> torch.Tensor:
 
 
 def test_object_appearing_is_an_event_and_background_collapses():
-    got = tr.build("st_simdiff_select", ratio=0.3)(tr.VisualTokens(object_video()))
+    got = tr.build("st_simdiff_select", retention=0.3)(tr.VisualTokens(object_video()))
     kept = kept_sets(got)[0]
     events = set(((got.roles[0] & int(tr.Role.EVENT)) != 0).nonzero().flatten().tolist())
     assert events == OBJECT_FRAME2  # changed in frame 2; frame 3 equals frame 2
@@ -273,9 +273,28 @@ def test_reference_needs_importance():
 
 
 def test_ratio_is_the_cost_for_the_reference_variant():
+    x = object_video()
+    tokens = tr.VisualTokens(x, importance=torch.rand(x.shape[:4], generator=torch.Generator().manual_seed(0)),
+                             num_layers=28)
     a = tr.build("st_simdiff", variant="reference", ratio=0.4)
     b = tr.build("st_simdiff", variant="reference", cost=0.4)
-    assert a.steps()[0].config.cost == b.steps()[0].config.cost == 0.4
+    assert [s.config.ratio for s in a.steps()] == [0.4, 0.4] and [s.config.cost for s in b.steps()] == [0.4, 0.4]
+    assert torch.equal(a(tokens).keep_mask, b(tokens).keep_mask)
+    # a count is the cost count / N of the video (N = 64 here)
+    c = tr.build("st_simdiff", variant="reference", count=16)
+    d = tr.build("st_simdiff", variant="reference", cost=0.25)
+    assert torch.equal(c(tokens).keep_mask, d(tokens).keep_mask)
+
+
+def test_reference_variant_refuses_settings_it_cannot_use():
+    for setting in ({"community": "leiden"}, {"events": False}, {"event_percentile": 90.0},
+                    {"max_community_size": "sqrt"}):
+        with pytest.raises(ConfigError, match=f"{next(iter(setting))} cannot take effect with variant='reference'"):
+            tr.build("st_simdiff", variant="reference", **setting)
+    with pytest.raises(ConfigError, match="score orders the components of variant='reference' only"):
+        tr.build("st_simdiff", score=2)
+    with pytest.raises(ConfigError, match="tau_diff set with events=False has no effect"):
+        tr.build("st_simdiff_select", events=False, tau_diff=0.1)
 
 
 # ----- budgets, dtypes, configs -----------------------------------------------------------------
@@ -311,21 +330,21 @@ def test_config_round_trip_and_errors():
         tr.build("st_simdiff", max_community_size=0)
     with pytest.raises(ConfigTypeError):
         tr.build("st_simdiff", max_community_size="half")
-    with pytest.raises(ConfigError):
-        tr.build("st_simdiff", variant="reference", count=5)
+    with pytest.raises(ConfigError, match="needs cost < 1"):
+        tr.build("st_simdiff", variant="reference", cost=1.0)
 
 
 # ----- ablation rows (docs/st-simdiff.md) ----------------------------------------------------
 ABLATION_ROWS = {
     "baseline": {"name": "attention_prune", "ratio": 0.3, "layer": 2},
     "sim_spatial": {"name": "pipeline", "steps": [
-        {"name": "st_simdiff_select", "ratio": 0.3, "temporal": False, "events": False},
+        {"name": "st_simdiff_select", "retention": 0.3, "temporal": False, "events": False},
         {"name": "attention_prune", "ratio": 0.3, "layer": 2}]},
     "sim_temporal": {"name": "pipeline", "steps": [
-        {"name": "st_simdiff_select", "ratio": 0.3, "spatial": False, "events": False},
+        {"name": "st_simdiff_select", "retention": 0.3, "spatial": False, "events": False},
         {"name": "attention_prune", "ratio": 0.3, "layer": 2}]},
     "sim_spatio_temporal": {"name": "pipeline", "steps": [
-        {"name": "st_simdiff_select", "ratio": 0.3, "events": False},
+        {"name": "st_simdiff_select", "retention": 0.3, "events": False},
         {"name": "attention_prune", "ratio": 0.3, "layer": 2}]},
     "diff_full": {"name": "st_simdiff", "ratio": 0.3},
 }
@@ -377,7 +396,7 @@ def test_modularity_communities_give_ceil_representatives_per_community(communit
     tokens = tr.VisualTokens(x)
     graph = SpatioTemporalGraphBuilder().build_graph(tokens)
     labels = tr.build_component("community", community).detect(graph, graph.weight > 0.8)[0].tolist()
-    got = tr.build("st_simdiff_select", ratio=0.3, events=False, community=community)(tokens)
+    got = tr.build("st_simdiff_select", retention=0.3, events=False, community=community)(tokens)
     kept = kept_sets(got)[0]
     for label in set(labels):
         members = [n for n in range(64) if labels[n] == label]

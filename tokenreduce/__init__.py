@@ -15,6 +15,7 @@ from tokenreduce.budget import Budget, cost_prune_ratio
 from tokenreduce.config import Config, build, build_component
 from tokenreduce.config_files import load_config, save_config
 from tokenreduce.errors import (
+    BudgetWarning,
     ConfigError,
     ConfigTypeError,
     DuplicateRegistrationError,
@@ -30,19 +31,16 @@ from tokenreduce.errors import (
 )
 from tokenreduce.interfaces import (
     BudgetConfig,
-    EncoderConfig,
     BudgetedReducer,
-    BudgetPruner,
-    CommunityDetector,
     Component,
-    EventDetector,
-    GraphBuilder,
-    ImportanceScorer,
+    EncoderConfig,
+    InLLMConfig,
     LayerwiseReducer,
     Reducer,
     Signal,
     Stage,
 )
+from tokenreduce.graph.community import CommunityDetector
 from tokenreduce.adapters.apply import apply, remove
 from tokenreduce.pipeline import Pipeline
 from tokenreduce.registry import (
@@ -72,13 +70,13 @@ def list_strategies() -> list[str]:
 
 
 __all__ = [
-    "ADAPTERS", "COMMUNITY", "STRATEGIES", "Budget", "BudgetConfig", "BudgetPruner", "BudgetedReducer",
+    "ADAPTERS", "COMMUNITY", "STRATEGIES", "Budget", "BudgetConfig", "BudgetWarning", "BudgetedReducer",
     "CommunityDetector", "Component", "Config", "ConfigError", "ConfigTypeError",
-    "DuplicateRegistrationError", "EncoderConfig", "EventDetector", "GraphBuilder", "ImportanceScorer",
-    "InputError", "InputTypeError", "LayerwiseReducer", "MissingDependencyError", "MissingSignalError",
-    "Pipeline", "PluginError", "PluginWarning", "Reducer", "Reduction", "ReductionStats",
-    "RegistrationError", "Registry", "Role", "ServingError", "Signal", "Stage", "TokenReduceError",
-    "UnknownNameError", "VisualTokens", "__version__", "apply", "build", "build_component",
+    "DuplicateRegistrationError", "EncoderConfig", "InLLMConfig", "InputError", "InputTypeError",
+    "LayerwiseReducer", "MissingDependencyError", "MissingSignalError", "Pipeline", "PluginError",
+    "PluginWarning", "Reducer", "Reduction", "ReductionStats", "RegistrationError", "Registry", "Role",
+    "ServingError", "Signal", "Stage", "TokenReduceError", "UnknownNameError", "VisualTokens", "__version__",
+    "apply", "build", "build_component",
     "cost_prune_ratio", "list_strategies", "load_config", "register_adapter", "register_community",
     "register_strategy", "registry_for", "remove", "save_config",
 ]

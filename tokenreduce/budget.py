@@ -38,25 +38,6 @@ def check_count(count: int, name: str = "count") -> int:
     return count
 
 
-def check_one_budget(owner: str, ratios: dict[str, float | None], counts: dict[str, int | None],
-                     others: dict[str, object] | None = None) -> None:
-    """At most one budget field is set; ``ratios`` must lie in (0, 1], ``counts`` be >= 1 (``others``
-    only count as given; their owner checks their range).
-
-    ``owner`` names the strategy in the message (``"dart"`` -> ``dart.ratio must be ...``).
-    """
-    fields = {**ratios, **counts, **(others or {})}
-    given = [name for name, value in fields.items() if value is not None]
-    if len(given) > 1:
-        raise ConfigError(f"{owner}: give one of {', '.join(fields)}, got {given}")
-    for name, value in ratios.items():
-        if value is not None:
-            check_ratio(value, f"{owner}.{name}")
-    for name, value in counts.items():
-        if value is not None:
-            check_count(value, f"{owner}.{name}")
-
-
 def scaled_count(n: int, ratio: float, rounding: Rounding = "ceil") -> int:
     """``rounding(ratio * n)``.
 
@@ -144,8 +125,12 @@ class Budget:
         *,
         num_layers: int | None = None,
         sparsity: Sequence[float] = (),
+        clamp: bool = False,
     ) -> int:
-        """Tokens to keep out of ``base`` (the count a ratio refers to), at most ``available``."""
+        """Tokens to keep out of ``base`` (the count a ratio refers to), at most ``available``.
+
+        A cost budget already spent raises ``ConfigError`` (as the reference code does), or keeps
+        one token with ``clamp`` (``cost_prune_ratio``)."""
         available = base if available is None else available
         if self.count is not None:
             wanted = self.count
@@ -156,7 +141,7 @@ class Budget:
                 raise ConfigError("a cost budget needs the LLM's layer count: set num_layers in the "
                                   "config, or run inside a model (tr.apply) which provides it")
             assert self.cost is not None
-            wanted = scaled_count(base, 1 - cost_prune_ratio(sparsity, self.cost, num_layers),
+            wanted = scaled_count(base, 1 - cost_prune_ratio(sparsity, self.cost, num_layers, clamp=clamp),
                                   "round")
         return max(min(wanted, available), 1 if available > 0 else 0)
 

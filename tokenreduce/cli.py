@@ -73,13 +73,15 @@ def _add_showcase_options(parser: argparse.ArgumentParser, *, default_out: str) 
     parser.add_argument("--strategy", action="append", metavar="NAME|CONFIG",
                         help="a registered strategy name or a .json/.yaml config; repeat for several rows "
                              "(default: every registered strategy)")
-    parser.add_argument("--ratio", type=keep_ratio, default=0.3, help="fraction of tokens to keep (default 0.3)")
+    parser.add_argument("--ratio", type=keep_ratio,
+                        help="fraction of each video's tokens to keep, the same number for every strategy "
+                             "(default: 0.3 for strategy names; a config file keeps its own budget)")
     parser.add_argument("--frames", type=positive_int, default=16, help="frames to sample (default 16)")
     parser.add_argument("--out", default=default_out, help=f"PNG to write (default {default_out})")
     parser.add_argument("--html", action="store_true", help="also write an HTML page next to the PNG")
     parser.add_argument("--model", metavar="PATH",
-                        help="a local vision-language checkpoint whose vision tower makes the features "
-                             "(default: the weight-free stand-in encoder)")
+                        help="a local Qwen2-VL-family checkpoint: each strategy runs inside the whole model and "
+                             "its run's record is drawn (default: the weight-free stand-in encoder, proxy signals)")
     parser.add_argument("--patches", type=positive_int, default=16,
                         help="patches per row of the stand-in encoder (default 16)")
     parser.add_argument("--columns", type=positive_int, default=8, help="frames shown in the picture (default 8)")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import tokenreduce as tr
-from tokenreduce.budget import scaled_count
+from tokenreduce.adapters.record import VideoRecord
 from tokenreduce.encoders import EncodedVideo
 from tokenreduce.errors import ConfigError
 from tokenreduce.interfaces import Reducer, Signal
@@ -37,8 +37,7 @@ class StrategyRun:
     @property
     def kept(self) -> int:
         """Tokens handed on: kept grid tokens plus new tokens (VisionZip's contextual ones)."""
-        extra = 0 if self.reduction.extra is None else int(self.reduction.extra.shape[1])
-        return int(self.reduction.kept_counts()[0]) + extra
+        return int(self.reduction.output_counts()[0])
 
     @property
     def total(self) -> int:
@@ -47,37 +46,39 @@ class StrategyRun:
     def role_count(self, role: str) -> int:
         return int(self.reduction.stats.roles.get(role, [0])[0])
 
+    @classmethod
+    def from_record(cls, label: str, video: VideoRecord) -> StrategyRun:
+        """A video of a model run (``session.last.videos[i]``, or a loaded report's): what the model's
+        own signals kept, with its roles and the time its steps took; no proxies."""
+        return cls(label, video.reduction(), video.seconds, ())
+
 
 def default_strategies() -> list[str]:
     """Every registered strategy that is a reduction of its own (not ``keep_all``/``pipeline``)."""
     return [name for name in tr.STRATEGIES.names() if name not in NOT_COMPARED]
 
 
-CONTEXTUAL_SHARE = 10 / 64  # VisionZip's presets (54+10, 108+20, 162+30) give 1/6.4 to contextual tokens
+DEFAULT_RATIO = 0.3  # the budget of a strategy given by name when no ratio is asked for (the paper's r)
 
 
-def build_at_ratio(spec: str | Path | dict[str, Any], ratio: float, tokens_per_frame: int | None = None) -> Reducer:
-    """Build ``spec`` (name, config dict or .json/.yaml path) with its budget set to ``ratio``.
+def build_at_ratio(spec: str | Path | dict[str, Any], ratio: float | None) -> Reducer:
+    """Build ``spec`` (name, config dict or .json/.yaml path) at budget ``ratio``.
 
-    The budget field is ``ratio`` when the config has one, else ``cost`` (the FLOP-style budget of
-    FrameFusion / ST-SimDiff's reference variant). Per-frame counts ``dominant`` + ``contextual``
-    (VisionZip) become ``ceil(ratio * tokens_per_frame)`` tokens per frame split in the presets'
-    proportion, with no CLS token (the grid has none). A config with none of these (an adaptive
-    count such as PruMerge+'s) is built as given.
+    The strategy's own rule does it (``Reducer.at_budget``: every budget field of the spec is
+    replaced by ``ratio``, whatever the strategy's reference budget is). ``ratio=None`` keeps the
+    budget a config dict or file states, and gives a bare name ``DEFAULT_RATIO``: a command-line
+    ratio overrides a config file only when it is given.
     """
     reducer = tr.build(spec)
-    fields = reducer.config.field_names()
-    changes: dict[str, Any] = {}
-    if "ratio" in fields:
-        changes = {"ratio": ratio, **({"count": None} if "count" in fields else {})}
-    elif "cost" in fields:
-        changes = {"cost": ratio}
-    elif {"dominant", "contextual"} <= set(fields) and tokens_per_frame is not None:
-        keep = scaled_count(tokens_per_frame, ratio)
-        contextual = min(round(keep * CONTEXTUAL_SHARE), keep - 1)
-        changes = {"dominant": keep - contextual, "contextual": contextual}
-        changes.update({k: v for k, v in (("preset", None), ("cls_token", False)) if k in fields})
-    return tr.build(reducer.config.replace(**changes)) if changes else reducer
+    if ratio is None:
+        if not (isinstance(spec, str) and not _is_file(spec)):
+            return reducer
+        ratio = DEFAULT_RATIO
+    return tr.build(type(reducer).at_budget(ratio, reducer.config))
+
+
+def _is_file(spec: str | Path) -> bool:
+    return Path(spec).suffix.lower() in (".json", ".yaml", ".yml")
 
 
 def parse_spec(text: str) -> str | dict[str, Any]:
@@ -115,7 +116,7 @@ def label_of(spec: str | Path | dict[str, Any], reducer: Reducer) -> str:
     if isinstance(spec, dict):
         options = ", ".join(f"{k}={v}" for k, v in spec.items() if k != "name")
         return f"{reducer.config.name}({options})" if options else reducer.config.name
-    if isinstance(spec, (str, Path)) and Path(spec).suffix.lower() in (".json", ".yaml", ".yml"):
+    if isinstance(spec, (str, Path)) and _is_file(spec):
         return f"{Path(spec).stem} ({reducer.config.name})"
     return reducer.config.name
 
@@ -148,11 +149,10 @@ def tokens_for(reducer: Reducer, encoded: EncodedVideo) -> tuple[VisualTokens, t
 TIMED_RUNS = 3
 
 
-def run_strategy(spec: str | Path | dict[str, Any], encoded: EncodedVideo, ratio: float) -> StrategyRun:
-    """Build ``spec`` at ``ratio`` and run it on ``encoded``; the time is the best of ``TIMED_RUNS``
-    calls after a warm-up."""
-    _, h, w = encoded.grid
-    reducer = build_at_ratio(spec, ratio, tokens_per_frame=h * w)
+def run_strategy(spec: str | Path | dict[str, Any], encoded: EncodedVideo, ratio: float | None) -> StrategyRun:
+    """Build ``spec`` at ``ratio`` (``build_at_ratio``) and run it on ``encoded``; the time is the best
+    of ``TIMED_RUNS`` calls after a warm-up."""
+    reducer = build_at_ratio(spec, ratio)
     tokens, proxies = tokens_for(reducer, encoded)
     reduction = reducer(tokens)
     seconds = float("inf")
@@ -163,7 +163,7 @@ def run_strategy(spec: str | Path | dict[str, Any], encoded: EncodedVideo, ratio
     return StrategyRun(label_of(spec, reducer), reduction, seconds, proxies)
 
 
-def run_strategies(specs: Sequence[str | Path | dict[str, Any]], encoded: EncodedVideo, ratio: float,
+def run_strategies(specs: Sequence[str | Path | dict[str, Any]], encoded: EncodedVideo, ratio: float | None,
                    ) -> tuple[list[StrategyRun], list[tuple[str, str]]]:
     """Run every spec; returns the runs and ``(spec, reason)`` for those that could not run here
     (an optional backend missing, a signal no proxy exists for)."""

@@ -9,9 +9,10 @@ Two encoders:
   similarities approximately (Johnson-Lindenstrauss), so patches that look alike get similar
   features and a still background is near-identical from frame to frame, which is the property
   ST-SimDiff's graph relies on. The bias entry keeps every feature vector away from zero.
-- ``VisionTowerEncoder`` (``--model PATH``): a Hugging Face vision-language checkpoint's own
-  image processor and vision tower (``get_image_features``); every sampled frame goes through it
-  as one image, so there is one token row per frame.
+- ``VisionTowerEncoder``: a Hugging Face vision-language checkpoint's own image processor and
+  vision tower (``get_image_features``); every sampled frame goes through it as one image, so
+  there is one token row per frame. ``visualize --model`` loads the checkpoint through it and runs
+  the whole model (``model_showcase.py``).
 
 Signals the stand-in cannot give are replaced by documented proxies (``EncodedVideo.proxies``):
 ``importance`` is the *patch contrast* (standard deviation of the patch's grey levels), standing

@@ -65,6 +65,10 @@ class ServingError(TokenReduceError, ValueError):
     """A strategy cannot run inside a serving engine as configured (e.g. it needs the LLM's attention)."""
 
 
+class BudgetWarning(UserWarning):
+    """A reducer's budget reduced nothing in a model run (it kept every visual token)."""
+
+
 _BRIEF_LIMIT = 80
 
 
@@ -95,3 +99,4 @@ def brief(value: object) -> str:
     """A repr of ``value`` for error messages: bounded in length and in the work it takes, whatever
     the value (a huge int, a deeply nested or alias-expanded structure, a long string)."""
     return clip(_BOUNDED.repr(value))
+

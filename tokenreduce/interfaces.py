@@ -4,14 +4,20 @@ A *reducer* decides which visual tokens a model may skip. It is a pure function 
 ``VisualTokens`` batch (and the signals it declares in ``requires``) to a ``Reduction``. It never
 imports a model: adapters gather the signals, call it at its ``stage``, and apply the result.
 
-The building blocks ST-SimDiff is composed of are interfaces too, so that research variants swap
-one part by name in a config: ``GraphBuilder`` -> ``CommunityDetector`` + ``EventDetector`` ->
-selection -> ``BudgetPruner`` (with an ``ImportanceScorer``).
+One budget language: every strategy's config has ``ratio`` (the fraction of a video's visual tokens
+that reach the LLM, new tokens counted) and ``count`` (that many tokens), and names any budget of its
+reference semantics (``cost``, ``prune_ratio``, ``dominant``/``contextual``) in
+``Config.alternative_budgets``; ``Reducer.at_budget(ratio, settings)`` is the one rule that turns any
+settings of a strategy into the same settings at budget ``ratio``, and ``Reducer.examples()`` the
+settings a strategy is tested and shown at.
 
 Exact budget: a reducer with a budget keeps exactly the count its budget documents
 (``Budget.keep_count``), computed per sample from ``VisualTokens.budget_counts()`` and clipped to
 the valid tokens; ``planned_counts`` states that count before running. Reducers whose count is
 decided by the content (thresholds, the reference ST-SimDiff stage 1) return ``None`` there.
+
+Shared config parts: ``BudgetConfig`` (``ratio`` / ``count``), ``EncoderConfig`` (``encoder_layer``
+of encoder-stage reducers) and ``InLLMConfig`` (``layer`` and ``position`` of in-LLM reducers).
 """
 
 from __future__ import annotations
@@ -19,17 +25,15 @@ from __future__ import annotations
 import abc
 import dataclasses
 import enum
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
 
 import torch
 
 from tokenreduce.budget import Budget, check_count, check_ratio
 from tokenreduce.config import Config
-from tokenreduce.errors import ConfigError, ConfigTypeError, InputTypeError, MissingSignalError, brief
+from tokenreduce.errors import ConfigError, ConfigTypeError, InputTypeError, MissingSignalError
 from tokenreduce.tokens import Reduction, VisualTokens
-
-if TYPE_CHECKING:
-    from tokenreduce.graph.token_graph import TokenGraph
 
 
 class Stage(enum.IntEnum):
@@ -98,29 +102,177 @@ class Component:
         return f"{type(self).__name__}({fields})"
 
 
+# ----- config parts shared by strategies ----------------------------------------------------------
+@dataclasses.dataclass
+class BudgetConfig(Config):
+    """Config part of every strategy's budget: ``ratio`` or ``count``, or an alternative.
+
+    ``ratio`` is the fraction of a video's visual tokens that reach the LLM, new tokens (merged or
+    summary tokens a strategy inserts) counted; ``count`` is that many tokens. A strategy whose
+    reference semantics use another budget lists those fields in ``alternative_budgets``; at most
+    one budget field may be given. With none, ``default_ratio`` is used, or, when it is ``None``,
+    the strategy's reference default (FrameFusion's cost 0.3, VisionZip's 191 + 30 per frame, ...).
+    ``rounding`` is how a ratio becomes a count (``ceil`` unless the strategy's reference says
+    otherwise).
+    """
+
+    ratio: float | None = None
+    count: int | None = None
+
+    default_ratio: ClassVar[float | None] = 0.5
+    rounding: ClassVar[str] = "ceil"
+    alternative_budgets: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def budget_fields(cls) -> tuple[str, ...]:
+        """Every field that states a budget: ``ratio``, ``count`` and the alternatives."""
+        return ("ratio", "count", *cls.alternative_budgets)
+
+    def given_budget(self) -> str | None:
+        """Which budget is set: ``"ratio"``, ``"count"``, ``"alternative"`` (any of
+        ``alternative_budgets``; the strategy checks how they combine) or ``None``."""
+        kinds = {"ratio": [f for f in ("ratio",) if self.ratio is not None],
+                 "count": [f for f in ("count",) if self.count is not None],
+                 "alternative": [f for f in self.alternative_budgets if getattr(self, f) is not None]}
+        given = [kind for kind, fields in kinds.items() if fields]
+        if len(given) > 1:
+            fields = [f for kind in given for f in kinds[kind]]
+            names = self.budget_fields()
+            options = f"{', '.join(names[:-1])} or {names[-1]}"
+            raise ConfigError(f"{self.name}: give one budget: {options}, not several "
+                              f"(got {', '.join(f'{k}={getattr(self, k)!r}' for k in fields)})")
+        return given[0] if given else None
+
+    def validate(self) -> None:
+        super().validate()
+        given = self.given_budget()
+        if self.ratio is not None:
+            check_ratio(self.ratio, f"{self.name}.ratio")
+        if self.count is not None:
+            check_count(self.count, f"{self.name}.count")
+        if given is None and self.default_ratio is not None:
+            object.__setattr__(self, "ratio", self.default_ratio)
+
+    def budget(self) -> Budget:
+        """The ``ratio`` / ``count`` budget (strategies with alternatives map those themselves)."""
+        return Budget(ratio=self.ratio, count=self.count, rounding=self.rounding)  # type: ignore[arg-type]
+
+
+@dataclasses.dataclass
+class EncoderConfig(Config):
+    """Config part of encoder-stage reducers: the vision-encoder layer whose attention and keys
+    they read (negative counts from the end; -2 = second-to-last, the VisionZip / FasterVLM
+    choice). An adapter raises a clear error when the tower has no such layer."""
+
+    encoder_layer: int = -2
+
+
+#: Where an in-LLM step of decoder layer ``l >= 1`` runs: ``"before_layer"`` (before layer ``l``,
+#: i.e. after layer ``l-1``'s MLP) or ``"after_attention"`` (inside layer ``l-1``, on
+#: ``residual + attention`` after its attention block and before its MLP; that layer's KV cache
+#: keeps every token it attended over). Layer 0 steps always run before layer 0.
+IN_LLM_POSITIONS = ("before_layer", "after_attention")
+
+
+@dataclasses.dataclass
+class InLLMConfig(Config):
+    """Config part of in-LLM reducers: the decoder layer ``layer`` (K) the step runs before, with
+    layer K-1's attention as importance, and its ``position`` (``IN_LLM_POSITIONS``). ``first_layer``
+    is the smallest K a strategy accepts (1: it reads layer K-1; 0 for steps that need no probe
+    at their first layer). A strategy whose in-LLM step is optional (FlashVID, HoliTom) declares
+    ``layer: int | None``, ``None`` leaving the step out. An adapter raises a clear error when the
+    model has no layer K."""
+
+    layer: int = 2
+    position: Literal["before_layer", "after_attention"] = "before_layer"
+
+    first_layer: ClassVar[int] = 1
+
+    def validate(self) -> None:
+        super().validate()
+        if self.layer is not None and self.layer < self.first_layer:  # None: a composite leaves its in-LLM step out
+            why = " (it reads layer K-1's attention)" if self.first_layer == 1 else ""
+            raise ConfigError(f"{self.name}.layer must be >= {self.first_layer}{why}, got {self.layer}")
+
+
 # ----- reducers ----------------------------------------------------------------------------------
 class Reducer(Component, abc.ABC):
     """Decides which visual tokens to keep. Subclasses implement ``reduce``.
 
     Class attributes:
-        stage: where it runs (``Stage``); in-LLM reducers also expose ``layer``.
+        stage: where it runs (``Stage``); in-LLM reducers have an ``InLLMConfig`` (``layer``).
         requires: the ``Signal`` values it reads besides features (checked: missing -> error).
         optional: signals it uses when present and replaces by a documented fallback otherwise;
             adapters should provide them (e.g. ST-SimDiff's attention importance).
+        budgeted: False for reducers that keep every token by definition (``keep_all``): a model
+            run that keeps everything warns unless the reducer says so.
     """
 
     stage: ClassVar[Stage] = Stage.PRE_LLM
     requires: ClassVar[frozenset[Signal]] = frozenset()
     optional: ClassVar[frozenset[Signal]] = frozenset()
+    budgeted: ClassVar[bool] = True
 
     @property
     def layer(self) -> int | None:
         """For ``IN_LLM`` reducers: the decoder layer index K the reduction runs before."""
-        return getattr(self.config, "layer", None) if self.stage is Stage.IN_LLM else None
+        if self.stage is not Stage.IN_LLM or not isinstance(self.config, InLLMConfig):
+            return None
+        return self.config.layer
+
+    @property
+    def position(self) -> str:
+        """Where an in-LLM step of layer ``l >= 1`` runs (``IN_LLM_POSITIONS``)."""
+        return self.config.position if isinstance(self.config, InLLMConfig) else "before_layer"
 
     def steps(self) -> list[Reducer]:
         """The single-stage steps an adapter drives, in run order (a plain reducer is one step)."""
         return [self]
+
+    def budget_steps(self) -> list[Reducer]:
+        """The first steps of ``steps()`` whose output the ``ratio`` / ``count`` budget measures:
+        all of them, unless a strategy adds a refinement with a budget of its own after them
+        (FlashVID's pruning and HoliTom's merge deep in the LLM)."""
+        return self.steps()
+
+    # ----- the budget language and the settings a strategy is shown at ----------------------
+    @classmethod
+    def at_budget(cls, ratio: float, settings: Mapping[str, Any] | Config | None = None) -> Config:
+        """The config of this strategy that keeps ``ratio`` of a video's visual tokens: ``settings``
+        (a dict or config; default: the defaults) with every budget field replaced by ``ratio``.
+
+        The one rule every tool uses to run strategies on equal terms (``compare``, ``bench``,
+        ``demo``, the tests).
+        """
+        check_ratio(ratio)
+        return cls.with_budget(settings, ratio=ratio)
+
+    @classmethod
+    def with_budget(cls, settings: Mapping[str, Any] | Config | None = None, *, ratio: float | None = None,
+                    count: int | None = None) -> Config:
+        """``settings`` with every budget field replaced by ``ratio`` or ``count`` (exactly one).
+
+        Override it when a strategy's budget lives elsewhere or cannot change (``keep_all``).
+        """
+        if (ratio is None) == (count is None):
+            raise ConfigError(f"{cls.registered_name}: give a ratio or a count, not {'both' if ratio else 'neither'}")
+        data = dict(settings.to_dict() if isinstance(settings, Config) else (settings or {}))
+        own = data.pop("name", cls.registered_name)
+        if own != cls.registered_name:
+            raise ConfigError(f"{cls.registered_name} cannot take the settings of {own!r}")
+        config_cls = cls.Config
+        if not issubclass(config_cls, BudgetConfig):
+            raise ConfigError(f"{cls.registered_name or cls.__name__} has no ratio / count budget")
+        data.update({name: None for name in config_cls.budget_fields()})
+        data.update(ratio=ratio, count=count)
+        return config_cls.from_dict(data)
+
+    @classmethod
+    def examples(cls) -> list[dict[str, Any]]:
+        """Settings (config dicts without ``name``) this strategy is tested and shown at; each must
+        reduce the suite's grids (``tokenreduce.testing`` checks it). The first is the canonical one
+        (the adapter matrix runs it). Default: ``ratio=0.3``."""
+        return [{"ratio": 0.3}]
 
     def __call__(self, tokens: VisualTokens) -> Reduction:
         if not isinstance(tokens, VisualTokens):
@@ -160,45 +312,6 @@ class Reducer(Component, abc.ABC):
         return None
 
 
-@dataclasses.dataclass
-class EncoderConfig(Config):
-    """Config mixin of encoder-stage reducers: the vision-encoder layer whose attention and keys
-    they read (negative counts from the end; -2 = second-to-last, the VisionZip / FasterVLM
-    choice). An adapter raises a clear error when the tower has no such layer."""
-
-    encoder_layer: int = -2
-
-
-@dataclasses.dataclass
-class BudgetConfig(Config):
-    """Config mixin for a ratio or absolute-count budget.
-
-    Exactly one of ``ratio`` (fraction of the tokens, ceil) and ``count`` applies; with neither,
-    ``default_ratio`` is used.
-    """
-
-    ratio: float | None = None
-    count: int | None = None
-
-    default_ratio: ClassVar[float] = 0.5
-    rounding: ClassVar[str] = "ceil"
-
-    def validate(self) -> None:
-        super().validate()
-        if self.ratio is not None and self.count is not None:
-            raise ConfigError(f"{self.name}: give ratio or count, not both "
-                              f"(ratio={self.ratio}, count={self.count})")
-        if self.ratio is None and self.count is None:
-            object.__setattr__(self, "ratio", self.default_ratio)
-        if self.ratio is not None:
-            check_ratio(self.ratio, f"{self.name}.ratio")
-        if self.count is not None:
-            check_count(self.count, f"{self.name}.count")
-
-    def budget(self) -> Budget:
-        return Budget(ratio=self.ratio, count=self.count, rounding=self.rounding)  # type: ignore[arg-type]
-
-
 class BudgetedReducer(Reducer):
     """A reducer whose kept count is fixed by a ``Budget`` (its config has ``budget()``)."""
 
@@ -210,23 +323,6 @@ class BudgetedReducer(Reducer):
 
     def planned_counts(self, tokens: VisualTokens) -> torch.Tensor | None:
         return self.keep_counts(tokens)
-
-
-#: Where an in-LLM step of decoder layer ``l >= 1`` runs: ``"before_layer"`` (before layer ``l``,
-#: i.e. after layer ``l-1``'s MLP) or ``"after_attention"`` (inside layer ``l-1``, on
-#: ``residual + attention`` after its attention block and before its MLP; that layer's KV cache
-#: keeps every token it attended over). Layer 0 steps always run before layer 0. A reducer chooses
-#: with a ``position`` field in its config; without one it runs ``"before_layer"``.
-IN_LLM_POSITIONS = ("before_layer", "after_attention")
-
-
-def in_llm_position(reducer: Reducer) -> str:
-    """The ``IN_LLM_POSITIONS`` entry ``reducer`` asks for (its config's ``position``, if any)."""
-    position = getattr(reducer.config, "position", "before_layer")
-    if position not in IN_LLM_POSITIONS:
-        raise ConfigError(f"{reducer.registered_name or type(reducer).__name__}.position must be one of "
-                          f"{IN_LLM_POSITIONS}, got {brief(position)}")
-    return position
 
 
 class LayerwiseReducer(Reducer):
@@ -248,51 +344,3 @@ class LayerwiseReducer(Reducer):
     @abc.abstractmethod
     def step(self, state: Any, layer: int, tokens: VisualTokens) -> Reduction:
         """Reduce ``tokens`` before decoder ``layer``; update ``state``."""
-
-
-# ----- ST-SimDiff building blocks ----------------------------------------------------------------
-class GraphBuilder(Component, abc.ABC):
-    """Builds the token graph (nodes = flat token indices of every sample, edges weighted)."""
-
-    @abc.abstractmethod
-    def build_graph(self, tokens: VisualTokens) -> TokenGraph:
-        """A batched ``TokenGraph`` over the valid tokens of ``tokens``."""
-
-
-class CommunityDetector(Component, abc.ABC):
-    """Partitions the nodes of a graph into communities."""
-
-    @abc.abstractmethod
-    def detect(self, graph: TokenGraph, edge_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Community label per node, long ``[B, N]``.
-
-        Only edges with ``edge_mask`` (default: all) count. Labels are comparable within one
-        sample only; a node without an edge is its own community.
-        """
-
-
-class EventDetector(Component, abc.ABC):
-    """Marks event tokens: moments where the content changes."""
-
-    @abc.abstractmethod
-    def detect(self, tokens: VisualTokens, graph: TokenGraph) -> torch.Tensor:
-        """Bool ``[B, N]``: the event tokens (always within ``tokens.valid``)."""
-
-
-class ImportanceScorer(Component, abc.ABC):
-    """Scores every token; higher is more important."""
-
-    @abc.abstractmethod
-    def score(self, tokens: VisualTokens) -> torch.Tensor:
-        """Float ``[B, N]`` (values at invalid tokens are ignored)."""
-
-
-class BudgetPruner(Component, abc.ABC):
-    """Trims (or fills) a candidate set to an exact per-sample count."""
-
-    @abc.abstractmethod
-    def prune(self, tokens: VisualTokens, candidates: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-        """Bool ``[B, N]`` with exactly ``counts[b]`` valid tokens of sample ``b``.
-
-        Candidates are preferred: a set larger than the count is trimmed, a smaller one is filled.
-        """

@@ -6,18 +6,23 @@ features of earlier merging steps, and ratio budgets keep referring to the origi
 Roles carry through: a token kept at the end has the flags every step gave it. Extra tokens
 (VisionZip's contextual tokens) are not on the grid, so later steps do not see them; they are
 kept and appended in step order.
+
+Budget: ``ratio`` / ``count`` on a pipeline is the budget of its last step with a budget (in stage
+order): that step is rebuilt with it (``Reducer.at_budget``), so the pipeline ends at that share of
+the video; earlier steps keep their own settings.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from tokenreduce.config import Config, component_list_field
-from tokenreduce.interfaces import Reducer, Stage
+from tokenreduce.errors import ConfigError
+from tokenreduce.interfaces import BudgetConfig, Reducer, Stage
 from tokenreduce.registry import register_strategy
 from tokenreduce.tokens import Reduction, Role, VisualTokens
 
@@ -76,8 +81,31 @@ class Pipeline(Reducer):
     """Compose reducers: steps run in stage order, each on the tokens the previous ones kept."""
 
     @dataclasses.dataclass
-    class Config(Config):
+    class Config(BudgetConfig):
         steps: list[Config] = component_list_field("strategy")
+
+        default_ratio: ClassVar[float | None] = None
+
+        def validate(self) -> None:
+            super().validate()
+            given = self.given_budget()
+            if given is None:
+                return
+            order = stage_order([cfg.build() for cfg in self.steps])
+            budgeted = [step for step in order if type(step).budgeted]
+            if not budgeted:
+                raise ConfigError(f"pipeline.{given} needs a step with a budget; these steps keep every token: "
+                                  f"{[cfg.name for cfg in self.steps]}")
+            last = budgeted[-1].config
+            rebuilt = type(budgeted[-1]).with_budget(last, **{given: getattr(self, given)})
+            object.__setattr__(self, "steps", [rebuilt if cfg is last else cfg for cfg in self.steps])
+
+    @classmethod
+    def examples(cls) -> list[dict[str, Any]]:
+        return [{"steps": [{"name": "uniform", "ratio": 0.6, "per_frame": True},
+                           {"name": "attention_prune", "ratio": 0.3, "layer": 1}]},
+                {"steps": [{"name": "st_simdiff_select", "retention": 0.5}, {"name": "random", "ratio": 0.3}]},
+                {"steps": [{"name": "fastervlm", "ratio": 0.8}, {"name": "keep_all"}], "count": 5}]
 
     def __init__(self, steps: Sequence[Any] | Config | None = None, /, **overrides: Any) -> None:
         if steps is None or isinstance(steps, Config):
@@ -96,6 +124,14 @@ class Pipeline(Reducer):
 
     def steps(self) -> list[Reducer]:
         return [leaf for step in self._steps for leaf in step.steps()]
+
+    def budget_steps(self) -> list[Reducer]:
+        """The steps up to the last one with a budget (the pipeline's ``ratio`` is that step's)."""
+        budgeted = [i for i, step in enumerate(self._steps) if type(step).budgeted]
+        if not budgeted:
+            return self.steps()
+        last = budgeted[-1]
+        return [leaf for step in self._steps[:last] for leaf in step.steps()] + self._steps[last].budget_steps()
 
     def reduce(self, tokens: VisualTokens) -> Reduction:
         return run_in_order(self.steps(), tokens)

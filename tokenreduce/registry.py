@@ -105,10 +105,17 @@ class Registry:
 
     def add(self, name: str, cls: type, *, origin: str | None = None) -> None:
         """Register ``cls`` under ``name``; a second, different class under one name is an error,
-        and so is a class that is not of the registry's kind."""
+        and so is a class that is not of the registry's kind.
+
+        The same class defined again (same module and qualified name: a notebook cell run twice, a
+        reloaded module) replaces the earlier definition: the latest one is what ``get`` returns.
+        """
         where = origin or _origin_of(cls)
         self.check_kind(cls, f"{self.kind} {name!r} ({where})")
         existing = self._entries.get(name)
+        if existing is not None and existing is not cls and origin is None and _origin_of(existing) == where:
+            self._entries.pop(name)
+            existing = None
         if existing is not None and existing is not cls:
             raise DuplicateRegistrationError(
                 f"{self.kind} name {name!r} is registered twice: by {self._origins[name]} and by {where}"
@@ -253,18 +260,10 @@ class Registry:
 
 STRATEGIES = Registry("strategy", "strategy", "tokenreduce.strategies", "tokenreduce.interfaces:Reducer")
 COMMUNITY = Registry("community detector", "community", "tokenreduce.community",
-                     "tokenreduce.interfaces:CommunityDetector")
+                     "tokenreduce.graph.community:CommunityDetector")
 ADAPTERS = Registry("adapter", "adapter", "tokenreduce.adapters", "tokenreduce.adapters.base:ModelAdapter")
-GRAPH_BUILDERS = Registry("graph builder", "graph", base="tokenreduce.interfaces:GraphBuilder")
-EVENT_DETECTORS = Registry("event detector", "events", base="tokenreduce.interfaces:EventDetector")
-BUDGET_PRUNERS = Registry("budget pruner", "pruner", base="tokenreduce.interfaces:BudgetPruner")
-IMPORTANCE_SCORERS = Registry("importance scorer", "importance", base="tokenreduce.interfaces:ImportanceScorer")
 
-REGISTRIES: dict[str, Registry] = {
-    r.kind_key: r
-    for r in (STRATEGIES, COMMUNITY, ADAPTERS, GRAPH_BUILDERS, EVENT_DETECTORS, BUDGET_PRUNERS,
-              IMPORTANCE_SCORERS)
-}
+REGISTRIES: dict[str, Registry] = {r.kind_key: r for r in (STRATEGIES, COMMUNITY, ADAPTERS)}
 
 
 def registry_for(kind: str) -> Registry:
@@ -278,7 +277,3 @@ def registry_for(kind: str) -> Registry:
 register_strategy = STRATEGIES.register
 register_community = COMMUNITY.register
 register_adapter = ADAPTERS.register
-register_graph_builder = GRAPH_BUILDERS.register
-register_event_detector = EVENT_DETECTORS.register
-register_budget_pruner = BUDGET_PRUNERS.register
-register_importance_scorer = IMPORTANCE_SCORERS.register

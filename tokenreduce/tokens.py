@@ -486,6 +486,11 @@ class Reduction:
                               device=self.keep_mask.device)
         return self.extra_valid.sum(dim=1)
 
+    def output_counts(self) -> torch.Tensor:
+        """``[B]`` long: tokens handed on per sample, kept ones plus real extra tokens (what a
+        ``ratio`` / ``count`` budget counts)."""
+        return self.kept_counts() + self.extra_counts()
+
     @property
     def stats(self) -> ReductionStats:
         kept = self.kept_counts().tolist()

@@ -3,8 +3,6 @@ generation against an uncached oracle, the attention probe, batches with padding
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import tiny_vlms as tm
 import torch
@@ -86,14 +84,8 @@ def _hook_state(model):
 
 
 def _kwargs(name):
-    """Default config at ratio 0.3 (when the strategy has one); in-LLM steps before layer 1."""
-    fields = {f.name for f in dataclasses.fields(tr.STRATEGIES.get(name).Config)}
-    kw = {"ratio": 0.3} if "ratio" in fields else {}
-    if "cost" in fields and not kw:  # FLOP-style budgets only: a cost the 3-layer test models can meet
-        kw["cost"] = 0.5
-    if any(step.stage is tr.Stage.IN_LLM for step in tr.build(name, **kw).steps()) and name != "framefusion":
-        kw["layer"] = 1
-    return kw
+    """The strategy's canonical example setting (its first ``examples()`` entry, declared with the strategy)."""
+    return tr.STRATEGIES.get(name).examples()[0]
 
 
 def _runs_on(family_name, name):
@@ -101,7 +93,7 @@ def _runs_on(family_name, name):
     return tr.Stage.ENCODER not in stages or FAMILIES[family_name].encoder
 
 
-ALL_STRATEGIES = [n for n in tr.list_strategies() if n != "pipeline"]
+ALL_STRATEGIES = tr.list_strategies()
 
 # one-step selections: checked against the uncached oracle (at the planned count when a strategy plans one)
 ORACLE = [n for n in ("random", "uniform", "attention_prune", "fastv", "evs", "vidcom2", "dart")

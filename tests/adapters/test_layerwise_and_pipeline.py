@@ -11,7 +11,7 @@ import torch
 from adapter_oracle import layer_lengths
 
 import tokenreduce as tr
-from tokenreduce.interfaces import BudgetConfig, LayerwiseReducer, Signal
+from tokenreduce.interfaces import BudgetConfig, InLLMConfig, LayerwiseReducer, Signal
 from tokenreduce.tokens import Reduction
 
 pytest.importorskip("transformers")
@@ -24,7 +24,7 @@ class DropOnePerLayer(LayerwiseReducer):
     requires = frozenset({Signal.IMPORTANCE, Signal.EMBEDDINGS})
 
     @dataclasses.dataclass
-    class Config(BudgetConfig):
+    class Config(BudgetConfig, InLLMConfig):
         layer: int = 1
 
     calls: ClassVar[list] = []

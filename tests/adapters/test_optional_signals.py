@@ -12,7 +12,7 @@ import torch
 import tokenreduce as tr
 import tiny_vlms as tm
 from adapter_oracle import capture_lm_inputs
-from tokenreduce.interfaces import BudgetConfig, BudgetedReducer, Signal, Stage
+from tokenreduce.interfaces import BudgetConfig, BudgetedReducer, InLLMConfig, Signal, Stage
 from tokenreduce.tokens import Reduction
 
 pytest.importorskip("transformers")
@@ -30,8 +30,8 @@ def recorder():
         optional: ClassVar[frozenset[Signal]] = frozenset({Signal.EMBEDDINGS})
 
         @dataclasses.dataclass
-        class Config(BudgetConfig):
-            layer: int = 2
+        class Config(BudgetConfig, InLLMConfig):
+            pass
 
         def reduce(self, tokens):
             seen.append(tokens)

@@ -37,6 +37,10 @@ DEEPSTACK_VISUAL_EMBEDS = "deepstack_visual_embeds"
 CU_SEQLENS = "cu_seqlens"  # Qwen vision attention: the bounds of its attention segments
 CACHE_POSITION = "cache_position"  # the cache slots of a call's tokens (models that still take it)
 OUTPUT_ATTENTIONS = "output_attentions"
+LABELS = "labels"  # the targets a causal LM forward turns into ``loss``
+LOGITS = "logits"
+IGNORE_INDEX = -100  # a label the loss skips (transformers' ``ForCausalLMLoss``)
+LOSS_ARGUMENTS = ("num_items_in_batch",)  # forward arguments a model passes on to its loss function
 #: The cache argument of a forward, newest name first (5.24 renamed ``past_key_values`` to ``cache``).
 CACHE_ARGUMENTS = ("cache", "past_key_values")
 
@@ -122,6 +126,20 @@ def video_metadata(**fields: Any) -> Any:
     from transformers.video_utils import VideoMetadata
 
     return VideoMetadata(**fields)
+
+
+# ----- the loss of a forward with labels ----------------------------------------------------------
+def causal_lm_loss(model: nn.Module, logits: torch.Tensor, labels: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    """The loss ``model`` computes for ``labels`` (``[B, L]``, ``IGNORE_INDEX`` skipped; each label is the
+    target of the previous position's logits): the model's own ``loss_function``, as its forward would
+    call it (``kwargs``: e.g. ``num_items_in_batch``)."""
+    vocab_size = model.config.get_text_config().vocab_size
+    return model.loss_function(logits=logits, labels=labels, vocab_size=vocab_size, **kwargs)
+
+
+def with_loss(output: Any, loss: torch.Tensor) -> Any:
+    """A copy of a model output with its ``loss`` set (the output's own field order kept)."""
+    return type(output)(**{**output, "loss": loss})
 
 
 # ----- attention ------------------------------------------------------------------------------------

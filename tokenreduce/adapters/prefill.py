@@ -9,7 +9,11 @@
   pre-hook on layer K-1's post-attention norm reduces ``residual + attention`` with layer K-1's
   probe, so its MLP runs on the kept tokens only; a hook on the MLP hands the layer a zero to add
   to its (full-length) residual and a hook on the layer returns ``reduced + MLP output``, exactly
-  what the layer computes for the reduced tokens. Layer K-1's cache keeps every token it saw.
+  what the layer computes for the reduced tokens. Layer K-1's cache keeps every token it saw;
+* labels: a prefill called with ``labels`` (``[B, S]``, one per input position) gets the model's own
+  loss over the reduced sequence: every slot of the final layout takes the label of the position it
+  holds (new tokens and added padding are ignored), and the model's loss function shifts them as
+  usual, so a label is predicted from the kept token before it.
 """
 
 from __future__ import annotations
@@ -36,6 +40,30 @@ class Prefill:
         self.schedule = schedule
         self.positions = positions
         self.probe_queries = probe_queries
+
+    # ----- labels: the loss over the reduced sequence -----------------------------------------------
+    @staticmethod
+    def take_labels(state: ForwardState, args: tuple, kwargs: dict[str, Any]):
+        """Keep the call's labels for ``output_with_loss`` and call the model without them (its own
+        loss would compare the reduced logits with the full-length labels)."""
+        if kwargs.get(hf.LABELS) is None:
+            return None
+        kwargs = dict(kwargs)
+        state.labels = kwargs.pop(hf.LABELS)
+        state.loss_kwargs = {k: kwargs[k] for k in hf.LOSS_ARGUMENTS if k in kwargs}
+        return args, kwargs
+
+    def output_with_loss(self, state: ForwardState, output: Any) -> Any:
+        """The model's output with the loss of the call's labels over the reduced sequence."""
+        if state.labels is None:
+            return None
+        layout = state.current_layout
+        labels = state.labels.to(layout.source.device)
+        mapped = torch.where(layout.source >= 0, labels.gather(1, layout.source.clamp(min=0)), hf.IGNORE_INDEX)
+        logits = output[hf.LOGITS]
+        mapped = mapped[:, mapped.shape[1] - logits.shape[1]:]  # logits_to_keep: the last slots only
+        loss = hf.causal_lm_loss(self.adapter.model, logits, mapped.to(logits.device), **state.loss_kwargs)
+        return hf.with_loss(output, loss)
 
     # ----- the language model's input -----------------------------------------------------------
     def language_model_input(self, state: ForwardState, args: tuple, kwargs: dict[str, Any]):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from tokenreduce.adapters.state import ForwardState
 from tokenreduce.errors import ConfigError, InputError
-from tokenreduce.interfaces import LayerwiseReducer, Reducer, Stage, in_llm_position
+from tokenreduce.interfaces import EncoderConfig, LayerwiseReducer, Reducer, Stage
 
 POSITION_POLICIES = ("original", "contiguous")
 
@@ -13,7 +13,7 @@ POSITION_POLICIES = ("original", "contiguous")
 def encoder_layer(step: Reducer) -> int:
     """The vision-encoder layer an encoder step reads: its config's ``encoder_layer``
     (``EncoderConfig``), else the second-to-last (the VisionZip / FasterVLM choice)."""
-    return int(getattr(step.config, "encoder_layer", -2))
+    return step.config.encoder_layer if isinstance(step.config, EncoderConfig) else -2
 
 
 class Schedule:
@@ -43,12 +43,16 @@ class Schedule:
             self.pre_steps.append(step)
             return
         layer = step.layer
+        name = step.registered_name or type(step).__name__
+        if layer is None:
+            raise ConfigError(f"{name} runs in the LLM (Stage.IN_LLM) but its config has no layer: derive it from "
+                              "tr.InLLMConfig (layer, position)")
         first = 0 if isinstance(step, LayerwiseReducer) else 1  # layer 0 has no previous layer to probe
-        if layer is None or not first <= layer < self.num_layers:
-            raise ConfigError(f"{step.registered_name or type(step).__name__}.layer must be in [{first}, "
+        if not first <= layer < self.num_layers:
+            raise ConfigError(f"{name}.layer must be in [{first}, "
                               f"{self.num_layers - 1}] for a decoder with {self.num_layers} layers, got {layer}")
         self.in_steps.setdefault(layer, []).append(step)
-        if in_llm_position(step) == "after_attention":
+        if step.position == "after_attention":
             self.after_attention.add(id(step))
 
     @property

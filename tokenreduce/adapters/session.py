@@ -9,10 +9,17 @@ each step runs is decided once, before any hook is installed (``schedule.py``).
 
 Kept tokens keep their original position ids, so generated tokens continue from the original
 length. A step that drops nothing changes nothing: ``keep_all`` runs the unmodified model.
+
+Every reduced prefill leaves a ``PrefillRecord`` (``record.py``) in ``records``: per video the kept
+flat indices, roles, the importance each step used, the budget and the time. Records outlive the
+``with`` block and serialise to JSON (``report()``, ``save_report(path)``). A budget that keeps every
+visual token of a prefill warns once per session (``tr.BudgetWarning``): nothing was reduced.
 """
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,11 +29,12 @@ from tokenreduce.adapters.chunked_prefill import DEFAULT_PREFILL_CHUNK, ChunkedP
 from tokenreduce.adapters.concurrency import ForwardLock, PerThread
 from tokenreduce.adapters.decode import Decode
 from tokenreduce.adapters.prefill import Prefill
+from tokenreduce.adapters.record import PrefillRecord, report, save_report, video_records
 from tokenreduce.adapters.schedule import POSITION_POLICIES, Schedule
 from tokenreduce.adapters.state import ForwardState, Phase
 from tokenreduce.adapters.steps import video_groups
-from tokenreduce.errors import InputError, InputTypeError, brief
-from tokenreduce.interfaces import Reducer
+from tokenreduce.errors import BudgetWarning, InputError, InputTypeError, brief
+from tokenreduce.interfaces import BudgetConfig, Reducer
 
 
 class ReductionSession:
@@ -48,6 +56,8 @@ class ReductionSession:
 
     state: ForwardState | None = PerThread()  # type: ignore[assignment]  # this thread's last prefill
     _phase: Phase | None = PerThread()  # type: ignore[assignment]
+    _last: PrefillRecord | None = PerThread()  # type: ignore[assignment]  # the record of this thread's last prefill
+    _decode_steps: int = PerThread(int)  # type: ignore[assignment]  # of that prefill, kept when the session ends
 
     def __init__(self, adapter, reducer: Reducer, *, positions: str = "original", probe_queries: int = 1,
                  prefill_chunk: int | None = DEFAULT_PREFILL_CHUNK) -> None:
@@ -69,6 +79,8 @@ class ReductionSession:
         self.decode = Decode(adapter)
         self.chunked = ChunkedPrefill(adapter, self.schedule, self.prefill_chunk, probe_queries)
         self._forward_lock = ForwardLock()
+        self.records: list[PrefillRecord] = []  # one per reduced prefill (every thread's), kept after the session
+        self._warned_budget = False
         self._handles: list[Any] = []
         self._restore: list[Any] = []
 
@@ -120,36 +132,37 @@ class ReductionSession:
             restore()
         self._handles.clear()
         self._restore.clear()
+        self._decode_steps = self.decode_steps
         self.state = None
         self._phase = None
 
-    # ----- reporting --------------------------------------------------------------------------
+    # ----- reporting: what the prefills decided (available after the session ends) -------------
+    @property
+    def last(self) -> PrefillRecord | None:
+        """The record of this thread's last reduced prefill, or ``None`` before the first."""
+        return self._last
+
     def kept_indices(self) -> list[torch.Tensor]:
         """Per video (in the adapter's span order): the flat grid indices the last prefill kept."""
-        if self.state is None:
-            return []
-        out: list[torch.Tensor | None] = [None] * len(self.state.visual.spans)
-        for group in self.state.groups:
-            for row, span_id in enumerate(group.span_ids):
-                out[span_id] = group.present[row].nonzero().flatten()
-        return out  # type: ignore[return-value]
+        return [video.kept for video in self.last.videos] if self.last is not None else []
 
     def inserted_counts(self) -> list[int]:
         """Per video (in the order of ``kept_indices``): the new tokens the last prefill inserted after it
         (``Reduction.extra``, e.g. VisionZip's contextual tokens)."""
-        if self.state is None:
-            return []
-        out = [0] * len(self.state.visual.spans)
-        for group in self.state.groups:
-            for row, span_id in enumerate(group.span_ids):
-                out[span_id] = group.inserted[row]
-        return out
+        return [video.inserted for video in self.last.videos] if self.last is not None else []
 
     def video_grids(self) -> list[tuple[int, tuple[int, int, int]]]:
         """Per video (in the order of ``kept_indices``): its batch row and its ``(T, H, W)`` token grid."""
-        if self.state is None:
-            return []
-        return [(span.sample, span.grid) for span in self.state.visual.spans]
+        return [(video.sample, video.grid) for video in self.last.videos] if self.last is not None else []
+
+    def report(self) -> dict[str, Any]:
+        """Every prefill of the session as JSON-ready data: the reducer's config, and per prefill
+        and video the kept indices, roles, per-step importance, budget and seconds."""
+        return report(self.reducer.config.to_dict(), self.records)
+
+    def save_report(self, path: str | Path) -> Path:
+        """Write ``report()`` to ``path`` as JSON."""
+        return save_report(self.report(), path)
 
     @property
     def phase(self) -> Phase | None:
@@ -159,17 +172,17 @@ class ReductionSession:
     @property
     def decode_steps(self) -> int:
         """Decode forwards run on the cache of the last prefill (``generate``'s later steps)."""
-        return 0 if self.state is None else self.state.decode_steps
+        return self._decode_steps if self.state is None else self.state.decode_steps
 
     @property
     def layer_lengths(self) -> dict[int, int]:
         """Sequence length each decoder layer received in the last prefill."""
-        return {} if self.state is None else dict(self.state.layer_counts)
+        return dict(self.last.layer_lengths) if self.last is not None else {}
 
     @property
     def chunked_layers(self) -> dict[int, int]:
         """Decoder layers the last prefill ran in chunks, and in how many (``prefill_chunk``)."""
-        return {} if self.state is None else dict(self.state.chunks)
+        return dict(self.last.chunked_layers) if self.last is not None else {}
 
     # ----- the model: which phase a call is in ----------------------------------------------------
     def _top_pre(self, module, args, kwargs):
@@ -183,7 +196,7 @@ class ReductionSession:
             device = self.adapter.language_model_device()
             self.state = ForwardState(visual, video_groups(visual, device), encoded=hf.encoded_video(call))
             self._phase = Phase.PREFILL
-            return None
+            return self.prefill.take_labels(self.state, args, kwargs)
         state = self.state
         if state is not None and cache is not None and cache is state.cache and hf.cache_length(cache) > 0:
             self._phase = Phase.DECODE
@@ -193,17 +206,48 @@ class ReductionSession:
 
     def _top_post(self, module, args, kwargs, output):
         state = self.state
+        replaced = None
         if state is not None and self._phase is Phase.PREFILL:
+            self._finish_prefill(state)
+            replaced = self.prefill.output_with_loss(state, output)
             state.cache = hf.output_cache(output)
             state.decoded = 0
             state.probe_inputs.clear()
             state.importance.clear()
             state.keys.clear()
             state.current = None
+            state.labels = None
         elif state is not None and self._phase is Phase.DECODE:
             state.decoded += hf.query_length(hf.call_arguments(args, kwargs))
             state.decode_steps += 1
         self._phase = None
+        return replaced
+
+    def _finish_prefill(self, state: ForwardState) -> None:
+        """Keep the prefill's record; warn (once) when its budget reduced nothing."""
+        record = PrefillRecord(video_records(state.groups, len(state.visual.spans), self._budget()),
+                               dict(state.layer_counts), dict(state.chunks))
+        self.records.append(record)
+        self._last = record
+        if self._warned_budget or not self._warns_when_nothing_is_reduced():
+            return
+        if record.videos and all(video.share >= 1 for video in record.videos):
+            self._warned_budget = True
+            video = record.videos[0]
+            warnings.warn(f"{self.reducer.config.name} kept every visual token of this prefill (e.g. {video.tokens} of "
+                          f"{video.tokens} on a {video.grid} grid) with budget {video.budget or 'default'}: nothing "
+                          "was reduced; give a budget the videos can meet (ratio=r or count=k)",
+                          BudgetWarning, stacklevel=2)
+
+    def _budget(self) -> dict[str, Any]:
+        config = self.reducer.config
+        fields = config.budget_fields() if isinstance(config, BudgetConfig) else ("ratio",)
+        return {name: getattr(config, name) for name in fields if getattr(config, name, None) is not None}
+
+    def _warns_when_nothing_is_reduced(self) -> bool:
+        """Not for reducers that keep everything by definition (``keep_all``) or at ratio 1."""
+        parts = [self.reducer, *self.reducer.budget_steps()]
+        return all(type(p).budgeted for p in parts) and getattr(self.reducer.config, "ratio", None) != 1.0
 
     # ----- the language model and its layers: handed to the phase --------------------------------
     def _lm_pre(self, module, args, kwargs):

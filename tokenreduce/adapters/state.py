@@ -57,6 +57,8 @@ class ForwardState:
     chunks: dict[int, int] = field(default_factory=dict)  # chunks each chunked layer ran in (chunked_prefill.py)
     layer_kwargs: dict[str, Any] | None = None  # what the running decoder layer received
     mid: list[torch.Tensor] = field(default_factory=list)  # [reduced residual, MLP output] inside a layer
+    labels: torch.Tensor | None = None  # [B, S] labels of the prefill call, applied to the reduced sequence
+    loss_kwargs: dict[str, Any] = field(default_factory=dict)  # what the model's loss would get besides them
 
     @property
     def current_layout(self) -> SequenceLayout:

@@ -8,12 +8,14 @@ ratio budgets keep referring to the original token count, as in ``Pipeline``.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from tokenreduce.adapters.layout import SequenceLayout, VisualLayout
+from tokenreduce.adapters.record import StepTrace
 from tokenreduce.interfaces import LayerwiseReducer, Reducer, Signal
 from tokenreduce.tokens import Reduction, VisualTokens
 
@@ -30,9 +32,13 @@ class VideoGroup:
     embeddings: torch.Tensor | None = None
     layerwise: dict[int, Any] = field(default_factory=dict)
     inserted: list[int] = field(default_factory=list)  # per video: new tokens inserted (Reduction.extra)
+    roles: torch.Tensor | None = None  # int32 [G, N]: the Role flags every step gave each token
+    trace: list[StepTrace] = field(default_factory=list)  # one entry per step call, for the session's record
 
     def __post_init__(self) -> None:
         self.inserted = self.inserted or [0] * len(self.span_ids)
+        if self.roles is None:
+            self.roles = torch.zeros(self.positions.shape, dtype=torch.int32, device=self.positions.device)
 
     @property
     def num_tokens(self) -> int:
@@ -144,10 +150,13 @@ def run_steps(
                 num_layers=num_layers,
                 context=context,
             )
+            started = _clock(hidden.device)
             reduction = _call_step(step, layer, group, tokens)
             if reduction is None:
                 continue
+            inserted = list(group.inserted)
             _record(edit, group, rows, present, reduction)
+            group.trace.append(_trace(step, layer, tokens, group, inserted, _clock(hidden.device) - started))
             merged = reduction.features if reduction.features is not None else merged
     return edit
 
@@ -165,6 +174,25 @@ def _context_after(samples: torch.Tensor, slots: torch.Tensor, hidden: torch.Ten
     context = {"valid": valid, "features": hidden[rows, order]}
     context.update({name: values[rows, order] for name, values in sequence_signals.items()})
     return context
+
+
+def _clock(device: torch.device) -> float:
+    """Seconds of a wall clock, after the device's queued work (CUDA) finished."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def _trace(step: Reducer, layer: int | None, tokens: VisualTokens, group: VideoGroup, inserted_before: list[int],
+           seconds: float) -> StepTrace:
+    """What one step call did to a group, for the session's record (importance on the CPU, NaN at
+    tokens the step did not see)."""
+    importance = None
+    if tokens.importance is not None:
+        importance = torch.where(tokens.flat_valid(), tokens.flat_importance().float(), float("nan")).cpu()
+    return StepTrace(step.registered_name or type(step).__name__, step.stage.name.lower(), layer, importance,
+                     group.present.sum(dim=1).tolist(), [a - b for a, b in zip(group.inserted, inserted_before)],
+                     seconds)
 
 
 def _call_step(step: Reducer, layer: int | None, group: VideoGroup, tokens: VisualTokens) -> Reduction | None:
@@ -190,6 +218,7 @@ def _record(edit: SequenceEdit, group: VideoGroup, rows: torch.Tensor, present: 
         edit.cols.append(group.positions[kept])
         edit.values.append(reduction.features[kept])
     group.present = kept
+    group.roles |= reduction.roles
     if reduction.extra is not None:
         extra_valid = getattr(reduction, "extra_valid", None)
         for row in range(reduction.extra.shape[0]):  # a loop over the videos of the group

@@ -322,14 +322,13 @@ def logit_differences(runs: Sequence[PrefillRun], configs: Sequence[Config]) -> 
     return lines
 
 
-def plan(model: torch.nn.Module, specs: Sequence[Spec], ratios: Sequence[float],
-         tokens_per_frame: int) -> tuple[list[Config], list[str]]:
+def plan(model: torch.nn.Module, specs: Sequence[Spec], ratios: Sequence[float]) -> tuple[list[Config], list[str]]:
     """The full model and every (strategy, ratio) the model's adapter installs; notes on the others
     (a missing optional backend, a stage its adapter does not support)."""
     configs, notes = [Config("full", 1.0, None)], []
     for spec in specs:
         for ratio in ratios:
-            reducer = build_at_ratio(spec, ratio, tokens_per_frame=tokens_per_frame)
+            reducer = build_at_ratio(spec, ratio)
             label = label_of(spec, reducer)
             problem = cannot_apply(model, reducer)
             if problem:
@@ -353,7 +352,7 @@ def end_to_end(*, size: str, frame_counts: Sequence[int], strategies: Sequence[S
     """
     torch_device = torch.device(device)
     model = build_model(size, device=device)
-    configs, notes = plan(model, strategies, ratios, video_prompt(2, resolution).visual_tokens)
+    configs, notes = plan(model, strategies, ratios)
     for note in notes:
         on_note(note)
     finished: list[PrefillRun] = []

@@ -96,12 +96,22 @@ def time_reducer(reducer: Reducer, tokens: tr.VisualTokens, repeats: int) -> tup
 
 
 def community_variants(specs: Sequence[Spec]) -> list[tuple[Spec, str]]:
-    """``(spec, detector)`` for every strategy whose config has a ``community`` field × every detector."""
+    """``(spec, detector)`` for every strategy whose config has a ``community`` field × every detector
+    it can take (ST-SimDiff's reference variant refuses any but its own connected components)."""
     variants = []
     for spec in specs:
-        if "community" in tr.build(spec).config.field_names():
-            variants += [(spec, detector) for detector in tr.COMMUNITY.names()]
+        config = tr.build(spec).config
+        if "community" in config.field_names():
+            variants += [(spec, detector) for detector in tr.COMMUNITY.names() if _takes(config, detector)]
     return variants
+
+
+def _takes(config: tr.Config, detector: str) -> bool:
+    try:
+        config.replace(community=detector)
+    except tr.ConfigError:
+        return False
+    return True
 
 
 def selection_overhead(*, strategies: Sequence[Spec], ratio: float, frames: int, height: int, width: int, dim: int,
@@ -118,7 +128,7 @@ def selection_overhead(*, strategies: Sequence[Spec], ratio: float, frames: int,
     with Progress("selection", len(plan), enabled=progress) as bar:
         for spec, detector in plan:
             try:
-                reducer = build_at_ratio(spec, ratio, tokens_per_frame=height * width)
+                reducer = build_at_ratio(spec, ratio)
                 if detector is not None:
                     reducer = tr.build(reducer.config.replace(community=detector))
                 label = label_of(spec, reducer)

@@ -15,8 +15,8 @@ import dataclasses
 import torch
 
 from tokenreduce.config import Config
+from tokenreduce.graph.community import CommunityDetector
 from tokenreduce.graph.token_graph import TokenGraph
-from tokenreduce.interfaces import CommunityDetector
 from tokenreduce.registry import register_community
 
 

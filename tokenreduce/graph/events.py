@@ -6,16 +6,14 @@ import dataclasses
 
 import torch
 
-from tokenreduce.config import Config, check_in_range
+from tokenreduce.config import check_in_range
 from tokenreduce.errors import ConfigError
 from tokenreduce.graph.token_graph import EdgeKind, TokenGraph
-from tokenreduce.interfaces import EventDetector
-from tokenreduce.registry import register_event_detector
 from tokenreduce.tokens import VisualTokens
 
 
-@register_event_detector("temporal_difference")
-class TemporalDifference(EventDetector):
+@dataclasses.dataclass(frozen=True)
+class TemporalDifference:
     """The later token of every temporal edge whose similarity is below a threshold is an event.
 
     Fixed threshold (eq. 6): similarity ``< tau_diff``. Dynamic threshold (``percentile`` set,
@@ -25,26 +23,27 @@ class TemporalDifference(EventDetector):
     ``ignore_zero_vectors`` skips edges touching a zero vector (the official code's NaN cosine
     is neither below nor above any threshold); by default a zero vector has similarity 0.
     Only temporal edges of the graph count, so the graph must be built with temporal edges.
+    (The strategies' configs carry ``tau_diff`` and the percentile; the detector is not chosen by
+    name.)
     """
 
-    @dataclasses.dataclass
-    class Config(Config):
-        tau_diff: float = 0.2
-        percentile: float | None = None
-        ignore_zero_vectors: bool = False
+    tau_diff: float = 0.2
+    percentile: float | None = None
+    ignore_zero_vectors: bool = False
 
-        def validate(self) -> None:
-            check_in_range(f"{self.name}.tau_diff", self.tau_diff, -1.0, 1.0, "a cosine similarity ")
-            if self.percentile is not None and not 0.0 <= self.percentile <= 100.0:
-                raise ConfigError(f"{self.name}.percentile must be in [0, 100], got {self.percentile}")
+    def __post_init__(self) -> None:
+        check_in_range("temporal_difference.tau_diff", self.tau_diff, -1.0, 1.0, "a cosine similarity ")
+        if self.percentile is not None and not 0.0 <= self.percentile <= 100.0:
+            raise ConfigError(f"temporal_difference.percentile must be in [0, 100], got {self.percentile}")
 
     def detect(self, tokens: VisualTokens, graph: TokenGraph) -> torch.Tensor:
+        """Bool ``[B, N]``: the event tokens (always within ``tokens.valid``)."""
         temporal = graph.of_kind(EdgeKind.TEMPORAL)
-        if self.config.ignore_zero_vectors:
+        if self.ignore_zero_vectors:
             temporal &= ~graph.degenerate
         weight = graph.weight
-        if self.config.percentile is None:
-            is_event = temporal & (weight < self.config.tau_diff)
+        if self.percentile is None:
+            is_event = temporal & (weight < self.tau_diff)
         else:
             is_event = temporal & ((1.0 - weight) > self._thresholds(graph, temporal))
         events = torch.zeros(graph.total_nodes, dtype=torch.bool, device=graph.device)
@@ -64,5 +63,5 @@ class TemporalDifference(EventDetector):
             starts = per_sample.cumsum(0) - per_sample
             columns = torch.arange(rows.shape[0], device=graph.device) - starts[rows]
             table[rows, columns] = (1.0 - graph.weight[temporal])[order]
-        quantiles = torch.nanquantile(table, self.config.percentile / 100.0, dim=1)
+        quantiles = torch.nanquantile(table, self.percentile / 100.0, dim=1)
         return quantiles[sample]

@@ -26,9 +26,9 @@ import torch
 
 from tokenreduce.config import Config
 from tokenreduce.errors import ConfigError, MissingDependencyError
+from tokenreduce.graph.community import CommunityDetector
 from tokenreduce.graph.segments import canonical_labels
 from tokenreduce.graph.token_graph import TokenGraph
-from tokenreduce.interfaces import CommunityDetector
 from tokenreduce.registry import register_community
 
 MAX_PASSES = 50

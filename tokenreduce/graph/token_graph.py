@@ -20,10 +20,7 @@ import enum
 
 import torch
 
-from tokenreduce.config import Config
 from tokenreduce.graph.blocked import norms_and_shifted_dots
-from tokenreduce.interfaces import GraphBuilder
-from tokenreduce.registry import register_graph_builder
 from tokenreduce.tokens import VisualTokens
 
 
@@ -86,27 +83,26 @@ class TokenGraph:
         return self.kind == int(kind)
 
 
-@register_graph_builder("spatio_temporal")
-class SpatioTemporalGraphBuilder(GraphBuilder):
+@dataclasses.dataclass(frozen=True)
+class SpatioTemporalGraphBuilder:
     """Spatial (right/bottom neighbour) and temporal (same position, next frame) cosine edges.
 
     ``spatial=False`` drops both spatial directions; ``right``/``bottom`` switch one of them;
-    ``temporal=False`` drops the temporal edges. Only pairs of valid tokens become edges.
+    ``temporal=False`` drops the temporal edges. Only pairs of valid tokens become edges. (The
+    strategies' configs carry these switches; the builder is not chosen by name.)
     """
 
-    @dataclasses.dataclass
-    class Config(Config):
-        spatial: bool = True
-        temporal: bool = True
-        right: bool = True
-        bottom: bool = True
+    spatial: bool = True
+    temporal: bool = True
+    right: bool = True
+    bottom: bool = True
 
     def build_graph(self, tokens: VisualTokens) -> TokenGraph:
         return self.graph_of(tokens.features, tokens.flat_valid())
 
     def graph_of(self, features: torch.Tensor, valid: torch.Tensor) -> TokenGraph:
         """The graph of ``features`` ``[B, T, H, W, D]`` (already validated) and ``valid`` ``[B, N]``."""
-        cfg = self.config
+        cfg = self
         b, t, h, w, d = features.shape
         n = t * h * w
         device = features.device

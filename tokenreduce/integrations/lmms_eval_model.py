@@ -32,13 +32,14 @@ import transformers
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 from lmms_eval import utils as lmms_utils
-from lmms_eval.api.instance import Instance
+from lmms_eval.api.instance import GenerationResult, Instance
 from lmms_eval.api.model import lmms
 from loguru import logger as eval_logger
 from PIL import Image
 from tqdm import tqdm
 
 import tokenreduce as tr
+from tokenreduce.adapters import hf
 from tokenreduce.integrations.lmms_eval_args import EvalArgs, parse_model_args
 from tokenreduce.integrations.lmms_eval_log import ReductionLog, ReductionRecorder, per_sample
 from tokenreduce.integrations.lmms_eval_video import sample_video
@@ -104,7 +105,8 @@ def _running_evaluation() -> tuple[Any, str | None] | None:
 
 
 class TokenReduceLMM(lmms):
-    """lmms-eval model that evaluates a VLM under a tokenreduce reducer (``generate_until`` only)."""
+    """lmms-eval model that evaluates a VLM under a tokenreduce reducer (``generate_until`` and
+    ``loglikelihood``, which multiple-choice tasks use)."""
 
     is_simple = True
 
@@ -168,12 +170,56 @@ class TokenReduceLMM(lmms):
         return self._world_size
 
     # ----- requests --------------------------------------------------------------------------------
-    def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
-        raise NotImplementedError("the tokenreduce model implements generate_until only; use generation "
-                                  "tasks (videomme, longvideobench, egoschema, ...)")
+    def loglikelihood(self, requests: list[Instance]) -> list[GenerationResult]:
+        """Per request ``(loss, greedy)``: the mean negative log-likelihood of the continuation given the
+        context and its visuals, as the model computes it under the reducer (``labels`` on the
+        continuation only), and whether greedy decoding would produce the continuation. lmms-eval's
+        multiple-choice scoring picks the choice of lowest loss (its convention; ``llava`` returns the
+        same quantity). The pair travels as a ``GenerationResult``: lmms-eval 0.7's evaluator turns any
+        other response that is not text into its string."""
+        results = []
+        progress = tqdm(total=len(requests), disable=self.rank != 0, desc="tokenreduce scoring")
+        for request in requests:
+            try:
+                results.append(GenerationResult(self._loglikelihood(*request.args)))
+            except Exception as exc:
+                raise self._failed(exc, [request.args]) from exc
+            progress.update(1)
+        progress.close()
+        return results
+
+    def _loglikelihood(self, context: str, continuation: Any, doc_to_visual: Any = None, doc_id: int | None = None,
+                       task: str | None = None, split: str | None = None) -> tuple[float, bool]:
+        if not isinstance(continuation, str):  # a doc_to_target function
+            continuation = continuation(self.task_dict[task][split][doc_id])
+        visuals = self._visuals(doc_to_visual, task, split, doc_id) if doc_to_visual is not None else []
+        messages, images, videos = self._message(context, visuals)
+        prompt = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        tokens = self.tokenizer(prompt + continuation)["input_ids"]
+        length = len(tokens) - len(self.tokenizer(prompt)["input_ids"])  # the continuation's tokens
+        if length < 1:
+            raise ValueError(f"the continuation {continuation!r} adds no token to the prompt")
+        inputs = self._inputs([prompt + continuation], images, videos)
+        ids = inputs["input_ids"]
+        labels = torch.full_like(ids, hf.IGNORE_INDEX)
+        labels[:, -length:] = ids[:, -length:]
+        start = time.perf_counter()
+        with torch.inference_mode():
+            if self.reducer is None:
+                output, reductions = self.model(**inputs, **{hf.LABELS: labels}), per_sample([], [], [], 0.0, 1)
+            else:
+                with self.recorder.recording(), tr.apply(self.model, self.reducer) as session:
+                    output = self.model(**inputs, **{hf.LABELS: labels})
+                    reductions = per_sample(session.video_grids(), session.kept_indices(),
+                                            session.inserted_counts(), self.recorder.seconds, 1)
+        greedy = bool((output.logits[0, -length - 1:-1].argmax(dim=-1) == ids[0, -length:]).all())
+        if doc_id is not None:
+            self.log.add({"task": task, "split": split, "doc_id": doc_id, "prompt_tokens": int(ids.shape[1]),
+                          **reductions[0], "generate_seconds": time.perf_counter() - start, "rank": self.rank})
+        return float(output.loss), greedy
 
     def generate_until_multi_round(self, requests: list[Instance]) -> list[str]:
-        raise NotImplementedError("the tokenreduce model implements generate_until only")
+        raise NotImplementedError("the tokenreduce model implements generate_until and loglikelihood only")
 
     def _visuals(self, doc_to_visual: Any, task: str, split: str, doc_id: int) -> list[Any]:
         visuals = doc_to_visual(self.task_dict[task][split][doc_id]) if doc_to_visual is not None else None
@@ -207,6 +253,19 @@ class TokenReduceLMM(lmms):
         if self.args.run.system_prompt:
             messages.insert(0, {"role": "system", "content": [{"type": "text", "text": self.args.run.system_prompt}]})
         return messages, images, videos
+
+    def _inputs(self, prompts: list[str], images: list[Any], videos: list[Any]) -> Any:
+        """The processor's batch for ``prompts`` with their images and ``(frames, metadata)`` videos, on the
+        model's device, floating-point inputs in its dtype."""
+        video_kwargs = {"videos": [frames for frames, _ in videos],
+                        "video_metadata": [metadata for _, metadata in videos],
+                        "do_sample_frames": False} if videos else {}
+        inputs = self.processor(text=prompts, images=images or None, padding=True, return_tensors="pt",
+                                **video_kwargs).to(self.device)
+        for key, value in inputs.items():
+            if torch.is_floating_point(value):
+                inputs[key] = value.to(self.model.dtype)
+        return inputs
 
     def _generation_kwargs(self, gen_kwargs: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         gen_kwargs = dict(gen_kwargs)
@@ -247,14 +306,7 @@ class TokenReduceLMM(lmms):
             prompts.append(self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
             images.extend(sample_images)
             videos.extend(sample_videos)
-        video_kwargs = {"videos": [frames for frames, _ in videos],
-                        "video_metadata": [metadata for _, metadata in videos],
-                        "do_sample_frames": False} if videos else {}
-        inputs = self.processor(text=prompts, images=images or None, padding=True, return_tensors="pt",
-                                **video_kwargs).to(self.device)
-        for key, value in inputs.items():
-            if torch.is_floating_point(value):
-                inputs[key] = value.to(self.model.dtype)
+        inputs = self._inputs(prompts, images, videos)
         kwargs, until = self._generation_kwargs(gen_kwargs[0])
         start = time.perf_counter()
         output, reductions = self._generate(inputs, kwargs, len(prompts))

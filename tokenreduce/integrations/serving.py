@@ -5,9 +5,11 @@ model, and fixes *how many* it keeps before the encoder runs, when the prompt's 
 sized. So only pre-LLM strategies that read the visual features alone can run there, and each one
 must keep exactly the engine's count:
 
-- a budgeted strategy (``uniform``, ``random``, ``evs``, ``vidcom2``, ``fit_budget`` …) is built with ``count=`` that
-  number for each video; a budget in the user's config would contradict the engine's and is refused;
-- a content-driven strategy (``st_simdiff_select``, ``keep_all``, a pipeline) runs inside
+- a budgeted strategy (``uniform``, ``random``, ``evs``, ``vidcom2``, ``st_simdiff_select``, ``fit_budget`` …) is
+  built with ``count=`` that number for each video (the budget language: any of its budget fields,
+  ``ratio`` or an alternative such as ``prune_ratio``, in the user's config would contradict the
+  engine's and is refused);
+- a content-driven strategy (``keep_all``, ``st_simdiff_reference_stage1``, a pipeline) runs inside
   ``fit_budget``, which trims or fills its kept set to the count by even spacing.
 
 ``ServingStrategy.select`` runs the reducer on one video's LLM-input embeddings through the same
@@ -30,11 +32,10 @@ from tokenreduce.adapters.steps import VideoGroup, run_steps
 from tokenreduce.config import Config, build
 from tokenreduce.config_files import load_config
 from tokenreduce.errors import ServingError, TokenReduceError
-from tokenreduce.interfaces import BudgetedReducer, Reducer, Signal, Stage
+from tokenreduce.interfaces import BudgetConfig, BudgetedReducer, Reducer, Signal, Stage
 from tokenreduce.registry import STRATEGIES
 from tokenreduce.strategies.fit_budget import FitBudget
 
-BUDGET_FIELDS = ("ratio", "count", "cost", "prune_ratio")
 FEATURE_SIGNALS = frozenset({Signal.FEATURES, Signal.EMBEDDINGS})
 
 
@@ -98,6 +99,12 @@ class VideoSelection:
     seconds: float
 
 
+def budget_fields(config: Config) -> tuple[str, ...]:
+    """The fields of ``config`` that state a budget (``ratio``, ``count`` and the strategy's
+    alternatives, e.g. ``prune_ratio``): the engine's count replaces them all."""
+    return type(config).budget_fields() if isinstance(config, BudgetConfig) else ()
+
+
 @dataclass
 class ServingStrategy:
     """The user's strategy, checked for serving; builds the reducer that keeps a given count.
@@ -123,7 +130,7 @@ class ServingStrategy:
             raise ServingError(f"{source}: {data['name']} cannot run in a serving engine: {reason}. Strategies "
                                f"that can: {', '.join(servable_strategies())}")
         budgeted = isinstance(reducer, BudgetedReducer) and "count" in reducer.config.field_names()
-        given = [k for k in BUDGET_FIELDS if data.get(k) is not None]
+        given = [k for k in budget_fields(reducer.config) if data.get(k) is not None]
         if budgeted and given:
             raise ServingError(f"{source}: {data['name']} keeps the count the engine reserves per video (vLLM: "
                                f"--video-pruning-rate); remove {', '.join(given)} from its config")
@@ -133,7 +140,7 @@ class ServingStrategy:
         """The reducer that keeps exactly ``count`` tokens of a video (cached per count)."""
         if count not in self._reducers:
             if self.budgeted:
-                cleared = {k: None for k in BUDGET_FIELDS if k != "count" and k in self.config.field_names()}
+                cleared = {k: None for k in budget_fields(self.config) if k != "count"}
                 self._reducers[count] = self.config.replace(count=count, **cleared).build()
             else:
                 self._reducers[count] = FitBudget(strategy=self.config, count=count)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
-from tokenreduce.errors import ConfigError
-from tokenreduce.interfaces import BudgetConfig, BudgetedReducer, Reducer, Signal, Stage
+from tokenreduce.interfaces import BudgetConfig, BudgetedReducer, InLLMConfig, Reducer, Signal, Stage
 from tokenreduce.registry import register_strategy
 from tokenreduce.selection import top_k_mask
 from tokenreduce.tokens import Reduction, Role, VisualTokens
@@ -27,14 +26,12 @@ class AttentionPrune(BudgetedReducer):
     requires: ClassVar[frozenset[Signal]] = frozenset({Signal.IMPORTANCE})
 
     @dataclasses.dataclass
-    class Config(BudgetConfig):
-        layer: int = 2
+    class Config(BudgetConfig, InLLMConfig):
+        pass
 
-        def validate(self) -> None:
-            super().validate()
-            if self.layer < 1:
-                raise ConfigError(f"{self.name}.layer must be >= 1 (pruning before layer K uses layer "
-                                  f"K-1's attention), got {self.layer}")
+    @classmethod
+    def examples(cls) -> list[dict[str, Any]]:
+        return [{"ratio": 0.3, "layer": 1}, {"count": 5, "position": "after_attention"}]
 
     def reduce(self, tokens: VisualTokens) -> Reduction:
         valid = tokens.flat_valid()

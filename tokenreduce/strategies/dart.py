@@ -15,20 +15,19 @@ Official semantics (ZichenWen1/DART, ``Qwen2_5-VL/Qwen2_5VL_DART/modeling_qwen2_
 
 Budget: ``quota = int(budget / pivots)``, ``budget = N · (1 - reduction_ratio)`` (upstream's
 parameter, default 0.778), ``ratio · N`` or ``count``, so a video keeps ``pivot_image + pivots ·
-quota`` tokens: between ``budget - pivots + pivot_image`` and ``budget + pivot_image``.
+quota`` tokens: between ``budget - pivots + pivot_image`` and ``budget + pivot_image``. A budget
+that covers the video (``ratio`` 1, a ``count`` of at least its tokens) keeps every token.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
-from tokenreduce.budget import check_one_budget
-from tokenreduce.config import Config
 from tokenreduce.errors import ConfigError
-from tokenreduce.interfaces import Reducer, Signal, Stage
+from tokenreduce.interfaces import BudgetConfig, InLLMConfig, Reducer, Signal, Stage
 from tokenreduce.registry import register_strategy
 from tokenreduce.selection import at_least_float32, top_k_mask
 from tokenreduce.tokens import Reduction, Role, VisualTokens
@@ -50,27 +49,24 @@ class DART(Reducer):
     optional: ClassVar[frozenset[Signal]] = frozenset({Signal.NORMED, Signal.CONTEXT})
 
     @dataclasses.dataclass
-    class Config(Config):
-        ratio: float | None = None
-        count: int | None = None
+    class Config(BudgetConfig, InLLMConfig):
         reduction_ratio: float | None = None
-        layer: int = 2
         pivot_image: int = 4
         pivot_text: int = 4
 
+        default_ratio: ClassVar[float | None] = None  # no budget: upstream's reduction_ratio 0.778
+        alternative_budgets: ClassVar[tuple[str, ...]] = ("reduction_ratio",)
+
         def validate(self) -> None:
-            check_one_budget(self.name, {"ratio": self.ratio}, {"count": self.count},
-                             {"reduction_ratio": self.reduction_ratio})
+            super().validate()
             if self.reduction_ratio is not None and not 0.0 <= self.reduction_ratio < 1.0:
                 raise ConfigError(f"{self.name}.reduction_ratio must be in [0, 1), got {self.reduction_ratio}")
-            if self.layer < 1:
-                raise ConfigError(f"{self.name}.layer must be >= 1 (it reads layer K-1's keys), got {self.layer}")
             if self.pivot_image < 1:
                 raise ConfigError(f"{self.name}.pivot_image must be >= 1, got {self.pivot_image}")
             if self.pivot_text < 0:
                 raise ConfigError(f"{self.name}.pivot_text must be >= 0, got {self.pivot_text}")
 
-        def budget(self, present: int, base: int) -> float:
+        def pivot_budget(self, present: int, base: int) -> float:
             """The token budget the pivots share, as upstream computes it (a float)."""
             if self.count is not None:
                 return float(self.count)
@@ -78,6 +74,11 @@ class DART(Reducer):
                 return base * self.ratio
             rate = self.reduction_ratio if self.reduction_ratio is not None else DEFAULT_REDUCTION_RATIO
             return present * (1 - rate)
+
+    @classmethod
+    def examples(cls) -> list[dict[str, Any]]:
+        return [{"ratio": 0.3, "layer": 1}, {"reduction_ratio": 0.5, "pivot_image": 2, "pivot_text": 0},
+                {"count": 6, "pivot_image": 1, "position": "after_attention"}]
 
     # ----- pivots and quotas -------------------------------------------------------------------
     def _pivots(self, tokens: VisualTokens) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
@@ -94,8 +95,9 @@ class DART(Reducer):
             text_counts = text_valid.sum(dim=1).clamp(max=cfg.pivot_text)
             text = top_k_mask(key_norms(tokens.context["keys"]), text_counts, text_valid)
         pivots = counts.clamp(max=cfg.pivot_image) + text_counts
-        quota = [int(cfg.budget(int(n), int(base)) / int(p))
-                 for n, base, p in zip(counts.tolist(), tokens.budget_counts().tolist(), pivots.tolist())]
+        budgets = [cfg.pivot_budget(int(n), int(base)) for n, base in zip(counts.tolist(), tokens.budget_counts().tolist())]
+        # a budget that covers the video keeps it whole (upstream's int(budget / pivots) could drop some)
+        quota = [n if budget >= n else int(budget / p) for n, budget, p in zip(counts.tolist(), budgets, pivots.tolist())]
         return image, text, torch.tensor(quota, dtype=torch.long, device=valid.device)
 
     def planned_counts(self, tokens: VisualTokens) -> torch.Tensor:

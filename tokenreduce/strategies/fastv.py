@@ -1,16 +1,18 @@
 """``fastv``: FastV (Chen et al., 2024), pruning visual tokens inside the LLM before layer K.
 
-FastV is ``attention_prune`` with FastV's budget rules: the keep count is ``round(N * (1 - R))``
-with Python's ``round`` on floats (the official Hugging Face / LLaVA variant), or an absolute
-``count`` (the paper's code). Everything else -- the ranking by the last query's head-averaged
-attention of layer K-1, ties keeping the lower flat index, original positions -- is shared.
+FastV is ``attention_prune`` with FastV's budget rules: a ratio keeps ``round(N * r)`` with
+Python's ``round`` on floats, FastV's own ``prune_ratio`` R keeps ``round(N * (1 - R))`` (the
+official Hugging Face / LLaVA variant), ``count`` an absolute count (the paper's code). Everything
+else -- the ranking by the last query's head-averaged attention of layer K-1, ties keeping the
+lower flat index, original positions -- is shared.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from typing import Any, ClassVar
 
+from tokenreduce.budget import Budget
 from tokenreduce.errors import ConfigError
 from tokenreduce.registry import register_strategy
 from tokenreduce.strategies.attention_prune import AttentionPrune
@@ -29,17 +31,18 @@ class FastV(AttentionPrune):
         prune_ratio: float | None = None
 
         rounding: ClassVar[str] = "round"
+        alternative_budgets: ClassVar[tuple[str, ...]] = ("prune_ratio",)
 
         def validate(self) -> None:
-            if self.prune_ratio is not None:
-                if not 0.0 <= self.prune_ratio < 1.0:
-                    raise ConfigError(f"{self.name}.prune_ratio must be in [0, 1), got {self.prune_ratio}")
-                if self.count is not None:
-                    raise ConfigError(f"{self.name}: give prune_ratio or count, not both "
-                                      f"(prune_ratio={self.prune_ratio}, count={self.count})")
-                keep = 1 - self.prune_ratio  # the float FastV multiplies N by
-                if self.ratio is not None and self.ratio != keep:
-                    raise ConfigError(f"{self.name}: ratio={self.ratio} contradicts "
-                                      f"prune_ratio={self.prune_ratio} (ratio = 1 - prune_ratio)")
-                object.__setattr__(self, "ratio", keep)
             super().validate()
+            if self.prune_ratio is not None and not 0.0 <= self.prune_ratio < 1.0:
+                raise ConfigError(f"{self.name}.prune_ratio must be in [0, 1), got {self.prune_ratio}")
+
+        def budget(self) -> Budget:
+            if self.prune_ratio is not None:
+                return Budget(ratio=1 - self.prune_ratio, rounding="round")  # the float FastV multiplies N by
+            return super().budget()
+
+    @classmethod
+    def examples(cls) -> list[dict[str, Any]]:
+        return [{"ratio": 0.3, "layer": 1}, {"prune_ratio": 0.5}, {"count": 3, "layer": 3}]

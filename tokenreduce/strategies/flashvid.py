@@ -31,12 +31,11 @@ from __future__ import annotations
 import dataclasses
 import math
 from fractions import Fraction
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 
-from tokenreduce.budget import check_one_budget, check_ratio
-from tokenreduce.config import Config
+from tokenreduce.budget import check_ratio
 from tokenreduce.errors import ConfigError
 from tokenreduce.graph.density_peaks import cluster_sums, density_peak_clusters
 from tokenreduce.graph.diversity import (
@@ -47,24 +46,24 @@ from tokenreduce.graph.diversity import (
 )
 from tokenreduce.graph.redundancy_trees import grow_trees, merge_links, previous_frame_links
 from tokenreduce.graph.video_segments import frame_means, segment_cuts, segment_ids
-from tokenreduce.interfaces import EncoderConfig, Reducer, Signal, Stage
+from tokenreduce.interfaces import BudgetConfig, EncoderConfig, InLLMConfig, Reducer, Signal, Stage
 from tokenreduce.pipeline import run_in_order
 from tokenreduce.registry import register_strategy
 from tokenreduce.strategies.attention_prune import AttentionShare
 from tokenreduce.tokens import Reduction, Role, VisualTokens
 
-DEFAULT_RETENTION_RATIO = 0.25  # upstream's ``flashvid()`` default
+DEFAULT_RETENTION_RATIO = 0.25  # upstream's ``flashvid()`` defaults
+DEFAULT_EXPANSION = 1.25
 NEIGHBOURS = 7  # upstream's DPC-kNN ``k = min(clusters, 7)``
 
 
 @dataclasses.dataclass
-class CompressFields(EncoderConfig):
-    """The settings of FlashVID's step before the LLM."""
+class CompressFields(EncoderConfig, BudgetConfig):
+    """The settings of FlashVID's step before the LLM; upstream's ``retention_ratio`` with its
+    ``expansion`` (default 1.25) is the alternative budget to ``ratio`` / ``count``."""
 
-    ratio: float | None = None
-    count: int | None = None
     retention_ratio: float | None = None
-    expansion: float = 1.25
+    expansion: float | None = None
     alpha: float = 0.7
     temporal_threshold: float = 0.8
     selection: Literal["attn_div", "attn_div_v2"] = "attn_div_v2"
@@ -74,10 +73,14 @@ class CompressFields(EncoderConfig):
     complementary: bool = True
     encoder_layer: int = -1
 
+    default_ratio: ClassVar[float | None] = None  # no budget: upstream's retention_ratio 0.25, expansion 1.25
+    alternative_budgets: ClassVar[tuple[str, ...]] = ("retention_ratio", "expansion")
+
     def validate(self) -> None:
-        check_one_budget(self.name, {"ratio": self.ratio, "retention_ratio": self.retention_ratio},
-                         {"count": self.count})
-        if self.expansion <= 0:
+        super().validate()
+        if self.retention_ratio is not None:
+            check_ratio(self.retention_ratio, f"{self.name}.retention_ratio")
+        if self.expansion is not None and self.expansion <= 0:
             raise ConfigError(f"{self.name}.expansion must be > 0, got {self.expansion}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ConfigError(f"{self.name}.alpha must be in [0, 1], got {self.alpha}")
@@ -107,7 +110,8 @@ class FlashVIDCompress(Reducer):
             budgets = [math.ceil(Fraction(repr(cfg.ratio)) * base / t) for base in tokens.budget_counts().tolist()]
         else:
             rate = cfg.retention_ratio if cfg.retention_ratio is not None else DEFAULT_RETENTION_RATIO
-            budgets = [math.ceil(h * w * rate * cfg.expansion)] * tokens.batch_size
+            expansion = cfg.expansion if cfg.expansion is not None else DEFAULT_EXPANSION
+            budgets = [math.ceil(h * w * rate * expansion)] * tokens.batch_size
         return torch.tensor(budgets, dtype=torch.long, device=tokens.device)
 
     def keeps_everything(self, tokens: VisualTokens, budget: torch.Tensor) -> torch.Tensor:
@@ -212,7 +216,7 @@ class FlashVIDPrune(AttentionShare):
     """FlashVID inside the LLM: keep ``ceil(n · llm_ratio)`` tokens by last-query attention."""
 
     @dataclasses.dataclass
-    class Config(Config):
+    class Config(InLLMConfig):
         layer: int = 20
         llm_ratio: float = 0.3
 
@@ -241,23 +245,32 @@ class FlashVID(Reducer):
     requires: ClassVar[frozenset[Signal]] = frozenset({Signal.IMPORTANCE})
 
     @dataclasses.dataclass
-    class Config(CompressFields):
+    class Config(CompressFields, InLLMConfig):
         layer: int | None = 20
         llm_ratio: float = 0.3
 
         def validate(self) -> None:
             super().validate()
-            if self.layer is not None and self.layer < 1:
-                raise ConfigError(f"{self.name}.layer must be >= 1 (the pruning reads layer K-1's attention) or "
-                                  f"None, got {self.layer}")
             check_ratio(self.llm_ratio, f"{self.name}.llm_ratio")
+
+    @classmethod
+    def examples(cls) -> list[dict[str, Any]]:
+        return [{"ratio": 0.3, "layer": 1}, {"retention_ratio": 0.3, "expansion": 1.0, "layer": None},
+                {"count": 8, "selection": "attn_div", "segment": False, "alpha": 0.0, "llm_ratio": 0.5},
+                {"ratio": 0.5, "alpha": 1.0, "min_segments": 1, "position": "after_attention"}]
+
+    def budget_steps(self) -> list[Reducer]:
+        """The compression before the LLM: ``ratio`` is the share that enters it (the pruning at
+        ``layer`` then keeps ``llm_ratio`` of that)."""
+        return self.steps()[:1]
 
     def steps(self) -> list[Reducer]:
         fields = {f.name: getattr(self.config, f.name) for f in dataclasses.fields(CompressFields)}
         compress = FlashVIDCompress(**fields)
         if self.config.layer is None or self.config.ratio == 1:
             return [compress]
-        return [compress, FlashVIDPrune(layer=self.config.layer, llm_ratio=self.config.llm_ratio)]
+        return [compress, FlashVIDPrune(layer=self.config.layer, position=self.config.position,
+                                        llm_ratio=self.config.llm_ratio)]
 
     def reduce(self, tokens: VisualTokens) -> Reduction:
         return run_in_order(self.steps(), tokens)

@@ -31,22 +31,22 @@ the same schedule on fixed features and importance.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 
 from tokenreduce.budget import check_ratio, cost_prune_ratio, scaled_count
-from tokenreduce.config import Config
-from tokenreduce.errors import ConfigError, MissingSignalError, brief
+from tokenreduce.errors import ConfigError, MissingSignalError
 from tokenreduce.graph.blocked import pair_dots
-from tokenreduce.interfaces import IN_LLM_POSITIONS, LayerwiseReducer, Signal
+from tokenreduce.interfaces import BudgetConfig, InLLMConfig, LayerwiseReducer, Signal
 from tokenreduce.pipeline import combine
 from tokenreduce.registry import register_strategy
 from tokenreduce.selection import at_least_float32, top_k_mask
 from tokenreduce.tokens import Reduction, Role, VisualTokens
 
 NO_NEIGHBOUR = -2.0  # similarity of a token without a temporal neighbour (never merged)
+DEFAULT_COST = 0.3  # upstream's default
 
 
 @dataclasses.dataclass
@@ -54,6 +54,7 @@ class FrameFusionState:
     """Per-forward schedule state of a batch: one entry per sample."""
 
     num_layers: int
+    cost: list[float]
     sparsity: list[list[float]]
     merging_done: list[bool]
     pruning_done: list[bool]
@@ -147,26 +148,35 @@ def merge_runs(features: torch.Tensor, valid: torch.Tensor, merge: torch.Tensor)
 class FrameFusion(LayerwiseReducer):
     """FrameFusion: merge temporally similar tokens layer by layer, then prune by attention.
 
-    Parameters: ``cost`` (the FLOP-style budget, default 0.3), ``similarity_lower_bound``
-    (default 0.6), ``ratio_lower_bound`` (default 0.1), ``num_layers`` (the LLM's layer count
-    used by the cost formula; default: ``VisualTokens.num_layers``), ``layer`` (the first merge
-    point, default 0 = before the first decoder layer), ``position`` (where a model runs merge
-    points >= 1: ``"after_attention"`` of the previous layer, default, or ``"before_layer"``).
+    Parameters: one budget: ``cost`` (FrameFusion's FLOP-style budget), ``ratio`` (read as the
+    cost: the share of the video that the layers after the pruning point see, about ``ratio``) or
+    ``count`` (the cost ``count / N`` of a video of ``N`` tokens); default cost 0.3.
+    ``similarity_lower_bound`` (default 0.6), ``ratio_lower_bound`` (default 0.1), ``num_layers``
+    (the LLM's layer count used by the cost formula; default: ``VisualTokens.num_layers``),
+    ``layer`` (the first merge point, default 0 = before the first decoder layer), ``position``
+    (where a model runs merge points >= 1: ``"after_attention"`` of the previous layer, default,
+    or ``"before_layer"``).
     """
 
     requires = frozenset({Signal.IMPORTANCE})
 
     @dataclasses.dataclass
-    class Config(Config):
-        cost: float = 0.3
+    class Config(BudgetConfig, InLLMConfig):
+        cost: float | None = None
         similarity_lower_bound: float = 0.6
         ratio_lower_bound: float = 0.1
         num_layers: int | None = None
         layer: int = 0
-        position: str = "after_attention"
+        position: Literal["before_layer", "after_attention"] = "after_attention"
+
+        default_ratio: ClassVar[float | None] = None
+        alternative_budgets: ClassVar[tuple[str, ...]] = ("cost",)
+        first_layer: ClassVar[int] = 0
 
         def validate(self) -> None:
-            check_ratio(self.cost, f"{self.name}.cost")
+            super().validate()
+            if self.cost is not None:
+                check_ratio(self.cost, f"{self.name}.cost")
             if not -1.0 <= self.similarity_lower_bound <= 1.0:
                 raise ConfigError(f"{self.name}.similarity_lower_bound must be in [-1, 1], "
                                   f"got {self.similarity_lower_bound}")
@@ -174,10 +184,18 @@ class FrameFusion(LayerwiseReducer):
                 raise ConfigError(f"{self.name}.ratio_lower_bound must be in [0, 1], got {self.ratio_lower_bound}")
             if self.num_layers is not None and self.num_layers < 1:
                 raise ConfigError(f"{self.name}.num_layers must be >= 1, got {self.num_layers}")
-            if self.layer < 0:
-                raise ConfigError(f"{self.name}.layer must be >= 0, got {self.layer}")
-            if self.position not in IN_LLM_POSITIONS:
-                raise ConfigError(f"{self.name}.position must be one of {IN_LLM_POSITIONS}, got {brief(self.position)}")
+
+        def costs(self, base: list[int]) -> list[float]:
+            """The cost of every sample whose video has ``base`` tokens (``count / N`` for a count)."""
+            if self.count is not None:
+                return [min(1.0, self.count / max(n, 1)) for n in base]
+            value = next((v for v in (self.cost, self.ratio) if v is not None), DEFAULT_COST)
+            return [value] * len(base)
+
+    @classmethod
+    def examples(cls) -> list[dict[str, Any]]:
+        return [{"ratio": 0.5}, {"cost": 0.4, "similarity_lower_bound": 0.9, "position": "before_layer"},
+                {"count": 6, "ratio_lower_bound": 0.0}]
 
     # ----- schedule ------------------------------------------------------------------------
     def start(self, tokens: VisualTokens) -> FrameFusionState:
@@ -190,10 +208,11 @@ class FrameFusion(LayerwiseReducer):
             raise ConfigError(f"framefusion.layer={self.config.layer} is not a layer of a "
                               f"{num_layers}-layer LLM")
         batch = tokens.batch_size
-        return FrameFusionState(num_layers, [[] for _ in range(batch)], [False] * batch, [False] * batch)
+        costs = self.config.costs(tokens.budget_counts().tolist())
+        return FrameFusionState(num_layers, costs, [[] for _ in range(batch)], [False] * batch, [False] * batch)
 
     def _prune_ratio(self, state: FrameFusionState, b: int) -> float:
-        return cost_prune_ratio(state.sparsity[b], self.config.cost, state.num_layers, clamp=True)
+        return cost_prune_ratio(state.sparsity[b], state.cost[b], state.num_layers, clamp=True)
 
     def _plan_merge(self, state: FrameFusionState, b: int, marked: int, n_visual: int) -> int | None:
         """Sample ``b``'s merge decision: ``None`` = merge every marked token, else merge only the

@@ -31,18 +31,16 @@ Budget: ``ratio`` r (the fraction of the video's tokens that enter the LLM: upst
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
-from tokenreduce.budget import check_one_budget
-from tokenreduce.config import Config
 from tokenreduce.errors import ConfigError
 from tokenreduce.frames import frame_top_k, sample_rows
 from tokenreduce.graph.blocked import next_frame_cosine
 from tokenreduce.graph.density_peaks import cluster_sums, density_peak_clusters
 from tokenreduce.graph.static_windows import select_static_windows
-from tokenreduce.interfaces import EncoderConfig, Reducer, Signal, Stage
+from tokenreduce.interfaces import BudgetConfig, EncoderConfig, InLLMConfig, Reducer, Signal, Stage
 from tokenreduce.pipeline import run_in_order
 from tokenreduce.registry import register_strategy
 from tokenreduce.selection import at_least_float32
@@ -99,9 +97,7 @@ class HoliTomOuter(Reducer):
     requires: ClassVar[frozenset[Signal]] = frozenset({Signal.IMPORTANCE})
 
     @dataclasses.dataclass
-    class Config(EncoderConfig):
-        ratio: float | None = None
-        count: int | None = None
+    class Config(EncoderConfig, BudgetConfig):
         tau: float = 0.8
         beta: float = 0.6
         contextual: float = 0.0
@@ -109,14 +105,27 @@ class HoliTomOuter(Reducer):
         max_window: int = 1024
         encoder_layer: int = -1
 
+        default_ratio: ClassVar[float | None] = DEFAULT_RATIO
+
+        def validate(self) -> None:
+            super().validate()
+            if not -1.0 <= self.tau <= 1.0:
+                raise ConfigError(f"{self.name}.tau must be in [-1, 1], got {self.tau}")
+            for field in ("beta", "contextual"):
+                if not 0.0 <= getattr(self, field) <= 1.0:
+                    raise ConfigError(f"{self.name}.{field} must be in [0, 1], got {getattr(self, field)}")
+            if self.neighbours < 1:
+                raise ConfigError(f"{self.name}.neighbours must be >= 1, got {self.neighbours}")
+            if self.max_window < 1:
+                raise ConfigError(f"{self.name}.max_window must be >= 1, got {self.max_window}")
+
     def retain_ratios(self, tokens: VisualTokens) -> list[float]:
         """Per sample, the retain ratio ``r`` of its valid tokens (``ratio``, relative to the
         budget base, or ``count / N``)."""
         cfg = self.config
         if cfg.count is not None:
             return [cfg.count / valid for valid in tokens.valid_counts().tolist()]
-        ratio = cfg.ratio if cfg.ratio is not None else DEFAULT_RATIO
-        return [ratio if base == valid else ratio * base / valid
+        return [cfg.ratio if base == valid else cfg.ratio * base / valid
                 for base, valid in zip(tokens.budget_counts().tolist(), tokens.valid_counts().tolist())]
 
     def reduce(self, tokens: VisualTokens) -> Reduction:
@@ -179,7 +188,7 @@ class HoliTomMerge(AttentionShare):
     """HoliTom's merging inside the LLM: keep the most attended tokens, average the others in."""
 
     @dataclasses.dataclass
-    class Config(Config):
+    class Config(InLLMConfig):
         layer: int = 18
         merge_ratio: float = 0.5
 
@@ -241,26 +250,24 @@ class HoliTom(Reducer):
     """
 
     @dataclasses.dataclass
-    class Config(HoliTomOuter.Config):
+    class Config(HoliTomOuter.Config, InLLMConfig):
         layer: int | None = 18
         merge_ratio: float = 0.5
 
         def validate(self) -> None:
-            check_one_budget(self.name, {"ratio": self.ratio}, {"count": self.count})
-            if not -1.0 <= self.tau <= 1.0:
-                raise ConfigError(f"{self.name}.tau must be in [-1, 1], got {self.tau}")
-            for field in ("beta", "contextual"):
-                if not 0.0 <= getattr(self, field) <= 1.0:
-                    raise ConfigError(f"{self.name}.{field} must be in [0, 1], got {getattr(self, field)}")
-            if self.neighbours < 1:
-                raise ConfigError(f"{self.name}.neighbours must be >= 1, got {self.neighbours}")
-            if self.max_window < 1:
-                raise ConfigError(f"{self.name}.max_window must be >= 1, got {self.max_window}")
-            if self.layer is not None and self.layer < 1:
-                raise ConfigError(f"{self.name}.layer must be >= 1 (the merge reads layer K-1's attention) or "
-                                  f"None, got {self.layer}")
+            super().validate()
             if not 0.0 <= self.merge_ratio < 1.0:
                 raise ConfigError(f"{self.name}.merge_ratio must be in [0, 1), got {self.merge_ratio}")
+
+    @classmethod
+    def examples(cls) -> list[dict[str, Any]]:
+        return [{"ratio": 0.3, "layer": 1}, {"count": 6, "tau": 0.5, "contextual": 0.5, "layer": None},
+                {"ratio": 0.5, "merge_ratio": 0.8, "beta": 1.0, "max_window": 2, "position": "after_attention"}]
+
+    def budget_steps(self) -> list[Reducer]:
+        """The merging before the LLM: ``ratio`` is the share that enters it (the in-LLM merge then
+        keeps ``1 - merge_ratio`` of that from ``layer`` on)."""
+        return self.steps()[:1]
 
     stage: ClassVar[Stage] = Stage.ENCODER
     requires: ClassVar[frozenset[Signal]] = frozenset({Signal.IMPORTANCE})
@@ -272,7 +279,7 @@ class HoliTom(Reducer):
                              encoder_layer=cfg.encoder_layer)
         if cfg.layer is None or cfg.ratio == 1:
             return [outer]
-        return [outer, HoliTomMerge(layer=cfg.layer, merge_ratio=cfg.merge_ratio)]
+        return [outer, HoliTomMerge(layer=cfg.layer, position=cfg.position, merge_ratio=cfg.merge_ratio)]
 
     def reduce(self, tokens: VisualTokens) -> Reduction:
         return run_in_order(self.steps(), tokens)

@@ -24,21 +24,35 @@ makes no summary token. Ties (equal attention or similarity) prefer the lower fl
 Differences from upstream: kept tokens stay in their original order (upstream emits the top
 patches by decreasing attention, then the samples); the summary tokens follow all kept tokens.
 The kept count is decided by the content (``planned_counts`` is ``None``).
+
+Budget language: with ``ratio`` r (or ``count``) the sample's ``ceil(r N)`` tokens reach the LLM,
+summary tokens counted. They are split over the frames in proportion to their valid patches
+(``proportional_counts``); a frame of ``k`` tokens keeps one summary token when ``2 <= k < v``
+(and ``summary_token``), its IQR outliers by attention (at most ``k`` minus the summary), and fills
+the rest with evenly spaced spatial samples of its other patches (``even_spacing_mask``); merging
+and the summary token follow upstream's steps 4 and 5. Without a budget the count is upstream's
+adaptive one.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from tokenreduce.errors import ConfigError
 from tokenreduce.frames import frame_rows, frame_slots_as_extra, sample_rows
-from tokenreduce.interfaces import EncoderConfig, Reducer, Signal, Stage
+from tokenreduce.interfaces import BudgetConfig, BudgetedReducer, EncoderConfig, Signal, Stage
 from tokenreduce.registry import register_strategy
-from tokenreduce.selection import at_least_float32, top_k_exact, top_k_mask
+from tokenreduce.selection import (
+    at_least_float32,
+    even_spacing_mask,
+    proportional_counts,
+    top_k_exact,
+    top_k_mask,
+)
 from tokenreduce.tokens import Reduction, Role, VisualTokens
 
 
@@ -75,26 +89,63 @@ def kept_rows(kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @register_strategy("prumerge_plus")
-class PruMergePlus(Reducer):
+class PruMergePlus(BudgetedReducer):
     """PruMerge+: IQR-outlier CLS-attention tokens plus spatial samples, each merged with its
-    nearest neighbours by key (encoder stage; adaptive count).
+    nearest neighbours by key (encoder stage; adaptive count, or a ratio / count budget).
 
-    Parameters: ``neighbours`` (default 32), ``summary_token`` (default True). Needs
-    ``importance`` (CLS attention per patch) and ``signals["keys"]`` (key states).
+    Parameters: ``ratio`` or ``count`` (default: upstream's adaptive count), ``neighbours``
+    (default 32), ``summary_token`` (default True). Needs ``importance`` (CLS attention per patch)
+    and ``signals["keys"]`` (key states).
     """
 
     stage: ClassVar[Stage] = Stage.ENCODER
     requires: ClassVar[frozenset[Signal]] = frozenset({Signal.IMPORTANCE, Signal.KEYS})
 
     @dataclasses.dataclass
-    class Config(EncoderConfig):
+    class Config(EncoderConfig, BudgetConfig):
         neighbours: int = 32
         summary_token: bool = True
         encoder_layer: int = -1  # upstream reads the last layer's attention
 
+        default_ratio: ClassVar[float | None] = None  # no budget: upstream's adaptive count
+
         def validate(self) -> None:
+            super().validate()
             if self.neighbours < 1:
                 raise ConfigError(f"{self.name}.neighbours must be >= 1, got {self.neighbours}")
+
+    @classmethod
+    def examples(cls) -> list[dict[str, Any]]:
+        return [{"ratio": 0.3}, {}, {"count": 5, "neighbours": 2, "summary_token": False}]
+
+    def frame_budgets(self, tokens: VisualTokens) -> torch.Tensor | None:
+        """Long ``[B*T]``: tokens each frame hands on (patches and summary), or ``None`` without a
+        ratio / count budget."""
+        if self.config.given_budget() is None:
+            return None
+        t = tokens.grid[0]
+        per_frame = frame_rows(tokens.flat_valid(), t).sum(dim=1).reshape(tokens.batch_size, t)
+        return proportional_counts(per_frame, self.keep_counts(tokens)).reshape(-1)
+
+    def summaries(self, budgets: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Bool ``[F]``: the frames that hand on a summary token under a budget."""
+        return (budgets >= 2) & (budgets < valid.sum(dim=1)) & self.config.summary_token
+
+    def planned_counts(self, tokens: VisualTokens) -> torch.Tensor | None:
+        budgets = self.frame_budgets(tokens)
+        if budgets is None:
+            return None
+        valid = frame_rows(tokens.flat_valid(), tokens.grid[0])
+        patches = budgets - self.summaries(budgets, valid).long()
+        return patches.reshape(tokens.batch_size, -1).sum(dim=1)
+
+    def select_at_budget(self, attention: torch.Tensor, valid: torch.Tensor,
+                         patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per frame row: ``(top, sampled)`` with exactly ``patches[f]`` patches: the IQR outliers
+        by attention (at most ``patches[f]``), then evenly spaced samples of the other patches."""
+        top = top_k_mask(attention, torch.minimum(outlier_counts(attention, valid), patches), valid)
+        sampled = even_spacing_mask(valid & ~top, patches - top.sum(dim=1))
+        return top, sampled
 
     def select(self, attention: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per frame row: ``(top, sampled)`` bool ``[F, P]`` (steps 1-3)."""
@@ -150,14 +201,20 @@ class PruMergePlus(Reducer):
         attention = frame_rows(tokens.flat_importance(), t).masked_fill(~valid, 0)
         keys = frame_rows(tokens.flat_signal("keys"), t).masked_fill(~valid.unsqueeze(-1), 0)
         features = frame_rows(tokens.flat_features(), t)
-        top, sampled = self.select(attention, valid)
+        budgets = self.frame_budgets(tokens)
+        if budgets is None:
+            top, sampled = self.select(attention, valid)
+            summarise = valid.new_full((valid.shape[0],), self.config.summary_token)
+        else:
+            summarise = self.summaries(budgets, valid)
+            top, sampled = self.select_at_budget(attention, valid, budgets - summarise.long())
         kept = top | sampled
         merged, absorbed_any = self.merge(features, keys, attention, valid, kept)
         roles = (torch.where(top, int(Role.IMPORTANT), 0) | torch.where(sampled, int(Role.SAMPLED), 0)
                  | torch.where(absorbed_any, int(Role.MERGED), 0))
         extra = extra_valid = None
         if self.config.summary_token:
-            dropped = valid & ~kept
+            dropped = valid & ~kept & summarise.unsqueeze(1)
             weights = attention.to(features.dtype) * dropped
             summary = (weights.unsqueeze(1) @ features).squeeze(1)
             extra, extra_valid = frame_slots_as_extra(summary.reshape(batch, t, 1, -1),

@@ -27,16 +27,11 @@ class PruningRateConfig(BudgetConfig):
 
     prune_ratio: float | None = None
 
+    alternative_budgets: ClassVar[tuple[str, ...]] = ("prune_ratio",)
+
     def validate(self) -> None:
-        if self.prune_ratio is None:
-            super().validate()
-            return
-        others = {k: v for k, v in (("ratio", self.ratio), ("count", self.count)) if v is not None}
-        if others:
-            given = ", ".join(f"{k}={v}" for k, v in others.items())
-            raise ConfigError(f"{self.name}: give one of ratio, count or prune_ratio, not several "
-                              f"(prune_ratio={self.prune_ratio}, {given})")
-        if not 0.0 <= self.prune_ratio < 1.0:
+        super().validate()
+        if self.prune_ratio is not None and not 0.0 <= self.prune_ratio < 1.0:
             raise ConfigError(f"{self.name}.prune_ratio must be in [0, 1) (vLLM's video_pruning_rate), "
                               f"got {self.prune_ratio}")
 

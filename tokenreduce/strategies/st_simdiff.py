@@ -10,22 +10,23 @@ importance is the layer-``layer - 1`` last-query attention the adapter passes as
 
 ``variant="reference"``: the two stages of the official code (see ``st_simdiff_reference``);
 ``steps()`` returns them so that an adapter runs stage 1 before the LLM and stage 2 before
-layer 2. It uses a cost budget: ``cost`` (or ``ratio``, read as the cost: the paper reports its
-runs at cost 0.3 as "r = 30 %"), which must be < 1.
+layer 2. It uses a cost budget: ``cost`` (< 1), or ``ratio`` read as the cost (the paper reports
+its runs at cost 0.3 as "r = 30 %"), or ``count`` read as the cost ``count / N``. Only the
+official code's connected components, events and score exist there: choosing another community
+detector, switching events off, an event percentile or a community-size cap is a ``ConfigError``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from fractions import Fraction
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 
-from tokenreduce.budget import Budget, check_count, check_ratio, cost_prune_ratio
+from tokenreduce.budget import Budget, check_ratio, cost_prune_ratio
 from tokenreduce.errors import ConfigError
-from tokenreduce.graph.pruning import ImportancePruner
-from tokenreduce.interfaces import BudgetedReducer, Reducer, Signal, Stage
+from tokenreduce.interfaces import BudgetConfig, BudgetedReducer, InLLMConfig, Reducer, Signal, Stage
 from tokenreduce.pipeline import Pipeline
 from tokenreduce.registry import register_strategy
 from tokenreduce.strategies.st_simdiff_reference import (
@@ -33,10 +34,17 @@ from tokenreduce.strategies.st_simdiff_reference import (
     STSimDiffReferenceStage2,
     check_reference_tau_sim,
 )
-from tokenreduce.strategies.st_simdiff_select import SelectionFields, select_candidates
-from tokenreduce.tokens import Reduction, Role, VisualTokens
+from tokenreduce.strategies.st_simdiff_select import (
+    SelectionFields,
+    changed,
+    select_candidates,
+    trim_to_budget,
+)
+from tokenreduce.tokens import Reduction, VisualTokens
 
 DEFAULT_RATIO = 0.3
+#: Settings the official code does not have: with variant="reference" they must keep their defaults.
+PAPER_ONLY = ("community", "events", "event_percentile", "max_community_size")
 
 
 @register_strategy("st_simdiff")
@@ -46,51 +54,46 @@ class STSimDiff(BudgetedReducer):
     optional: ClassVar[frozenset[Signal]] = frozenset({Signal.IMPORTANCE, Signal.EMBEDDINGS})
 
     @dataclasses.dataclass
-    class Config(SelectionFields):
-        ratio: float | None = None
-        count: int | None = None
+    class Config(SelectionFields, BudgetConfig, InLLMConfig):
         cost: float | None = None
         variant: Literal["paper", "reference"] = "paper"
         score: Literal[1, 2, 3] = 3
-        layer: int = 2
         num_layers: int | None = None
+
+        default_ratio: ClassVar[float | None] = DEFAULT_RATIO
+        alternative_budgets: ClassVar[tuple[str, ...]] = ("cost",)
 
         def validate(self) -> None:
             super().validate()
-            given = [k for k in ("ratio", "count", "cost") if getattr(self, k) is not None]
-            if len(given) > 1:
-                raise ConfigError(f"{self.name}: give one of ratio, count or cost, got {given}")
-            if self.ratio is not None:
-                check_ratio(self.ratio, f"{self.name}.ratio")
-            if self.count is not None:
-                check_count(self.count, f"{self.name}.count")
             if self.cost is not None:
                 check_ratio(self.cost, f"{self.name}.cost")
             if self.variant == "reference":
-                if self.count is not None:
-                    raise ConfigError(f"{self.name}: variant='reference' uses a cost budget; give cost "
-                                      "(or ratio, read as the cost), not count")
+                unused = [f for f in PAPER_ONLY if changed(self, f)]
+                if unused:
+                    raise ConfigError(f"{self.name}: {', '.join(unused)} cannot take effect with variant='reference' "
+                                      "(the official code uses connected components, always detects events and "
+                                      "caps no community); use variant='paper'")
                 check_reference_tau_sim(self.tau_sim, self.name)
-                if self.reference_cost() >= 1:
+                if self.cost is not None and self.cost >= 1:
                     raise ConfigError(f"{self.name}: variant='reference' needs cost < 1 (the official "
-                                      f"code fails at cost >= 1), got {self.reference_cost()}")
-            if self.layer < 1:
-                raise ConfigError(f"{self.name}.layer must be >= 1, got {self.layer}")
+                                      f"code fails at cost >= 1), got {self.cost}")
+            elif changed(self, "score"):
+                raise ConfigError(f"{self.name}.score orders the components of variant='reference' only; the "
+                                  "paper variant ranks tokens by centrality")
             if self.num_layers is not None and self.num_layers < 2:
                 raise ConfigError(f"{self.name}.num_layers must be >= 2, got {self.num_layers}")
-
-        def reference_cost(self) -> float:
-            for value in (self.cost, self.ratio):
-                if value is not None:
-                    return value
-            return DEFAULT_RATIO
 
         def budget(self) -> Budget:
             if self.cost is not None:
                 return Budget(cost=self.cost, rounding="round")
-            if self.count is not None:
-                return Budget(count=self.count)
-            return Budget(ratio=self.ratio if self.ratio is not None else DEFAULT_RATIO)
+            return super().budget()
+
+    @classmethod
+    def examples(cls) -> list[dict[str, Any]]:
+        return [{"ratio": 0.3, "layer": 1}, {"variant": "reference", "ratio": 0.3, "tau_sim": 0.5},
+                {"count": 5, "community": "louvain", "tau_sim": 0.5},
+                {"cost": 0.4, "max_community_size": "sqrt", "num_layers": 8},
+                {"variant": "reference", "count": 6, "score": 2, "position": "after_attention"}]
 
     # ----- shape of the run ------------------------------------------------------------------
     @property
@@ -105,11 +108,11 @@ class STSimDiff(BudgetedReducer):
         if self.config.variant == "paper":
             return [self]
         cfg = self.config
+        budget = {k: getattr(cfg, k) for k in cfg.budget_fields() if getattr(cfg, k) is not None}
         shared = {"tau_sim": cfg.tau_sim, "spatial": cfg.spatial, "temporal": cfg.temporal,
-                  "right": cfg.right, "bottom": cfg.bottom, "cost": cfg.reference_cost(),
-                  "num_layers": cfg.num_layers}
+                  "right": cfg.right, "bottom": cfg.bottom, "num_layers": cfg.num_layers, **budget}
         return [STSimDiffReferenceStage1(tau_diff=cfg.tau_diff, score=cfg.score, **shared),
-                STSimDiffReferenceStage2(layer=cfg.layer, **shared)]
+                STSimDiffReferenceStage2(layer=cfg.layer, position=cfg.position, **shared)]
 
     def _num_layers(self, tokens: VisualTokens) -> int | None:
         return self.config.num_layers if self.config.num_layers is not None else tokens.num_layers
@@ -138,21 +141,12 @@ class STSimDiff(BudgetedReducer):
             return [1 - cost_prune_ratio([], cfg.cost, layers)] * tokens.batch_size
         if cfg.count is not None:
             return [Fraction(cfg.count, max(int(n), 1)) for n in tokens.budget_counts().tolist()]
-        return [cfg.ratio if cfg.ratio is not None else DEFAULT_RATIO] * tokens.batch_size
+        return [cfg.ratio] * tokens.batch_size
 
     def _reduce_paper(self, tokens: VisualTokens) -> Reduction:
-        valid = tokens.flat_valid()
         found = select_candidates(tokens, self.config, self.retention_rates(tokens))
-        candidates = found.representatives | found.events
-        if tokens.importance is not None:
-            importance = tokens.flat_importance()
-        else:  # documented fallback: events first, then centrality
-            importance = found.centrality + 4.0 * found.events.float()
-        keep = ImportancePruner().prune_scores(importance, valid, candidates, self.keep_counts(tokens))
-        roles = found.roles() | torch.where(keep & ~candidates, int(Role.FILLED), 0).int()
-        if tokens.importance is not None:
-            roles |= torch.where(keep, int(Role.IMPORTANT), 0).int()
-        return Reduction(keep, roles, grid=tokens.grid, valid=valid)
+        importance = tokens.flat_importance() if tokens.importance is not None else None
+        return trim_to_budget(tokens, found, self.keep_counts(tokens), importance)
 
     def _reduce_reference(self, tokens: VisualTokens) -> Reduction:
         return Pipeline(self.steps()).reduce(tokens)

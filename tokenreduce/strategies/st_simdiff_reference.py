@@ -19,7 +19,7 @@ are equal in exact arithmetic). See docs/st-simdiff.md for the full list of repr
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 
@@ -36,29 +36,48 @@ from tokenreduce.graph.components import ConnectedComponents
 from tokenreduce.graph.events import TemporalDifference
 from tokenreduce.graph.segments import rank_in_community
 from tokenreduce.graph.token_graph import EdgeKind, TokenGraph
-from tokenreduce.interfaces import Reducer, Signal, Stage
+from tokenreduce.interfaces import BudgetConfig, InLLMConfig, Reducer, Signal, Stage
 from tokenreduce.registry import register_strategy
 from tokenreduce.selection import top_k_mask
 from tokenreduce.strategies.st_simdiff_select import GraphFields, build_graph
 from tokenreduce.tokens import Reduction, Role, VisualTokens
 
+DEFAULT_COST = 0.3  # the official default
+
 
 @dataclasses.dataclass
-class ReferenceFields(GraphFields):
-    """Settings of the official code: a cost budget (< 1) and the LLM's layer count."""
+class ReferenceFields(GraphFields, BudgetConfig):
+    """Settings of the official code: a cost budget and the LLM's layer count.
 
-    cost: float = 0.3
+    ``cost`` is the official budget (< 1: the official code fails at cost >= 1). ``ratio`` is read
+    as the cost (the paper reports its cost-0.3 runs as "r = 30 %"), ``count`` as the cost
+    ``count / N`` of a video of ``N`` tokens; a ratio or count that covers the whole video keeps it
+    whole. Default: cost 0.3.
+    """
+
+    cost: float | None = None
     num_layers: int | None = None
+
+    default_ratio: ClassVar[float | None] = None
+    alternative_budgets: ClassVar[tuple[str, ...]] = ("cost",)
 
     def validate(self) -> None:
         super().validate()
-        check_ratio(self.cost, f"{self.name}.cost")
-        if self.cost >= 1:
-            raise ConfigError(f"{self.name}.cost must be < 1 for the reference variant (the official "
-                              f"code fails at cost >= 1), got {self.cost}")
+        if self.cost is not None:
+            check_ratio(self.cost, f"{self.name}.cost")
+            if self.cost >= 1:
+                raise ConfigError(f"{self.name}.cost must be < 1 for the reference variant (the official "
+                                  f"code fails at cost >= 1), got {self.cost}")
         if self.num_layers is not None and self.num_layers < 2:
             raise ConfigError(f"{self.name}.num_layers must be >= 2, got {self.num_layers}")
         check_reference_tau_sim(self.tau_sim, self.name)
+
+    def costs(self, tokens: VisualTokens) -> list[float]:
+        """The cost of every sample (``count / N`` for a count budget, at most 1)."""
+        if self.count is not None:
+            return [min(1.0, self.count / max(n, 1)) for n in tokens.budget_counts().tolist()]
+        value = next((v for v in (self.cost, self.ratio) if v is not None), DEFAULT_COST)
+        return [value] * tokens.batch_size
 
     def layers(self, tokens: VisualTokens) -> int:
         """``num_layers`` from the config, else from the tokens; a clear error when neither has it."""
@@ -120,10 +139,12 @@ def stage_one(tokens: VisualTokens, cfg: ReferenceFields, tau_diff: float, score
     position = rank_in_community(labels, weight, in_component)
     size = sums.sizes
     counts = valid.sum(dim=1)
-    s_max = cost_prune_ratio([], cfg.cost, cfg.layers(tokens))  # double: 1 - (L*cost)/L
+    layers = cfg.layers(tokens)
+    s_max = torch.tensor([cost_prune_ratio([], cost, layers) for cost in cfg.costs(tokens)],  # 1 - (L*cost)/L
+                         dtype=torch.float64, device=valid.device)
     # per component: m = ceil(n * s_max) (double), events inside its drop window
     component_sample = torch.div(sums.label, n, rounding_mode="floor")
-    m = torch.ceil(sums.size.double() * s_max).long()
+    m = torch.ceil(sums.size.double() * s_max[component_sample]).long()
     window = in_component & (position >= (size - m_per_token(sums, m, b, n)))
     flat_rows = sums.rows
     window_events = (window & events).reshape(-1)[flat_rows].long()
@@ -135,7 +156,7 @@ def stage_one(tokens: VisualTokens, cfg: ReferenceFields, tau_diff: float, score
     m_o, e_o, sample_o = m[order], events_in[order], component_sample[order]
     dropped_o = m_o - e_o  # >= 0, so the running totals below never decrease
     before = within_sample_exclusive(dropped_o.cumsum(0) - dropped_o, sample_o, b)
-    stops = (before + m_o).double() / counts[sample_o].double() > s_max
+    stops = (before + m_o).double() / counts[sample_o].double() > s_max[sample_o]
     stop_total = stops.long().cumsum(0)
     stops_so_far = within_sample_exclusive(stop_total - stops.long(), sample_o, b) + stops.long()
     visited = torch.zeros_like(m, dtype=torch.bool)
@@ -179,6 +200,10 @@ class STSimDiffReferenceStage1(Reducer):
             super().validate()
             check_in_range(f"{self.name}.tau_diff", self.tau_diff, -1.0, 1.0, "a cosine similarity ")
 
+    @classmethod
+    def examples(cls) -> list[dict[str, Any]]:
+        return [{"ratio": 0.3, "tau_sim": 0.5}, {"cost": 0.5, "score": 2}, {"count": 4, "score": 1, "tau_sim": 0.3}]
+
     def reduce(self, tokens: VisualTokens) -> Reduction:
         result = stage_one(tokens, self.config, self.config.tau_diff, self.config.score)
         valid = tokens.flat_valid()
@@ -204,13 +229,12 @@ class STSimDiffReferenceStage2(Reducer):
     optional: ClassVar[frozenset[Signal]] = frozenset({Signal.EMBEDDINGS})
 
     @dataclasses.dataclass
-    class Config(ReferenceFields):
-        layer: int = 2
+    class Config(ReferenceFields, InLLMConfig):
+        pass
 
-        def validate(self) -> None:
-            super().validate()
-            if self.layer < 1:
-                raise ConfigError(f"{self.name}.layer must be >= 1, got {self.layer}")
+    @classmethod
+    def examples(cls) -> list[dict[str, Any]]:
+        return [{"ratio": 0.3, "layer": 1}, {"cost": 0.5, "num_layers": 28}, {"count": 5, "tau_sim": 0.5}]
 
     def sparsities(self, tokens: VisualTokens) -> list[list[float]]:
         """Per sample, the sparsity list stage 1 left for the cost formula."""
@@ -226,9 +250,10 @@ class STSimDiffReferenceStage2(Reducer):
 
     def planned_counts(self, tokens: VisualTokens) -> torch.Tensor:
         layers = self.config.layers(tokens)
-        budget = Budget(cost=self.config.cost, rounding="round")
-        counts = [budget.keep_count(int(n), num_layers=layers, sparsity=s)
-                  for n, s in zip(tokens.valid_counts().tolist(), self.sparsities(tokens))]
+        read = self.config.cost is None  # a ratio / count read as the cost: a spent budget keeps one token
+        counts = [Budget(cost=cost, rounding="round").keep_count(int(n), num_layers=layers, sparsity=s, clamp=read)
+                  for n, s, cost in zip(tokens.valid_counts().tolist(), self.sparsities(tokens),
+                                        self.config.costs(tokens))]
         return torch.tensor(counts, dtype=torch.long, device=tokens.device)
 
     def reduce(self, tokens: VisualTokens) -> Reduction:

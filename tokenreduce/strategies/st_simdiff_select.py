@@ -1,16 +1,18 @@
-"""``st_simdiff_select``: ST-SimDiff's dual selection T_rep ∪ T_event (paper §4.2-4.4), no trim.
+"""``st_simdiff_select``: ST-SimDiff's dual selection T_rep ∪ T_event (paper §4.2-4.4) before the LLM.
 
 Graph (eq. 1-3) -> edges with similarity ``> tau_sim`` -> communities (any registered detector,
 optionally capped at ``max_community_size``) -> the ``ceil(|c| r)`` most central tokens of every
-community (eq. 4-5) = T_rep, plus the event tokens (eq. 6) = T_event. The kept count depends on
-the content; ``st_simdiff`` trims the union to an exact budget.
+community (eq. 4-5, ``r`` = ``retention``) = T_rep, plus the event tokens (eq. 6) = T_event.
+Without a budget the kept count depends on the content (the union, untrimmed); with ``ratio`` or
+``count`` the union is trimmed (events first, then by centrality) or filled up to exactly that
+budget, as ``st_simdiff`` does with attention inside the LLM.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from fractions import Fraction
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 
@@ -19,6 +21,7 @@ from tokenreduce.config import Config, check_in_range, component_field
 from tokenreduce.errors import ConfigError
 from tokenreduce.graph.centrality import centrality, community_sums
 from tokenreduce.graph.events import TemporalDifference
+from tokenreduce.graph.pruning import trim_or_fill
 from tokenreduce.graph.segments import (
     community_keep_counts,
     rank_in_community,
@@ -26,9 +29,11 @@ from tokenreduce.graph.segments import (
     sqrt_sizes,
 )
 from tokenreduce.graph.token_graph import EdgeKind, SpatioTemporalGraphBuilder, TokenGraph
-from tokenreduce.interfaces import Reducer, Signal, Stage
+from tokenreduce.interfaces import BudgetConfig, BudgetedReducer, Signal, Stage
 from tokenreduce.registry import register_strategy
 from tokenreduce.tokens import Reduction, Role, VisualTokens
+
+DEFAULT_RETENTION = 0.3  # the paper's r when nothing else sets it
 
 
 @dataclasses.dataclass
@@ -64,6 +69,18 @@ class SelectionFields(GraphFields):
                               f"got {self.max_community_size}")
         if self.event_percentile is not None and not 0.0 <= self.event_percentile <= 100.0:
             raise ConfigError(f"{self.name}.event_percentile must be in [0, 100], got {self.event_percentile}")
+        if not self.events:
+            unused = [f for f in ("tau_diff", "event_percentile") if changed(self, f)]
+            if unused:
+                raise ConfigError(f"{self.name}: {', '.join(unused)} set with events=False has no effect "
+                                  "(no event tokens are detected)")
+
+
+def changed(config: Config, name: str) -> bool:
+    """The field ``name`` of ``config`` differs from its declared default."""
+    field = next(f for f in dataclasses.fields(config) if f.name == name)
+    default = field.default_factory() if field.default is dataclasses.MISSING else field.default  # type: ignore[misc]
+    return getattr(config, name) != default
 
 
 def build_graph(tokens: VisualTokens, cfg: GraphFields, *, temporal: bool) -> TokenGraph:
@@ -122,26 +139,64 @@ def select_candidates(tokens: VisualTokens, cfg: SelectionFields,
     return Candidates(representatives, events, labels, sums.sizes, score)
 
 
-@register_strategy("st_simdiff_select")
-class STSimDiffSelect(Reducer):
-    """ST-SimDiff's dual selection without the final trim: T_rep ∪ T_event (count set by content).
+def trim_to_budget(tokens: VisualTokens, found: Candidates, counts: torch.Tensor,
+                   importance: torch.Tensor | None = None) -> Reduction:
+    """T_rep ∪ T_event trimmed (or filled) to exactly ``counts[b]`` tokens: by ``importance``
+    ``[B, N]`` when given, else events first, then by centrality (a token alone in its community
+    counts 1); lower flat index first on ties. Tokens added to the union are ``FILLED``."""
+    valid = tokens.flat_valid()
+    candidates = found.representatives | found.events
+    scores = importance if importance is not None else found.centrality + 4.0 * found.events.float()
+    keep = trim_or_fill(scores, valid, candidates, counts)
+    roles = found.roles() | torch.where(keep & ~candidates, int(Role.FILLED), 0).int()
+    if importance is not None:
+        roles |= torch.where(keep, int(Role.IMPORTANT), 0).int()
+    return Reduction(keep, roles, grid=tokens.grid, valid=valid)
 
-    ``events=False`` gives T_rep alone (the paper's "+Sim" ablation rows); ``spatial`` /
-    ``temporal`` choose the edge types the communities are built from.
+
+@register_strategy("st_simdiff_select")
+class STSimDiffSelect(BudgetedReducer):
+    """ST-SimDiff's dual selection T_rep ∪ T_event, before the LLM (no attention needed).
+
+    ``retention`` is the paper's per-community rate r (eq. 5; default: ``ratio``, else 0.3).
+    Without ``ratio``/``count`` the union is kept whole (count set by the content); with one it is
+    trimmed or filled to exactly that budget. ``events=False`` gives T_rep alone (the paper's
+    "+Sim" ablation rows); ``spatial`` / ``temporal`` choose the edge types of the communities.
     """
 
     stage: ClassVar[Stage] = Stage.PRE_LLM
     optional: ClassVar[frozenset[Signal]] = frozenset({Signal.EMBEDDINGS})
 
     @dataclasses.dataclass
-    class Config(SelectionFields):
-        ratio: float = 0.3
+    class Config(SelectionFields, BudgetConfig):
+        retention: float | None = None
+
+        default_ratio: ClassVar[float | None] = None
 
         def validate(self) -> None:
             super().validate()
-            check_ratio(self.ratio, f"{self.name}.ratio")
+            if self.retention is not None:
+                check_ratio(self.retention, f"{self.name}.retention")
+
+    @classmethod
+    def examples(cls) -> list[dict[str, Any]]:
+        return [{"ratio": 0.3}, {"retention": 0.3, "tau_sim": 0.5}, {"count": 4, "events": False},
+                {"retention": 0.5, "max_community_size": "sqrt", "event_percentile": 90.0}]
+
+    def retention_rates(self, tokens: VisualTokens) -> list[Fraction | float]:
+        """The per-community retention rate r of eq. 5, per sample."""
+        cfg = self.config
+        if cfg.retention is not None or cfg.count is None:
+            rate = next(v for v in (cfg.retention, cfg.ratio, DEFAULT_RETENTION) if v is not None)
+            return [rate] * tokens.batch_size
+        return [Fraction(cfg.count, max(int(n), 1)) for n in tokens.budget_counts().tolist()]
+
+    def planned_counts(self, tokens: VisualTokens) -> torch.Tensor | None:
+        return None if self.config.given_budget() is None else self.keep_counts(tokens)
 
     def reduce(self, tokens: VisualTokens) -> Reduction:
-        found = select_candidates(tokens, self.config, [self.config.ratio] * tokens.batch_size)
+        found = select_candidates(tokens, self.config, self.retention_rates(tokens))
+        if self.config.given_budget() is not None:
+            return trim_to_budget(tokens, found, self.keep_counts(tokens))
         keep = found.representatives | found.events
         return Reduction(keep, found.roles(), grid=tokens.grid, valid=tokens.flat_valid())
