@@ -7,7 +7,8 @@
 ``apply`` finds the adapter registered for the model's class (in-tree or from the
 ``tokenreduce.adapters`` entry-point group), installs forward hooks and returns a
 ``ReductionSession``; ``remove(session)`` (or leaving the ``with`` block) takes them off again.
-The model's parameters and forwards are never edited.
+The model's parameters are never edited; the few instance patches (the decoder layers' ``forward``
+for a chunked prefill, Qwen3-VL's deepstack method) are undone by ``remove``.
 """
 
 from __future__ import annotations
@@ -74,8 +75,9 @@ def apply(model: nn.Module, reducer: Reducer, *, adapter: str | None = None, **o
         reducer: any reducer or pipeline (``tr.build(...)``).
         adapter: force an adapter by registered name (e.g. ``"generic"``).
         **options: session options: ``positions`` (``"original"``/``"contiguous"``),
-            ``probe_queries`` (average the probe over the last n queries), and adapter-specific
-            ones (the generic adapter's ``visual``).
+            ``probe_queries`` (average the probe over the last n queries), ``prefill_chunk``
+            (slots per chunk of the layers before the first in-LLM step, ``None``: unchunked),
+            and adapter-specific ones (the generic adapter's ``visual``).
     """
     if not isinstance(model, nn.Module):
         raise InputTypeError("model must be a torch.nn.Module (a Hugging Face model), "

@@ -39,6 +39,8 @@ ENCODER_OUTPUTS = "mm_encoder_outputs"  # what generate passes to the prefill af
 VISUAL_POS_MASKS = "visual_pos_masks"  # Qwen3-VL deepstack
 DEEPSTACK_VISUAL_EMBEDS = "deepstack_visual_embeds"
 CU_SEQLENS = "cu_seqlens"  # Qwen vision attention: the bounds of its attention segments
+CACHE_POSITION = "cache_position"  # the cache slots of a call's tokens (models that still take it)
+OUTPUT_ATTENTIONS = "output_attentions"
 LABELS = "labels"  # the targets a causal LM forward turns into ``loss``
 LOGITS = "logits"
 IGNORE_INDEX = -100  # a label the loss skips (transformers' ``ForCausalLMLoss``)
@@ -90,6 +92,25 @@ def cache_length(cache: Any, layer: int = 0) -> int:
 def cache_layers(cache: Any) -> int:
     """Decoder layers ``cache`` holds."""
     return len(cache.layers)
+
+
+def cache_keyword(call: Mapping[str, Any]) -> str:
+    """The name under which a decoder layer's call passes its cache (present even when ``None``);
+    the newest name when the call has none."""
+    return next((name for name in CACHE_ARGUMENTS if name in call), CACHE_ARGUMENTS[0])
+
+
+def new_cache(config: Any) -> Any:
+    """An empty dynamic KV cache for a decoder built from ``config``."""
+    from transformers import DynamicCache
+
+    return DynamicCache(config=config)
+
+
+def records_attention_weights(config: Any, call: Mapping[str, Any]) -> bool:
+    """Whether the model returns its attention weights for this call (``output_attentions``, given
+    or from the config): transformers records them with hooks on every attention call."""
+    return bool(call.get(OUTPUT_ATTENTIONS, getattr(config, OUTPUT_ATTENTIONS, False)))
 
 
 # ----- media ---------------------------------------------------------------------------------------

@@ -73,11 +73,13 @@ def reduce_llm_input(
     num_layers: int | None,
     positions_policy: str = "original",
     encoder_signals: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] | None = None,
+    record_embeddings: bool = True,
 ) -> ReducedInput:
     """Run the pre-LLM ``steps`` on the videos of ``embeds`` ``[B, S, D]`` and prune the input.
 
-    ``positions``: ``[B, S]`` or ``[R, B, S]`` (default ``0..S-1``); ``mask``: 2-D or None. Every
-    group records the input embeddings of its tokens (``Signal.EMBEDDINGS`` for later steps).
+    ``positions``: ``[B, S]`` or ``[R, B, S]`` (default ``0..S-1``); ``mask``: 2-D or None. With
+    ``record_embeddings`` every group records the input embeddings of its tokens
+    (``Signal.EMBEDDINGS`` for later steps; a copy of the video's rows, so only when a step reads them).
     Encoder steps run here too (dropping a merged token equals dropping its patches), with
     ``encoder_signals`` as in ``run_steps``.
     """
@@ -89,9 +91,8 @@ def reduce_llm_input(
     if positions is None:
         positions = torch.arange(length, device=embeds.device).expand(batch, -1)
     following = next_position(positions, layout.valid)
-    for group in groups:
-        rows = group.samples[:, None].expand_as(group.positions)
-        group.embeddings = embeds[rows, group.where]
+    for group in groups if record_embeddings else []:
+        group.embeddings = _embeddings_of(embeds, group)
     edit = run_steps([(s, None) for s in steps], groups, embeds, layout, num_layers=num_layers,
                      encoder_signals=encoder_signals) if steps else None
     mask_dtype = mask.dtype if mask is not None else torch.long
@@ -119,6 +120,18 @@ def reduce_llm_input(
         shift = row_next_positions(given_positions, layout.valid) - row_next_positions(positions, new_layout.valid)
     return ReducedInput(embeds, positions, new_layout.valid.to(mask_dtype), new_layout, index, True, following,
                         shift)
+
+
+def _embeddings_of(embeds: torch.Tensor, group: VideoGroup) -> torch.Tensor:
+    """``[G, N, D]``: the input embeddings of the group's tokens; a view of ``embeds`` (no copy of the
+    video) when the group is one video whose tokens are one run of slots."""
+    positions = group.positions
+    if positions.shape[0] == 1:
+        first, count = int(positions[0, 0]), positions.shape[1]
+        if int(positions[0, -1]) - first == count - 1 and bool((positions[0].diff() == 1).all()):
+            return embeds[int(group.samples[0])][None, first:first + count]
+    rows = group.samples[:, None].expand_as(positions)
+    return embeds[rows, group.where]  # grid positions without a token read slot 0 (never valid)
 
 
 def _insert_extras(layout: SequenceLayout, index: torch.Tensor, edit, batch: int):

@@ -87,7 +87,9 @@ class Prefill:
         schedule = self.schedule
         reduced = reduce_llm_input(embeds, kwargs.get(hf.POSITION_IDS), kwargs.get(hf.ATTENTION_MASK), state.groups,
                                    schedule.encoder_steps + schedule.pre_steps, num_layers=schedule.num_layers,
-                                   positions_policy=self.positions, encoder_signals=self._encoder_signals(state))
+                                   positions_policy=self.positions, encoder_signals=self._encoder_signals(state),
+                                   record_embeddings=any(Signal.EMBEDDINGS in s.requires | s.optional
+                                                         for s in schedule.steps))
         state.lm_layout = reduced.layout
         state.next_position = reduced.next_position
         state.position_shift = reduced.position_shift

@@ -113,11 +113,12 @@ class VideoRecord:
 
 @dataclass(frozen=True)
 class PrefillRecord:
-    """One reduced prefill: its videos (in the adapter's span order) and the sequence length each
-    decoder layer received."""
+    """One reduced prefill: its videos (in the adapter's span order), the sequence length each
+    decoder layer received and the layers it ran in chunks, with their chunk counts."""
 
     videos: tuple[VideoRecord, ...]
     layer_lengths: dict[int, int] = field(default_factory=dict)
+    chunked_layers: dict[int, int] = field(default_factory=dict)
 
     @property
     def seconds(self) -> float:
@@ -126,7 +127,8 @@ class PrefillRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return {"videos": [video.to_dict() for video in self.videos],
-                "layer_lengths": {str(k): v for k, v in self.layer_lengths.items()}}
+                "layer_lengths": {str(k): v for k, v in self.layer_lengths.items()},
+                "chunked_layers": {str(k): v for k, v in self.chunked_layers.items()}}
 
 
 def video_records(groups: list[Any], spans: Sequence[Any], budget: dict[str, Any]) -> tuple[VideoRecord, ...]:

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from tokenreduce.adapters import hf
+from tokenreduce.adapters.chunked_prefill import DEFAULT_PREFILL_CHUNK, ChunkedPrefill, check_prefill_chunk
 from tokenreduce.adapters.concurrency import ForwardLock, PerThread
 from tokenreduce.adapters.decode import Decode
 from tokenreduce.adapters.encoder import install_capture
@@ -52,6 +53,8 @@ class ReductionSession:
             averaged.
         modalities: the media that are reduced, ``"video"`` and/or ``"image"`` (default: both, where
             the model family maps them onto grids); the tokens of the others are kept untouched.
+        prefill_chunk: the decoder layers before the first in-LLM step run on chunks of this many
+            sequence slots during a reduced prefill (``chunked_prefill.py``); ``None``: all at once.
     """
 
     state: ForwardState | None = PerThread()  # type: ignore[assignment]  # this thread's last prefill
@@ -60,7 +63,8 @@ class ReductionSession:
     _decode_steps: int = PerThread(int)  # type: ignore[assignment]  # of that prefill, kept when the session ends
 
     def __init__(self, adapter, reducer: Reducer, *, positions: str = "original", probe_queries: int = 1,
-                 modalities: tuple[str, ...] | list[str] | str = MODALITIES) -> None:
+                 modalities: tuple[str, ...] | list[str] | str = MODALITIES,
+                 prefill_chunk: int | None = DEFAULT_PREFILL_CHUNK) -> None:
         if not isinstance(reducer, Reducer):
             raise InputTypeError(f"reducer must be a tokenreduce Reducer (e.g. tr.build('random', ratio=0.3)), "
                                  f"got {type(reducer).__name__}")
@@ -68,6 +72,7 @@ class ReductionSession:
             raise InputError(f"positions must be one of {POSITION_POLICIES}, got {brief(positions)}")
         if isinstance(probe_queries, bool) or not isinstance(probe_queries, int) or probe_queries < 1:
             raise InputError(f"probe_queries must be a positive int, got {brief(probe_queries)}")
+        self.prefill_chunk = check_prefill_chunk(prefill_chunk)
         self.adapter = adapter
         self.reducer = reducer
         self.positions = positions
@@ -79,6 +84,7 @@ class ReductionSession:
         self.prefill = Prefill(adapter, self.schedule, positions=positions, probe_queries=probe_queries,
                                modalities=self.modalities)
         self.decode = Decode(adapter, self.schedule.softmax)
+        self.chunked = ChunkedPrefill(adapter, self.schedule, self.prefill_chunk, probe_queries)
         self._forward_lock = ForwardLock()
         self.records: list[PrefillRecord] = []  # one per reduced prefill (every thread's), kept after the session
         self._warned_budget = False
@@ -96,6 +102,7 @@ class ReductionSession:
         try:
             self._restore.extend(install_capture(self.adapter, self.encoder_layers))
             self._restore.extend(self.adapter.install(self))
+            self._restore.extend(self.chunked.install(self._prefill_state))
             top, lm = self.adapter.top, self.adapter.language_model
             self._hook(top.register_forward_pre_hook(self._top_pre, with_kwargs=True))
             self._hook(top.register_forward_hook(self._top_post, with_kwargs=True))
@@ -186,6 +193,11 @@ class ReductionSession:
         """Sequence length each decoder layer received in the last prefill."""
         return dict(self.last.layer_lengths) if self.last is not None else {}
 
+    @property
+    def chunked_layers(self) -> dict[int, int]:
+        """Decoder layers the last prefill ran in chunks, and in how many (``prefill_chunk``)."""
+        return dict(self.last.chunked_layers) if self.last is not None else {}
+
     # ----- the model: which phase a call is in ----------------------------------------------------
     def _top_pre(self, module, args, kwargs):
         call = hf.call_arguments(args, kwargs)
@@ -228,7 +240,8 @@ class ReductionSession:
     def _finish_prefill(self, state: ForwardState) -> None:
         """Keep the prefill's record; warn (once) when its budget reduced nothing."""
         spans = state.visual.spans if state.visual is not None else ()
-        record = PrefillRecord(video_records(state.groups, spans, self._budget()), dict(state.layer_counts))
+        record = PrefillRecord(video_records(state.groups, spans, self._budget()), dict(state.layer_counts),
+                               dict(state.chunks))
         self.records.append(record)
         self._last = record
         if self._warned_budget or not self._warns_when_nothing_is_reduced():
@@ -273,6 +286,10 @@ class ReductionSession:
             if self._phase is Phase.PREFILL:
                 self.prefill.record_probe_inputs(self.state, index, args, kwargs)
         return hook
+
+    def _prefill_state(self) -> ForwardState | None:
+        """The running prefill's state; ``None`` outside reduced prefills."""
+        return self.state if self._phase is Phase.PREFILL else None
 
     def _in_prefill(self, function):
         """A hook that calls ``function(state, ...)`` during prefills only."""

@@ -54,6 +54,7 @@ class ForwardState:
     importance: dict[int, torch.Tensor] = field(default_factory=dict)  # probe results by layer
     keys: dict[int, torch.Tensor] = field(default_factory=dict)  # [B, L, Dk] key states by layer (Signal.KEYS)
     layer_counts: dict[int, int] = field(default_factory=dict)  # sequence length each layer saw
+    chunks: dict[int, int] = field(default_factory=dict)  # chunks each chunked layer ran in (chunked_prefill.py)
     layer_kwargs: dict[str, Any] | None = None  # what the running decoder layer received
     mid: list[torch.Tensor] = field(default_factory=list)  # [reduced residual, MLP output] inside a layer
     labels: torch.Tensor | None = None  # [B, S] labels of the prefill call, applied to the reduced sequence
