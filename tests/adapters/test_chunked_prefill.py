@@ -234,3 +234,16 @@ def test_default_chunk_leaves_short_prompts_whole():
     with torch.no_grad(), tr.apply(model, tr.build("fastv", ratio=0.3, layer=2)) as session:
         model(**inputs)
         assert session.chunked_layers == {}
+
+
+def test_a_hybrid_decoder_prefills_unchunked():
+    """Qwen3.5's linear-attention layers carry recurrent states from token to token: its prefill runs
+    unchunked, exactly as with prefill_chunk=None."""
+    model = tm.qwen3_5()  # layers: linear, full, linear, full
+    inputs, _ = tm.grid_thw_prompt("qwen3", [[("video", (2, 4, 6))], [("video", (2, 4, 4))]])
+    reducer = tr.build("fastv", ratio=0.3, layer=2)
+    tokens, logits, (kept, lengths, chunked) = _reduced_generate(model, reducer, inputs, CHUNK)
+    whole_tokens, whole_logits, (whole_kept, whole_lengths, _) = _reduced_generate(model, reducer, inputs, None)
+    assert chunked == {} and lengths == whole_lengths and lengths[2] < lengths[0]
+    assert all(torch.equal(a, b) for a, b in zip(kept, whole_kept))
+    assert torch.equal(tokens, whole_tokens) and torch.equal(logits, whole_logits)
