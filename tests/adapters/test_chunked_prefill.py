@@ -93,7 +93,7 @@ def test_generate_after_chunked_prefill_matches_the_uncached_oracle(family_name)
     keep[video[kept[0]]] = True
     with torch.no_grad():
         ref, ref_logits = manual_greedy(lm, model.lm_head, captured["inputs_embeds"], captured["position_ids"],
-                                        keep, 2, 3)
+                                        {2: keep}, 3)
     assert seq[0, length:].tolist() == ref
     torch.testing.assert_close(logits[0], ref_logits, rtol=1e-4, atol=1e-5)
 
