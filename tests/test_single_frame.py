@@ -12,21 +12,27 @@ import dataclasses
 
 import pytest
 import torch
-from factories import build_with_ratio, make_features, make_tokens
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_strategy_properties import check_reduction
 
 import tokenreduce as tr
-from tokenreduce.graph.token_graph import EdgeKind
+from tokenreduce.graph.token_graph import EdgeKind, SpatioTemporalGraphBuilder
+from tokenreduce.testing import build_example, check_reduction, make_features, make_tokens, strategy_class
 
 NAMES = tr.STRATEGIES.names()
 SETTINGS = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 frames = st.tuples(st.integers(1, 3), st.just(1), st.integers(1, 5), st.integers(1, 5), st.integers(1, 8))
 
 
+def build_at_ratio(name, ratio):
+    """The strategy at its canonical example, its budget set to ``ratio`` by the shared rule when it
+    has one (a strategy without a budget, such as ``keep_all``, runs at its example)."""
+    cls = strategy_class(name)
+    return build_example(cls, cls.examples()[0], ratio if cls.budgeted else None)
+
+
 def _case(name, shape, ratio, seed):
-    reducer = build_with_ratio(name, ratio)
+    reducer = build_at_ratio(name, ratio)
     return reducer, make_tokens(reducer, make_features(*shape, seed=seed, static=0.5), seed=seed)
 
 
@@ -38,7 +44,7 @@ def test_single_frame_grids_keep_the_invariants_and_have_no_events(name, shape, 
     reduction = reducer(tokens)
     check_reduction(reducer, tokens, reduction)
     assert not bool((reduction.roles & int(tr.Role.EVENT)).any()), "an event needs an earlier frame"
-    again = build_with_ratio(name, ratio)(tokens)
+    again = build_at_ratio(name, ratio)(tokens)
     assert torch.equal(again.keep_mask, reduction.keep_mask)
 
 
@@ -49,7 +55,7 @@ def test_every_strategy_is_checked_on_single_frames():
 @SETTINGS
 @given(shape=frames, seed=st.integers(0, 2**16))
 def test_the_graph_of_a_single_frame_has_no_temporal_edge(shape, seed):
-    builder = tr.build_component("graph", "spatio_temporal", temporal=True)
+    builder = SpatioTemporalGraphBuilder(temporal=True)
     graph = builder.build_graph(tr.VisualTokens(make_features(*shape, seed=seed)))
     assert not bool(graph.of_kind(EdgeKind.TEMPORAL).any())
 
