@@ -166,6 +166,16 @@ def _budgeted(cls: type[Reducer]) -> bool:
     return cls.budgeted and issubclass(cls.Config, BudgetConfig)
 
 
+def _at_examples_and_random_budgets(cls: type[Reducer], max_examples: int | None) -> Any:
+    """Decorator making a check ``(example, ratio, grid)`` a hypothesis test over ``cls``'s examples,
+    each at its own budget (``ratio`` None) or, for a budgeted strategy, at a random ratio, on random grids."""
+    hypothesis = _hypothesis()
+    st = hypothesis.strategies
+    budgets = st.none() | ratios() if _budgeted(cls) else st.none()
+    return lambda check: _settings(max_examples)(
+        hypothesis.given(example=st.sampled_from(_examples(cls)), ratio=budgets, grid=grids())(check))
+
+
 # ----- the checks ------------------------------------------------------------------------------------
 def check_reduction(reducer: Reducer, tokens: tr.VisualTokens, reduction: tr.Reduction) -> None:
     """Invariants of any reduction of ``tokens`` by ``reducer`` (raises ``AssertionError``)."""
@@ -215,13 +225,9 @@ def expected_counts(config: BudgetConfig, tokens: tr.VisualTokens) -> list[int]:
 def check_invariants(strategy: str | type[Reducer], max_examples: int | None = None) -> None:
     """Every example, at its own budget or a random one, on random grids: ``check_reduction``, and
     a freshly built reducer on freshly made tokens gives the same result (determinism)."""
-    hypothesis = _hypothesis()
-    st = hypothesis.strategies
     cls = strategy_class(strategy)
-    budgets = st.none() | ratios() if _budgeted(cls) else st.none()
 
-    @_settings(max_examples)
-    @hypothesis.given(example=st.sampled_from(_examples(cls)), ratio=budgets, grid=grids())
+    @_at_examples_and_random_budgets(cls, max_examples)
     def run(example: dict[str, Any], ratio: float | None, grid: Grid) -> None:
         reducer = build_example(cls, example, ratio)
         tokens = grid.tokens(reducer)
@@ -240,13 +246,9 @@ def check_invariants(strategy: str | type[Reducer], max_examples: int | None = N
 
 def check_batch_consistency(strategy: str | type[Reducer], max_examples: int | None = None) -> None:
     """A batch gives every sample what it gets alone (kept set, roles, merged and new tokens)."""
-    hypothesis = _hypothesis()
-    st = hypothesis.strategies
     cls = strategy_class(strategy)
-    budgets = st.none() | ratios() if _budgeted(cls) else st.none()
 
-    @_settings(max_examples)
-    @hypothesis.given(example=st.sampled_from(_examples(cls)), ratio=budgets, grid=grids())
+    @_at_examples_and_random_budgets(cls, max_examples)
     def run(example: dict[str, Any], ratio: float | None, grid: Grid) -> None:
         reducer = build_example(cls, example, ratio)
         tokens = grid.tokens(reducer)
