@@ -1,4 +1,4 @@
-"""Exception types of tokenreduce.
+"""Exception and warning types of tokenreduce.
 
 Every error subclasses a builtin (``ValueError``, ``TypeError``, ``LookupError``,
 ``ImportError``) so callers that already catch those keep working, and
@@ -8,6 +8,7 @@ Every error subclasses a builtin (``ValueError``, ``TypeError``, ``LookupError``
 from __future__ import annotations
 
 import reprlib
+import sys
 
 
 class TokenReduceError(Exception):
@@ -67,6 +68,19 @@ class ServingError(TokenReduceError, ValueError):
 
 class BudgetWarning(UserWarning):
     """A reducer's budget reduced nothing in a model run (it kept every visual token)."""
+
+
+_LIBRARIES = frozenset({"tokenreduce", "torch", "transformers"})
+
+
+def caller_stacklevel() -> int:
+    """The ``warnings.warn`` stack level of the first caller outside tokenreduce, torch and
+    transformers, so that a warning raised inside a model's forward hooks points at the user's
+    line (``model.generate(...)``), not at library internals."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] in _LIBRARIES:
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 _BRIEF_LIMIT = 80

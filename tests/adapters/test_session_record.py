@@ -87,11 +87,27 @@ def test_a_budget_that_keeps_everything_warns_once():
             tr.apply(model, tr.build("visionzip")):
         model.generate(**inputs, max_new_tokens=1, do_sample=False)
         model.generate(**inputs, max_new_tokens=1, do_sample=False)
-    assert len([w for w in caught if issubclass(w.category, tr.BudgetWarning)]) == 1
+    budget_warnings = [w for w in caught if issubclass(w.category, tr.BudgetWarning)]
+    assert len(budget_warnings) == 1
+    assert "give a budget the videos can meet" in str(budget_warnings[0].message)
+    assert budget_warnings[0].filename == __file__  # it points at the user's generate call, not at the hooks
     for quiet in (tr.build("keep_all"), tr.build("random", ratio=1.0), tr.build("visionzip", ratio=0.5)):
         with warnings.catch_warnings(), torch.no_grad(), tr.apply(model, quiet):
             warnings.simplefilter("error", tr.BudgetWarning)
             model.generate(**inputs, max_new_tokens=1, do_sample=False)
+
+
+def test_a_strategy_whose_own_rule_keeps_everything_says_so():
+    """A ratio the video could meet, kept in full by the strategy's rule (stage 1 of the reference
+    ST-SimDiff drops whole components only, and random weights on a tiny grid make none)."""
+    model = tm.qwen2_vl()
+    inputs = tm.qwen_inputs([(2, 4, 6)])  # a (2, 2, 3) grid of LLM tokens
+    with pytest.warns(tr.BudgetWarning) as caught, torch.no_grad(), \
+            tr.apply(model, tr.build("st_simdiff_reference_stage1", ratio=0.3)) as session:
+        model(**inputs)
+    assert session.last.videos[0].share == 1
+    message = str(next(w for w in caught if issubclass(w.category, tr.BudgetWarning)).message)
+    assert "st_simdiff_reference_stage1's own rule kept them all" in message and "give a budget" not in message
 
 
 def test_a_model_runs_record_is_drawn_with_its_own_roles():

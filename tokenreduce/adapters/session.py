@@ -34,7 +34,7 @@ from tokenreduce.adapters.prefill import Prefill
 from tokenreduce.adapters.record import PrefillRecord, report, save_report, video_records
 from tokenreduce.adapters.schedule import POSITION_POLICIES, Schedule
 from tokenreduce.adapters.state import ForwardState, Phase
-from tokenreduce.errors import BudgetWarning, InputError, InputTypeError, brief
+from tokenreduce.errors import BudgetWarning, InputError, InputTypeError, brief, caller_stacklevel
 from tokenreduce.interfaces import BudgetConfig, Reducer
 
 
@@ -249,10 +249,16 @@ class ReductionSession:
         if record.videos and all(video.share >= 1 for video in record.videos):
             self._warned_budget = True
             video = record.videos[0]
-            warnings.warn(f"{self.reducer.config.name} kept every visual token of this prefill (e.g. {video.tokens} of "
-                          f"{video.tokens} on a {video.grid} grid) with budget {video.budget or 'default'}: nothing "
-                          "was reduced; give a budget the videos can meet (ratio=r or count=k)",
-                          BudgetWarning, stacklevel=2)
+            name = self.reducer.config.name
+            ratio, count = video.budget.get("ratio"), video.budget.get("count")
+            if (ratio is not None and ratio < 1) or (count is not None and count < video.tokens):
+                advice = (f"the budget asked for fewer, but {name}'s own rule kept them all on this input "
+                          "(its budget notes: docs/strategies.md)")
+            else:
+                advice = "give a budget the videos can meet (ratio=r or count=k)"
+            warnings.warn(f"{name} kept every visual token of this prefill (e.g. {video.tokens} of {video.tokens} on "
+                          f"a {video.grid} grid) with budget {video.budget or 'default'}: nothing was reduced; "
+                          f"{advice}", BudgetWarning, stacklevel=caller_stacklevel())
 
     def _budget(self) -> dict[str, Any]:
         config = self.reducer.config
