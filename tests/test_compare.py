@@ -12,6 +12,7 @@ import tokenreduce as tr
 from tokenreduce.compare import (
     DEFAULT_RATIO,
     NOT_COMPARED,
+    budget_notes,
     build_at_ratio,
     default_strategies,
     format_table,
@@ -84,6 +85,22 @@ def test_runs_keep_the_budget_and_table_reports_them():
     table = format_table(runs)
     assert "uniform" in table and "attention_prune" in table and "importance=patch contrast" in table
     assert f"{expected}" in table and "30.0" in table
+
+
+def test_a_deeper_step_with_its_own_budget_is_reported_beside_the_budget():
+    """FlashVID's ratio is what enters the LLM; its pruning at ``layer`` keeps ``llm_ratio`` of that.
+    The run says both: the table counts all steps, the note what the budget measured."""
+    encoded = encoded_video()
+    runs, _ = run_strategies(["flashvid", "uniform"], encoded, 0.5)
+    flashvid, uniform = runs
+    reducer = build_at_ratio("flashvid", 0.5)
+    tokens, _ = tokens_for(reducer, encoded)
+    entered = reducer.budget_steps()[0](tokens)
+    assert flashvid.budgeted == int(entered.output_counts()[0]) and flashvid.kept < flashvid.budgeted
+    assert uniform.budgeted is None
+    share = 100 * flashvid.budgeted / flashvid.total
+    assert budget_notes(runs) == [(f"flashvid: {flashvid.budgeted} tokens ({share:.1f} %) reach the LLM at the "
+                                   f"budget; {flashvid.kept} after its deeper step, which has a budget of its own")]
 
 
 def test_strategies_missing_a_backend_are_skipped_with_the_reason():

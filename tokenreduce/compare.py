@@ -19,6 +19,7 @@ from tokenreduce.adapters.record import VideoRecord
 from tokenreduce.encoders import EncodedVideo
 from tokenreduce.errors import ConfigError
 from tokenreduce.interfaces import Reducer, Signal
+from tokenreduce.pipeline import run_in_order
 from tokenreduce.tokens import Reduction, VisualTokens
 
 # Not reductions worth comparing on their own: the identity and the composition container.
@@ -33,6 +34,9 @@ class StrategyRun:
     reduction: Reduction
     seconds: float
     proxies: tuple[str, ...]
+    # tokens handed on by the steps the budget measures (``Reducer.budget_steps``) where the strategy
+    # refines them later with a budget of its own (FlashVID, HoliTom deep in the LLM); None otherwise
+    budgeted: int | None = None
 
     @property
     def kept(self) -> int:
@@ -160,7 +164,10 @@ def run_strategy(spec: str | Path | dict[str, Any], encoded: EncodedVideo, ratio
         start = time.perf_counter()
         reducer(tokens)
         seconds = min(seconds, time.perf_counter() - start)
-    return StrategyRun(label_of(spec, reducer), reduction, seconds, proxies)
+    budget_steps = reducer.budget_steps()
+    budgeted = (int(run_in_order(budget_steps, tokens).output_counts()[0])
+                if len(budget_steps) < len(reducer.steps()) else None)
+    return StrategyRun(label_of(spec, reducer), reduction, seconds, proxies, budgeted)
 
 
 def run_strategies(specs: Sequence[str | Path | dict[str, Any]], encoded: EncodedVideo, ratio: float | None,
@@ -174,6 +181,14 @@ def run_strategies(specs: Sequence[str | Path | dict[str, Any]], encoded: Encode
         except (tr.MissingDependencyError, tr.MissingSignalError) as exc:
             skipped.append((str(spec), str(exc)))
     return runs, skipped
+
+
+def budget_notes(runs: Sequence[StrategyRun]) -> list[str]:
+    """A line for each run whose budget measures fewer steps than it ran: what entered at the
+    budget and what its later step, with a budget of its own, left."""
+    return [f"{run.label}: {run.budgeted} tokens ({100 * run.budgeted / run.total:.1f} %) reach the LLM at the "
+            f"budget; {run.kept} after its deeper step, which has a budget of its own"
+            for run in runs if run.budgeted is not None]
 
 
 def format_table(runs: Sequence[StrategyRun]) -> str:

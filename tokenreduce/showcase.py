@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tokenreduce.compare import DEFAULT_RATIO, default_strategies, format_table, run_strategies
+from tokenreduce.compare import DEFAULT_RATIO, budget_notes, default_strategies, format_table, run_strategies
 from tokenreduce.encoders import VisionTowerEncoder, make_encoder
 from tokenreduce.errors import TokenReduceError
 from tokenreduce.model_showcase import run_in_model, video_inputs
@@ -68,6 +68,7 @@ def show(options: Showcase) -> int:
     if any(run.proxies for run in runs):
         notes.append("proxy signals: no model runs here, so attention-based strategies rank tokens by "
                      "the listed stand-ins, not by real attention")
+    notes += budget_notes(runs)
     notes += [f"skipped {spec}: {why}" for spec, why in skipped]
     print(format_table(runs))
     print()
