@@ -17,7 +17,13 @@ import torch
 import tokenreduce as tr
 from tokenreduce.bench.end_to_end import PrefillRun, _PeakMemory
 from tokenreduce.bench.model import SIZES, build_model, parameter_count, qwen2_vl_config, video_prompt
-from tokenreduce.bench.report import end_to_end_table, end_to_end_warnings, growth_exponent, line_style, target_lines
+from tokenreduce.bench.report import (
+    end_to_end_table,
+    end_to_end_warnings,
+    growth_exponent,
+    line_style,
+    target_lines,
+)
 from tokenreduce.bench.selection import paper_tokens
 from tokenreduce.bench.spread import Spread, verdict
 from tokenreduce.cli import main
@@ -100,6 +106,25 @@ def test_an_interrupted_run_keeps_what_finished(tmp_path, monkeypatch, capsys):
     assert not list(tmp_path.glob("*.partial"))
 
 
+@pytest.mark.parametrize("given, chunk", [([], 256), (["--prefill-chunk", "64"], 64),
+                                          (["--prefill-chunk", "None"], None)])
+def test_the_prefill_chunk_reaches_every_reduced_run_and_the_record(given, chunk, tmp_path, monkeypatch, capsys):
+    real_apply, asked = tr.apply, []
+
+    def recording_apply(model, reducer, **options):
+        asked.append(options.get("prefill_chunk", "not given"))
+        return real_apply(model, reducer, **options)
+
+    monkeypatch.setattr(tr, "apply", recording_apply)
+    out_json = tmp_path / "bench.json"
+    assert main(["bench", *TINY, "--part", "end-to-end", "--frames", "2", "--strategy", "fastv", *given,
+                 "--json", str(out_json), "--plot", ""]) == 0
+    assert asked[1:] == [chunk, chunk]  # after the install check: the warm-up and the timed run
+    assert json.loads(out_json.read_text())["options"]["prefill_chunk"] == chunk
+    shown = "unchunked" if chunk is None else f"chunks of {chunk}"
+    assert f"reduced prefill {shown}" in capsys.readouterr().out
+
+
 def test_bench_parts_can_run_alone(tmp_path, capsys):
     assert main(["bench", *TINY, "--part", "selection", "--strategy", "random", "--plot", str(tmp_path / "p.png"),
                  "--json", ""]) == 0
@@ -116,6 +141,8 @@ def test_bench_parts_can_run_alone(tmp_path, capsys):
     (["--size", "huge"], "invalid choice: 'huge'"),
     (["--part", "speed"], "invalid choice: 'speed'"),
     (["--threads", "0"], "expected an integer >= 1"),
+    (["--prefill-chunk", "0"], "expected an integer >= 1 or 'none', got '0'"),
+    (["--prefill-chunk", "off"], "expected an integer >= 1 or 'none', got 'off'"),
     (["--strategy", '{"variant": "reference"}'], 'needs a "name"'),
     (["--strategy", "{nope"], "not a valid JSON object"),
     (["--strategy", "st_simdiff:variant"], "is not key=value"),

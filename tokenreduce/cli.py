@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 import tokenreduce
+from tokenreduce.adapters.chunked_prefill import DEFAULT_PREFILL_CHUNK
 from tokenreduce.registry import REGISTRIES, summary_of
 
 LISTED_KINDS = ("strategy", "community", "adapter")
@@ -69,6 +70,16 @@ def keep_ratio(text: str) -> float:
     if not 0.0 < value <= 1.0:
         raise argparse.ArgumentTypeError(f"the ratio must be in (0, 1], got {value}")
     return value
+
+
+def prefill_chunk(text: str) -> int | None:
+    """argparse type: slots per prefill chunk (an int >= 1), or ``none`` for an unchunked prefill."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1 or 'none', got {text!r}") from None
 
 
 def _add_showcase_options(parser: argparse.ArgumentParser, *, default_out: str) -> None:
@@ -186,6 +197,9 @@ def _configure_bench(parser: argparse.ArgumentParser) -> Runner:
     parser.add_argument("--threads", type=positive_int,
                         help="CPU threads for torch (default: torch's choice); 1 makes CPU times most "
                              "stable on a machine shared with other work")
+    parser.add_argument("--prefill-chunk", type=prefill_chunk, default=DEFAULT_PREFILL_CHUNK, metavar="N|none",
+                        help="slots per chunk of the reduced runs' prefill before the first in-LLM step "
+                             f"(tr.apply's prefill_chunk; default {DEFAULT_PREFILL_CHUNK}; 'none': unchunked)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     def run(args: argparse.Namespace) -> int:
@@ -198,7 +212,7 @@ def _configure_bench(parser: argparse.ArgumentParser) -> Runner:
             selection_frames=args.selection_frames, selection_grid=args.selection_grid, dim=args.dim,
             size=args.size, frame_counts=tuple(args.frames), resolution=args.resolution, repeats=args.repeats,
             json_path=args.json or None, plot_path=args.plot or None, progress=not args.no_progress,
-            threads=args.threads, check_logits=args.check_logits))
+            threads=args.threads, check_logits=args.check_logits, prefill_chunk=args.prefill_chunk))
 
     return run
 

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 import tokenreduce as tr
+from tokenreduce.adapters.chunked_prefill import DEFAULT_PREFILL_CHUNK
 from tokenreduce.bench.end_to_end import PrefillRun, end_to_end
 from tokenreduce.bench.report import (
     end_to_end_table,
@@ -50,6 +51,7 @@ class BenchOptions:
     progress: bool = True
     threads: int | None = None
     check_logits: bool = False
+    prefill_chunk: int | None = DEFAULT_PREFILL_CHUNK  # tr.apply's: slots per prefill chunk; None: unchunked
 
 
 def _end_to_end_strategies() -> list[str]:
@@ -111,9 +113,11 @@ def _end_to_end(options: BenchOptions, results: ResultsFile) -> None:
     runs, _ = end_to_end(size=options.size, frame_counts=options.frame_counts,
                          strategies=list(options.strategies or _end_to_end_strategies()), ratios=options.ratios,
                          resolution=options.resolution, repeats=options.repeats, device=options.device,
-                         progress=options.progress, check_logits=options.check_logits, on_runs=keep, on_note=note)
+                         progress=options.progress, check_logits=options.check_logits,
+                         prefill_chunk=options.prefill_chunk, on_runs=keep, on_note=note)
+    chunks = "unchunked" if options.prefill_chunk is None else f"chunks of {options.prefill_chunk}"
     print(f"End to end (random-weight Qwen2-VL-style model '{options.size}', {options.resolution}px frames, "
-          f"{options.device}, {options.repeats} repeats; times min / median / max):")
+          f"{options.device}, {options.repeats} repeats, reduced prefill {chunks}; times min / median / max):")
     print(end_to_end_table(runs))
     checks, warnings = target_lines(runs), end_to_end_warnings(runs)
     for line in checks + part["notes"] + warnings:

@@ -43,6 +43,7 @@ import torch
 
 import tokenreduce as tr
 from tokenreduce.adapters import hf
+from tokenreduce.adapters.chunked_prefill import DEFAULT_PREFILL_CHUNK
 from tokenreduce.bench.model import TEXT_TOKENS, VideoPrompt, build_model, video_prompt
 from tokenreduce.bench.progress import Progress
 from tokenreduce.bench.selection import Spec
@@ -216,12 +217,14 @@ def native_stderr_silenced() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def reduced(model: torch.nn.Module, reducer: Reducer | None) -> Iterator[None]:
-    """The model with ``reducer`` applied through its adapter (``tr.apply``), or unchanged for ``None``."""
+def reduced(model: torch.nn.Module, reducer: Reducer | None,
+            prefill_chunk: int | None = DEFAULT_PREFILL_CHUNK) -> Iterator[None]:
+    """The model with ``reducer`` applied through its adapter (``tr.apply``, with its
+    ``prefill_chunk``), or unchanged for ``None``."""
     if reducer is None:
         yield
         return
-    with tr.apply(model, reducer):
+    with tr.apply(model, reducer, prefill_chunk=prefill_chunk):
         yield
 
 
@@ -250,11 +253,11 @@ def _run_of(config: Config, frames: int, prompt: VideoPrompt, kept: int, peak: i
 
 
 def measure(model: torch.nn.Module, prompt: VideoPrompt, configs: Sequence[Config], *, frames: int, repeats: int,
-            device: torch.device, progress: Progress | None = None,
-            keep_logits: bool = False) -> Iterator[list[PrefillRun]]:
+            device: torch.device, progress: Progress | None = None, keep_logits: bool = False,
+            prefill_chunk: int | None = DEFAULT_PREFILL_CHUNK) -> Iterator[list[PrefillRun]]:
     """Time and memory of every configuration at one frame count (see the module docstring):
     yields the runs measured so far after each warm-up pass (timings still None) and after each
-    round of repeats."""
+    round of repeats. Reduced runs prefill in chunks of ``prefill_chunk`` slots (``tr.apply``)."""
     timer = _VisionTimer(model.model.visual, device)
     memory = _PeakMemory(model.model.language_model, device)
     step = progress.now if progress is not None else (lambda what: None)
@@ -272,7 +275,7 @@ def measure(model: torch.nn.Module, prompt: VideoPrompt, configs: Sequence[Confi
         done()
         for config in configs:  # each configuration's own warm-up: kept count, peak memory, logits
             step(f"{frames} frames: {config.title}, warm-up and memory")
-            with reduced(model, config.reducer):
+            with reduced(model, config.reducer, prefill_chunk):
                 peak, (count, first_logits) = memory.measure(lambda: _prefill(model, prompt))
             kept.append(count)
             peaks.append(peak)
@@ -282,7 +285,7 @@ def measure(model: torch.nn.Module, prompt: VideoPrompt, configs: Sequence[Confi
         for round_index in range(repeats):
             for config, runs_of_config in zip(configs, timings):
                 step(f"{frames} frames: {config.title}, timing {round_index + 1}/{repeats}")
-                with reduced(model, config.reducer):
+                with reduced(model, config.reducer, prefill_chunk):
                     runs_of_config.append(_timed_prefill(model, prompt, timer, device))
                 done()
             yield measured()
@@ -340,7 +343,7 @@ def plan(model: torch.nn.Module, specs: Sequence[Spec], ratios: Sequence[float])
 
 def end_to_end(*, size: str, frame_counts: Sequence[int], strategies: Sequence[Spec], ratios: Sequence[float],
                resolution: int, repeats: int, device: str = "cpu", progress: bool = False,
-               check_logits: bool = False,
+               check_logits: bool = False, prefill_chunk: int | None = DEFAULT_PREFILL_CHUNK,
                on_runs: Callable[[list[PrefillRun]], None] = lambda runs: None,
                on_note: Callable[[str], None] = lambda note: None) -> tuple[list[PrefillRun], list[str]]:
     """Measure the full model and every (strategy, ratio) at every frame count.
@@ -348,7 +351,8 @@ def end_to_end(*, size: str, frame_counts: Sequence[int], strategies: Sequence[S
     ``on_runs`` gets every run measured so far (the latest frame count's possibly not timed yet)
     after each pass. Returns the runs and notes: strategies ``tr.apply`` cannot install are
     skipped with the reason; with
-    ``check_logits``, how far apart the logits of configurations of one strategy are.
+    ``check_logits``, how far apart the logits of configurations of one strategy are. Reduced runs
+    prefill in chunks of ``prefill_chunk`` slots (``tr.apply``; ``None``: unchunked).
     """
     torch_device = torch.device(device)
     model = build_model(size, device=device)
@@ -361,7 +365,7 @@ def end_to_end(*, size: str, frame_counts: Sequence[int], strategies: Sequence[S
             prompt = video_prompt(frames, resolution, device=device)
             latest: list[PrefillRun] = []
             for latest in measure(model, prompt, configs, frames=frames, repeats=repeats, device=torch_device,
-                                  progress=bar, keep_logits=check_logits):
+                                  progress=bar, keep_logits=check_logits, prefill_chunk=prefill_chunk):
                 on_runs(finished + latest)
             finished += latest
             if check_logits:
