@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import tokenreduce as tr
+from tokenreduce.adapters.record import VideoRecord
 from tokenreduce.integrations.lmms_eval_log import ReductionLog, ReductionRecorder, per_sample
 
 
@@ -45,33 +46,42 @@ def test_pipeline_is_timed_once_at_the_outermost_call() -> None:
     assert len(recorder.calls) == 2
 
 
-def _kept(*counts: int) -> list[torch.Tensor]:
-    return [torch.arange(count) for count in counts]
+def _videos(rows: list[int], grids: list[tuple[int, int, int]], kept: list[int], inserted: list[int],
+            offered: list[int | None] | None = None) -> list[VideoRecord]:
+    """Session records of grids (batch row, grid, kept count, inserted count, tokens offered)."""
+    offered = offered or [None] * len(rows)
+    return [VideoRecord(row, grid, torch.arange(k), torch.zeros(math.prod(grid), dtype=torch.int32), new, {}, (),
+                        0.0, offered=given)
+            for row, grid, k, new, given in zip(rows, grids, kept, inserted, offered)]
 
 
 def test_per_sample_attributes_each_video_to_its_row() -> None:
     # rows 0 and 2 have two videos of different grids each, row 1 none; the adapter lists them by grid
-    grids = [(0, (2, 2, 2)), (2, (2, 2, 2)), (2, (4, 2, 2)), (0, (1, 3, 3))]
-    rows = per_sample(grids, _kept(3, 2, 5, 4), [1, 0, 2, 0], seconds=0.3, batch_size=3)
+    videos = _videos([0, 2, 2, 0], [(2, 2, 2), (2, 2, 2), (4, 2, 2), (1, 3, 3)], [3, 2, 5, 4], [1, 0, 2, 0])
+    rows = per_sample(videos, seconds=0.3, batch_size=3)
     assert [(r["visual_tokens"], r["kept_tokens"], r["inserted_tokens"]) for r in rows] == [
         (8 + 9, 3 + 1 + 4, 1), (None, None, None), (8 + 16, 2 + 5 + 2, 2)]
     assert all(math.isclose(r["reduction_seconds"], 0.1) for r in rows)
-    assert per_sample([], [], [], 0.0, batch_size=2) == [{
+    assert per_sample([], 0.0, batch_size=2) == [{
         "visual_tokens": None, "kept_tokens": None, "inserted_tokens": None, "reduction_seconds": 0.0}] * 2
+
+
+def test_per_sample_counts_the_tokens_a_video_offered_not_its_grid() -> None:
+    # VideoLLaMA3's processor drops repeated patches itself: a (4, 2, 2) grid may offer 10 tokens
+    videos = _videos([0, 0], [(4, 2, 2), (1, 2, 2)], [3, 2], [0, 0], offered=[10, None])
+    assert per_sample(videos, 0.0, batch_size=1)[0]["visual_tokens"] == 10 + 4
 
 
 def test_per_sample_counts_the_first_of_repeated_rows() -> None:
     # num_beams=2: rows 0, 1 are sample 0 and rows 2, 3 sample 1
-    grids = [(0, (1, 2, 2)), (1, (1, 2, 2)), (2, (1, 2, 3)), (3, (1, 2, 3))]
-    rows = per_sample(grids, _kept(1, 1, 2, 2), [0] * 4, seconds=0.0, batch_size=2, rows_per_sample=2)
+    videos = _videos([0, 1, 2, 3], [(1, 2, 2), (1, 2, 2), (1, 2, 3), (1, 2, 3)], [1, 1, 2, 2], [0] * 4)
+    rows = per_sample(videos, seconds=0.0, batch_size=2, rows_per_sample=2)
     assert [(r["visual_tokens"], r["kept_tokens"]) for r in rows] == [(4, 1), (6, 2)]
 
 
-def test_per_sample_rejects_inconsistent_reports() -> None:
-    with pytest.raises(ValueError, match="got 2, 1 and 2"):
-        per_sample([(0, (1, 1, 1)), (0, (1, 1, 1))], _kept(1), [0, 0], 0.0, batch_size=1)
+def test_per_sample_rejects_a_row_outside_the_batch() -> None:
     with pytest.raises(ValueError, match="row 2"):
-        per_sample([(2, (1, 1, 1))], _kept(1), [0], 0.0, batch_size=2)
+        per_sample(_videos([2], [(1, 1, 1)], [1], [0]), 0.0, batch_size=2)
 
 
 def test_log_dedupes_rank_padding_and_writes_header(tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ from tokenreduce.adapters.decode import Decode
 from tokenreduce.adapters.encoder import install_capture
 from tokenreduce.adapters.layout import MODALITIES
 from tokenreduce.adapters.prefill import Prefill
-from tokenreduce.adapters.record import PrefillRecord, report, save_report, video_records
+from tokenreduce.adapters.record import PrefillRecord, VideoRecord, report, save_report, video_records
 from tokenreduce.adapters.schedule import POSITION_POLICIES, Schedule
 from tokenreduce.adapters.state import ForwardState, Phase
 from tokenreduce.errors import BudgetWarning, InputError, InputTypeError, brief, caller_stacklevel
@@ -151,23 +151,28 @@ class ReductionSession:
         """The record of this thread's last reduced prefill, or ``None`` before the first."""
         return self._last
 
+    def videos(self) -> list[VideoRecord]:
+        """Per reduced grid — each video, each image (in sample order, then sequence order): the last
+        prefill's record of it (batch row, grid, tokens offered, kept indices, roles, steps)."""
+        return list(self.last.videos) if self.last is not None else []
+
     def kept_indices(self) -> list[torch.Tensor]:
         """Per reduced grid — each video, each image (in sample order, then sequence order): the flat grid
         indices the last prefill kept."""
-        return [video.kept for video in self.last.videos] if self.last is not None else []
+        return [video.kept for video in self.videos()]
 
     def inserted_counts(self) -> list[int]:
         """Per grid (in the order of ``kept_indices``): the new tokens the last prefill inserted after it
         (``Reduction.extra``, e.g. VisionZip's contextual tokens)."""
-        return [video.inserted for video in self.last.videos] if self.last is not None else []
+        return [video.inserted for video in self.videos()]
 
     def video_grids(self) -> list[tuple[int, tuple[int, int, int]]]:
         """Per grid (in the order of ``kept_indices``): its batch row and its ``(T, H, W)`` token grid."""
-        return [(video.sample, video.grid) for video in self.last.videos] if self.last is not None else []
+        return [(video.sample, video.grid) for video in self.videos()]
 
     def grid_modalities(self) -> list[str]:
         """Per grid (in the order of ``kept_indices``): ``"video"`` or ``"image"``."""
-        return [video.modality for video in self.last.videos] if self.last is not None else []
+        return [video.modality for video in self.videos()]
 
     def report(self) -> dict[str, Any]:
         """Every prefill of the session as JSON-ready data: the reducer's config, and per prefill

@@ -5,8 +5,8 @@ steps') ``reduce``/``step`` methods on the instances for the duration of a ``wit
 every call an adapter makes without knowing the adapter, and restores the methods on exit. Nested
 calls (a pipeline running its steps) count once, at the outermost call.
 
-``per_sample`` turns what the adapter session reports (each video's batch row and grid, and the
-tokens the prefill kept of it) into one record per sample; ``ReductionLog`` collects those records
+``per_sample`` turns what the adapter session records (each video's batch row, the tokens it offered
+and the tokens the prefill kept of it) into one record per sample; ``ReductionLog`` collects those records
 and writes them, gathered from every data-parallel rank, to one JSONL file next to the lmms-eval
 results.
 """
@@ -16,13 +16,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from tokenreduce.adapters.record import VideoRecord
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,35 +94,33 @@ class ReductionRecorder:
                 delattr(target, name)
 
 
-def per_sample(video_grids: Sequence[tuple[int, tuple[int, int, int]]], kept: Sequence[torch.Tensor],
-               inserted: Sequence[int], seconds: float, batch_size: int,
+def per_sample(videos: Sequence[VideoRecord], seconds: float, batch_size: int,
                rows_per_sample: int = 1) -> list[dict[str, Any]]:
     """Visual tokens offered and handed on, and reduction seconds, for each of ``batch_size`` samples.
 
-    ``video_grids``, ``kept`` and ``inserted`` are the adapter session's report of one ``generate``
-    call (``session.video_grids()``, ``kept_indices()``, ``inserted_counts()``): per reduced grid (a
-    video or an image), its batch row and token grid, the grid indices the prefill kept, and the new
-    tokens it inserted. A sample's ``visual_tokens`` is the grid tokens of its videos and images, its ``kept_tokens`` the tokens
-    the language model receives in their place (kept plus inserted), ``inserted_tokens`` the new
-    ones among them. Each video counts for the sample of its row, so the counts are exact however
-    the adapter grouped the grids. With ``rows_per_sample`` rows per sample (``generate`` repeats
-    each sample ``num_beams`` times), row ``r`` is sample ``r // rows_per_sample`` and only its
-    first copy counts. A sample without a reduced grid has ``None`` counts. The reduction time of the
-    call is split evenly over the samples.
+    ``videos`` is the adapter session's record of one ``generate`` call (``session.videos()``): per
+    reduced grid (a video or an image), its batch row, the grid tokens the sequence offered (fewer
+    than the grid where the model's own processor already dropped some, as VideoLLaMA3's does), the
+    indices the prefill kept and the new tokens it inserted. A sample's ``visual_tokens`` is the
+    tokens its videos and images offered, its ``kept_tokens`` the tokens the language model receives
+    in their place (kept plus inserted), ``inserted_tokens`` the new ones among them. Each video
+    counts for the sample of its row, so the counts are exact however the adapter grouped the
+    grids. With ``rows_per_sample`` rows per sample (``generate`` repeats each sample ``num_beams``
+    times), row ``r`` is sample ``r // rows_per_sample`` and only its first copy counts. A sample
+    without a reduced grid has ``None`` counts. The reduction time of the call is split evenly over
+    the samples.
     """
-    if not len(video_grids) == len(kept) == len(inserted):
-        raise ValueError(f"video_grids, kept and inserted must describe the same videos, got "
-                         f"{len(video_grids)}, {len(kept)} and {len(inserted)}")
     counts: list[list[int] | None] = [None] * batch_size  # per sample: visual, kept, inserted
-    for (row, grid), indices, new in zip(video_grids, kept, inserted):
-        sample, copy = divmod(row, rows_per_sample)
+    for video in videos:
+        sample, copy = divmod(video.sample, rows_per_sample)
         if not 0 <= sample < batch_size:
-            raise ValueError(f"a video of batch row {row} lies outside {batch_size} samples "
+            raise ValueError(f"a video of batch row {video.sample} lies outside {batch_size} samples "
                              f"x {rows_per_sample} rows")
         if copy:
             continue
         total = counts[sample] or [0, 0, 0]
-        counts[sample] = [total[0] + math.prod(grid), total[1] + int(indices.numel()) + new, total[2] + new]
+        counts[sample] = [total[0] + video.tokens, total[1] + int(video.kept.numel()) + video.inserted,
+                          total[2] + video.inserted]
     share = seconds / batch_size
     names = ("visual_tokens", "kept_tokens", "inserted_tokens")
     return [{**dict(zip(names, c if c is not None else [None] * 3)), "reduction_seconds": share} for c in counts]

@@ -206,12 +206,11 @@ class TokenReduceLMM(lmms):
         start = time.perf_counter()
         with torch.inference_mode():
             if self.reducer is None:
-                output, reductions = self.model(**inputs, **{hf.LABELS: labels}), per_sample([], [], [], 0.0, 1)
+                output, reductions = self.model(**inputs, **{hf.LABELS: labels}), per_sample([], 0.0, 1)
             else:
                 with self.recorder.recording(), tr.apply(self.model, self.reducer) as session:
                     output = self.model(**inputs, **{hf.LABELS: labels})
-                    reductions = per_sample(session.video_grids(), session.kept_indices(),
-                                            session.inserted_counts(), self.recorder.seconds, 1)
+                    reductions = per_sample(session.videos(), self.recorder.seconds, 1)
         greedy = bool((output.logits[0, -length - 1:-1].argmax(dim=-1) == ids[0, -length:]).all())
         if doc_id is not None:
             self.log.add({"task": task, "split": split, "doc_id": doc_id, "prompt_tokens": int(ids.shape[1]),
@@ -289,11 +288,11 @@ class TokenReduceLMM(lmms):
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         with torch.inference_mode():
             if self.reducer is None:
-                return self.model.generate(**inputs, pad_token_id=pad, **kwargs), per_sample([], [], [], 0.0, batch)
+                return self.model.generate(**inputs, pad_token_id=pad, **kwargs), per_sample([], 0.0, batch)
             with self.recorder.recording(), tr.apply(self.model, self.reducer) as session:
                 output = self.model.generate(**inputs, pad_token_id=pad, **kwargs)
-                reductions = per_sample(session.video_grids(), session.kept_indices(), session.inserted_counts(),
-                                        self.recorder.seconds, batch, rows_per_sample=kwargs["num_beams"])
+                reductions = per_sample(session.videos(), self.recorder.seconds, batch,
+                                        rows_per_sample=kwargs["num_beams"])
             return output, reductions
 
     def _answer_batch(self, chunk: list[tuple[Any, ...]]) -> list[str]:
