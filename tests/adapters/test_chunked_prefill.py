@@ -14,6 +14,7 @@ import pytest
 import tiny_vlms as tm
 import torch
 from adapter_oracle import capture_lm_inputs, manual_greedy
+from families import FAMILIES as FAMILY_TABLE
 
 import tokenreduce as tr
 from tokenreduce.adapters import VisualLayout, contiguous_video
@@ -71,6 +72,30 @@ def test_chunked_generate_equals_unchunked(family_name, strategy, attn):
     assert all(torch.equal(a, b) for a, b in zip(kept, ref_kept)) and len(kept) == len(ref_kept) == 2
     assert torch.equal(seq, ref_seq)
     torch.testing.assert_close(logits, ref_logits, **TOLERANCE)
+
+
+@pytest.mark.parametrize("family_name", sorted(FAMILY_TABLE))
+def test_every_family_chunks_its_batches(family_name):
+    """Every row of the family table (families.py), on its left-padded two-sample batches (videos and
+    images, in either order where the family mixes them): FastV before layer 2 gives the same kept
+    sets, generated tokens and logits with chunks of 3 slots as unchunked. A hybrid decoder (Qwen3.5)
+    prefills unchunked, exactly as with ``prefill_chunk=None``."""
+    family = FAMILY_TABLE[family_name]
+    model = family.build("sdpa", num_layers=LAYERS)
+    hybrid = family.adapter == "qwen3_5"  # Gated-DeltaNet layers among layers 0-1
+    for samples in family.batches().values():
+        inputs, _ = family.inputs(model, samples)
+        ref_seq, ref_logits, (ref_kept, ref_lengths, _) = _reduced_generate(
+            model, tr.build("fastv", ratio=0.3, layer=2), inputs, None)
+        seq, logits, (kept, lengths, chunks) = _reduced_generate(
+            model, tr.build("fastv", ratio=0.3, layer=2), inputs, CHUNK)
+        assert chunks == ({} if hybrid else {0: math.ceil(lengths[0] / CHUNK), 1: math.ceil(lengths[0] / CHUNK)})
+        assert lengths == ref_lengths and lengths[2] < lengths[0]
+        assert len(kept) == len(ref_kept) > 0 and all(torch.equal(a, b) for a, b in zip(kept, ref_kept))
+        assert torch.equal(seq, ref_seq)
+        if hybrid:
+            assert torch.equal(logits, ref_logits)
+        torch.testing.assert_close(logits, ref_logits, **TOLERANCE)
 
 
 @pytest.mark.parametrize("family_name", ["qwen2_vl", "llava_onevision"])
