@@ -1,4 +1,4 @@
-"""Tiny random-weight Qwen2.5-VL and Qwen3-VL checkpoints that both vLLM and transformers load, and videos.
+"""Tiny random-weight Qwen2.5-VL, Qwen3-VL and Qwen3.5 checkpoints that both vLLM and transformers load, and videos.
 
 A checkpoint folder holds the model (built from a config, seeded), the offline byte-level BPE tokenizer
 and ChatML template of ``tests/tiny_checkpoints.py``, and the model's processor with small pixel limits
@@ -80,28 +80,48 @@ def build_qwen2_5_vl(path: Path, size: str = "tiny", frame_size: tuple[int, int]
     return TinyModel("qwen2_5_vl", path, frame_size)
 
 
-def build_qwen3_vl(path: Path) -> TinyModel:
-    from transformers import (Qwen2VLImageProcessor, Qwen3VLConfig, Qwen3VLForConditionalGeneration,
-                              Qwen3VLProcessor, Qwen3VLVideoProcessor)
+def _qwen3_vl_processor(tokenizer):
+    from transformers import Qwen2VLImageProcessor, Qwen3VLProcessor, Qwen3VLVideoProcessor
 
-    tokenizer = _tokenizer()
-    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [8, 12, 12], "mrope_interleaved": True}
-    config = Qwen3VLConfig(
-        text_config=_text_config(tokenizer, "tiny", rope_parameters=rope),
-        vision_config=dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, patch_size=16,
-                           spatial_merge_size=2, temporal_patch_size=2, in_channels=3, out_hidden_size=128,
-                           num_position_embeddings=64, deepstack_visual_indexes=[0]),
-        **_special_ids(tokenizer))
     # Qwen3-VL normalises images and videos alike (mean = std = 0.5); vLLM normalises both on the device
     # with the image processor's constants, so they must be the video processor's too
     image_processor = Qwen2VLImageProcessor(patch_size=16, min_pixels=32 * 32, max_pixels=128 * 192,
                                             image_mean=[0.5] * 3, image_std=[0.5] * 3)
     video_processor = Qwen3VLVideoProcessor(size={"shortest_edge": 32 * 32, "longest_edge": NUM_FRAMES * 128 * 192},
                                             fps=FPS)
-    processor = Qwen3VLProcessor(image_processor=image_processor, video_processor=video_processor,
-                                 tokenizer=tokenizer, chat_template=tokenizer.chat_template)
-    _save(Qwen3VLForConditionalGeneration, config, tokenizer, processor, path)
+    return Qwen3VLProcessor(image_processor=image_processor, video_processor=video_processor,
+                            tokenizer=tokenizer, chat_template=tokenizer.chat_template)
+
+
+#: The Qwen3-VL vision tower of both Qwen3 checkpoints: 16-pixel patches, 128 x 192 frames -> 4 x 6 LLM tokens.
+QWEN3_VISION = dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, patch_size=16, spatial_merge_size=2,
+                    temporal_patch_size=2, in_channels=3, out_hidden_size=128, num_position_embeddings=64)
+QWEN3_ROPE = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [8, 12, 12], "mrope_interleaved": True}
+
+
+def build_qwen3_vl(path: Path) -> TinyModel:
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    tokenizer = _tokenizer()
+    config = Qwen3VLConfig(text_config=_text_config(tokenizer, "tiny", rope_parameters=QWEN3_ROPE),
+                           vision_config=dict(QWEN3_VISION, deepstack_visual_indexes=[0]), **_special_ids(tokenizer))
+    _save(Qwen3VLForConditionalGeneration, config, tokenizer, _qwen3_vl_processor(tokenizer), path)
     return TinyModel("qwen3_vl", path, (128, 192))
+
+
+def build_qwen3_5(path: Path) -> TinyModel:
+    """Qwen3.5's hybrid decoder: a Gated-DeltaNet (linear-attention) layer, then a full-attention one.
+    vLLM's CPU Gated-DeltaNet kernel takes bfloat16 only, so this checkpoint is served in bfloat16."""
+    from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration
+
+    tokenizer = _tokenizer()
+    text = _text_config(tokenizer, "tiny", rope_parameters=dict(QWEN3_ROPE, partial_rotary_factor=1.0),
+                        layer_types=["linear_attention", "full_attention"], linear_num_value_heads=2,
+                        linear_num_key_heads=2, linear_key_head_dim=64, linear_value_head_dim=64,
+                        linear_conv_kernel_dim=4)
+    config = Qwen3_5Config(text_config=text, vision_config=QWEN3_VISION, **_special_ids(tokenizer))
+    _save(Qwen3_5ForConditionalGeneration, config, tokenizer, _qwen3_vl_processor(tokenizer), path)
+    return TinyModel("qwen3_5", path, (128, 192))
 
 
 def _save(model_cls, config, tokenizer, processor, path: Path) -> None:
@@ -113,7 +133,7 @@ def _save(model_cls, config, tokenizer, processor, path: Path) -> None:
     processor.save_pretrained(path)
 
 
-BUILDERS = {"qwen2_5_vl": build_qwen2_5_vl, "qwen3_vl": build_qwen3_vl}
+BUILDERS = {"qwen2_5_vl": build_qwen2_5_vl, "qwen3_vl": build_qwen3_vl, "qwen3_5": build_qwen3_5}
 
 
 def moving_square_video(frame_size: tuple[int, int], seed: int = 0, noise: float = 0.0,
