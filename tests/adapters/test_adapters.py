@@ -500,15 +500,25 @@ def test_reduced_generate_warns_about_nothing_deprecated(name):
     assert deprecations == []
 
 
-@pytest.mark.parametrize("family_name", ["qwen2_vl", "qwen3_vl", "llava_onevision"])
+def _probe_layer(model) -> int:
+    """The layer whose attention an in-LLM step at layer 1 reads: layer 0, or on a hybrid decoder
+    (Qwen3.5, whose layer 0 is a Gated-DeltaNet layer) the first full-attention layer; the step then
+    runs right after it (docs/models.md)."""
+    kinds = getattr(model.config.get_text_config(), "layer_types", None) or []
+    return next((i for i, kind in enumerate(kinds) if kind != "linear_attention"), 0)
+
+
+@pytest.mark.parametrize("family_name", ["qwen2_vl", "qwen3_vl", "llava_onevision", "qwen3_5"])
 def test_dart_reads_the_models_keys_final_norm_and_prompt(family_name):
     """DART inside a model keeps what the official code keeps given layer K-1's cached keys, the final
-    norm of layer K's input, and the tokens after the video as text pivots."""
+    norm of layer K's input, and the tokens after the video as text pivots (on a hybrid decoder: the
+    first full-attention layer's keys and the input of the layer after it)."""
     family = FAMILIES[family_name]
     model = family.build()
     inputs, truth = family.inputs(model, [[family.video]])
     n_video, video = truth[0].tokens, truth[0].positions
     lm = model.model.language_model
+    probe = _probe_layer(model)
     with torch.no_grad():  # a final norm that is not the identity up to scale, so that it matters
         lm.norm.weight.copy_(torch.rand(lm.norm.weight.shape, generator=torch.Generator().manual_seed(0)) + 0.1)
     seen = {}
@@ -516,7 +526,7 @@ def test_dart_reads_the_models_keys_final_norm_and_prompt(family_name):
     def record(module, args, kwargs):
         seen.setdefault("h", (args[0] if args else kwargs["hidden_states"]).clone())
 
-    handle = lm.layers[1].register_forward_pre_hook(record, with_kwargs=True)  # before tr.apply's: unpruned
+    handle = lm.layers[probe + 1].register_forward_pre_hook(record, with_kwargs=True)  # before tr.apply's: unpruned
     reducer = tr.build("dart", ratio=0.5, layer=1, pivot_image=2, pivot_text=2)
     try:
         with torch.no_grad(), tr.apply(model, reducer) as session:
@@ -524,7 +534,7 @@ def test_dart_reads_the_models_keys_final_norm_and_prompt(family_name):
             kept = session.kept_indices()[0]
     finally:
         handle.remove()
-    keys = hf.output_cache(out).layers[0].keys[0]  # layer 0 saw every token: [kv heads, L, head dim]
+    keys = hf.output_cache(out).layers[probe].keys[0]  # the probe layer saw every token: [kv heads, L, head dim]
     keys = keys.transpose(0, 1).reshape(keys.shape[1], -1)
     with torch.no_grad():
         normed = lm.norm(seen["h"])[0]
@@ -543,12 +553,13 @@ IN_LLM_STEPS = {
 }
 
 
-@pytest.mark.parametrize("family_name", ["qwen2_vl", "qwen3_vl", "llava_onevision"])
+@pytest.mark.parametrize("family_name", ["qwen2_vl", "qwen3_vl", "llava_onevision", "qwen3_5"])
 @pytest.mark.parametrize("strategy", sorted(IN_LLM_STEPS))
 def test_in_llm_step_matches_the_uncached_oracle(family_name, strategy):
     """The in-LLM step of HoliTom (merge) and FlashVID (prune) really shortens the decoder's sequence
     and writes its hidden states: generation equals an uncached decoder applying the official code's
-    decision before layer 1."""
+    decision before layer 1 (on a hybrid decoder: after its first full-attention layer, whose attention
+    it reads; the later recurrent layers see the reduced sequence)."""
     build, official = IN_LLM_STEPS[strategy]
     family = FAMILIES[family_name]
     model = family.build("eager")
@@ -556,7 +567,8 @@ def test_in_llm_step_matches_the_uncached_oracle(family_name, strategy):
     n_video, video = truth[0].tokens, truth[0].positions
     lm = model.model.language_model
     captured = capture_lm_inputs(model, lm, inputs)
-    with torch.no_grad():
+    step = _probe_layer(model) + 1
+    with torch.no_grad():  # the first attention map is the probe layer's (a hybrid decoder returns full-attention ones)
         attention = model(**inputs, output_attentions=True, use_cache=False).attentions[0][0, :, -1].mean(0)
     seq = inputs["input_ids"].shape[1]
     with torch.no_grad(), tr.apply(model, build()) as session:
@@ -565,7 +577,7 @@ def test_in_llm_step_matches_the_uncached_oracle(family_name, strategy):
                                  return_dict_in_generate=True)
         kept = session.kept_indices()[0]
     assert 0 < kept.numel() < n_video
-    assert rec.prefill() == {0: seq, 1: seq - n_video + kept.numel(), 2: seq - n_video + kept.numel()}
+    assert rec.prefill() == {i: seq if i < step else seq - n_video + kept.numel() for i in range(len(lm.layers))}
 
     def merge(h):
         decided = official(h[0, video], attention[video])
@@ -580,6 +592,7 @@ def test_in_llm_step_matches_the_uncached_oracle(family_name, strategy):
     keep[video[kept]] = True
     with torch.no_grad():
         ref, ref_logits = manual_greedy(lm, model.lm_head, captured["inputs_embeds"], captured.get("position_ids"),
-                                        {1: keep}, 4, layer_extra=_deepstack_oracle(captured), merges={1: merge})
+                                        {step: keep}, 4, layer_extra=_deepstack_oracle(captured),
+                                        merges={step: merge})
     assert out.sequences[0, seq:].tolist() == ref
     torch.testing.assert_close(torch.stack(out.logits, dim=1)[0], ref_logits, rtol=1e-4, atol=1e-5)
