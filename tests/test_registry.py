@@ -57,9 +57,10 @@ def test_entry_point_plugin_builds_by_name(plugin_dir):
 
 
 def test_broken_plugin_only_warns(plugin_dir):
-    with pytest.warns(tr.PluginWarning, match=r"'broken_plugin'.*throwaway_broken:Missing.*no such backend"):
+    with pytest.warns(tr.PluginWarning, match=r"'broken_plugin'.*throwaway_broken:Missing.*no such backend") as caught:
         names = [name for name, _ in tr.STRATEGIES.items()]
     assert "every_other" in names and "broken_plugin" not in names
+    assert {w.filename for w in caught if issubclass(w.category, tr.PluginWarning)} == {__file__}  # the user's line
     with pytest.raises(tr.UnknownNameError):
         tr.build("broken_plugin")
 

@@ -34,6 +34,7 @@ from tokenreduce.errors import (
     TokenReduceError,
     UnknownNameError,
     brief,
+    caller_stacklevel,
     clip,
 )
 
@@ -183,7 +184,7 @@ class Registry:
             self._failed[name] = (error, f"{self.kind} {name!r} is unavailable: {message}")
         if self._pending is not None:
             self._pending.pop(name, None)
-        warnings.warn(message, PluginWarning, stacklevel=4)
+        warnings.warn(message, PluginWarning, stacklevel=caller_stacklevel())
 
     def _load(self, name: str) -> type | None:
         ep = self._discover().get(name)

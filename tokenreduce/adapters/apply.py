@@ -20,7 +20,7 @@ from typing import Any
 
 from torch import nn
 
-from tokenreduce.errors import InputError, InputTypeError, UnknownNameError, brief, clip
+from tokenreduce.errors import InputError, InputTypeError, UnknownNameError, brief, caller_stacklevel, clip
 from tokenreduce.interfaces import Reducer
 from tokenreduce.registry import ADAPTERS, PluginWarning
 
@@ -38,7 +38,7 @@ def find_adapter(model: nn.Module, name: str | None = None) -> type:
         except Exception as exc:  # noqa: BLE001  (a plugin's broken supports() must not break apply)
             warnings.warn(f"tokenreduce adapter {adapter_name!r} ({ADAPTERS.origin(adapter_name)}) was "
                           f"skipped: its supports() raised {type(exc).__name__}: {clip(str(exc))}",
-                          PluginWarning, stacklevel=3)
+                          PluginWarning, stacklevel=caller_stacklevel())
             continue
         if claims:
             return cls
