@@ -500,14 +500,6 @@ def test_reduced_generate_warns_about_nothing_deprecated(name):
     assert deprecations == []
 
 
-def _probe_layer(model) -> int:
-    """The layer whose attention an in-LLM step at layer 1 reads: layer 0, or on a hybrid decoder
-    (Qwen3.5, whose layer 0 is a Gated-DeltaNet layer) the first full-attention layer; the step then
-    runs right after it (docs/models.md)."""
-    kinds = getattr(model.config.get_text_config(), "layer_types", None) or []
-    return next((i for i, kind in enumerate(kinds) if kind != "linear_attention"), 0)
-
-
 @pytest.mark.parametrize("family_name", ["qwen2_vl", "qwen3_vl", "llava_onevision", "qwen3_5"])
 def test_dart_reads_the_models_keys_final_norm_and_prompt(family_name):
     """DART inside a model keeps what the official code keeps given layer K-1's cached keys, the final
@@ -518,7 +510,6 @@ def test_dart_reads_the_models_keys_final_norm_and_prompt(family_name):
     inputs, truth = family.inputs(model, [[family.video]])
     n_video, video = truth[0].tokens, truth[0].positions
     lm = model.model.language_model
-    probe = _probe_layer(model)
     with torch.no_grad():  # a final norm that is not the identity up to scale, so that it matters
         lm.norm.weight.copy_(torch.rand(lm.norm.weight.shape, generator=torch.Generator().manual_seed(0)) + 0.1)
     seen = {}
@@ -526,8 +517,9 @@ def test_dart_reads_the_models_keys_final_norm_and_prompt(family_name):
     def record(module, args, kwargs):
         seen.setdefault("h", (args[0] if args else kwargs["hidden_states"]).clone())
 
-    handle = lm.layers[probe + 1].register_forward_pre_hook(record, with_kwargs=True)  # before tr.apply's: unpruned
     reducer = tr.build("dart", ratio=0.5, layer=1, pivot_image=2, pivot_text=2)
+    probe = _runs_before(reducer, _softmax_layers(lm)) - 1  # layer 0, or a hybrid decoder's first softmax layer
+    handle = lm.layers[probe + 1].register_forward_pre_hook(record, with_kwargs=True)  # before tr.apply's: unpruned
     try:
         with torch.no_grad(), tr.apply(model, reducer) as session:
             out = model(**inputs, use_cache=True)
@@ -567,11 +559,12 @@ def test_in_llm_step_matches_the_uncached_oracle(family_name, strategy):
     n_video, video = truth[0].tokens, truth[0].positions
     lm = model.model.language_model
     captured = capture_lm_inputs(model, lm, inputs)
-    step = _probe_layer(model) + 1
+    reducer = build()
+    step = _runs_before(reducer, _softmax_layers(lm))
     with torch.no_grad():  # the first attention map is the probe layer's (a hybrid decoder returns full-attention ones)
         attention = model(**inputs, output_attentions=True, use_cache=False).attentions[0][0, :, -1].mean(0)
     seq = inputs["input_ids"].shape[1]
-    with torch.no_grad(), tr.apply(model, build()) as session:
+    with torch.no_grad(), tr.apply(model, reducer) as session:
         with layer_lengths(lm.layers) as rec:
             out = model.generate(**inputs, max_new_tokens=4, do_sample=False, output_logits=True,
                                  return_dict_in_generate=True)
