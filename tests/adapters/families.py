@@ -72,6 +72,10 @@ FAMILIES = {
                            **QWEN),
     "qwen3_5": Family("Qwen3_5ForConditionalGeneration", "qwen3_5", tm.qwen3_5, _grid("qwen3"), **QWEN),
     "qwen3_5_moe": Family("Qwen3_5MoeForConditionalGeneration", "qwen3_5", tm.qwen3_5_moe, _grid("qwen3"), **QWEN),
+    # the released models' layout: three Gated-DeltaNet layers for every full-attention one
+    "qwen3_5_3to1": Family("Qwen3_5ForConditionalGeneration", "qwen3_5",
+                           lambda attn="sdpa", num_layers=8: tm.qwen3_5(attn, num_layers, linear_per_full=3),
+                           _grid("qwen3"), **QWEN),
     "glm4v": Family("Glm4vForConditionalGeneration", "glm4v", tm.glm4v, _grid("glm"), mixed=False, **QWEN),
     "glm4v_moe": Family("Glm4vMoeForConditionalGeneration", "glm4v", tm.glm4v_moe, _grid("glm"), mixed=False,
                         **QWEN),

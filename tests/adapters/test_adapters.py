@@ -302,7 +302,7 @@ def test_probe_equals_eager_attention(family_name):
     eager = family.build("eager")
     sdpa = family.build("sdpa")
     inputs, _ = family.inputs(eager, next(iter(family.batches().values())))  # left padding in the batch
-    layer = 1  # a softmax-attention layer in every tiny model
+    layer = _softmax_layers(eager.model.language_model)[0]
     for queries in (1, 3):
         for model in (eager, sdpa):
             seen = {}

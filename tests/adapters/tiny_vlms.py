@@ -217,9 +217,10 @@ def qwen3_vl_moe(attn="sdpa", num_layers=3):
                                                                          **QWEN_TOKENS), attn)
 
 
-def _qwen3_5_text(num_layers, **extra):
-    """A hybrid decoder: Gated-DeltaNet (linear attention) and full-attention layers in turn."""
-    kinds = ["linear_attention", "full_attention"] * num_layers
+def _qwen3_5_text(num_layers, linear_per_full=1, **extra):
+    """A hybrid decoder: ``linear_per_full`` Gated-DeltaNet (linear-attention) layers, then a full-attention one,
+    in turn (the released models: 3)."""
+    kinds = (["linear_attention"] * linear_per_full + ["full_attention"]) * num_layers
     return dict(_text(num_layers), head_dim=8, rope_parameters=dict(MROPE, partial_rotary_factor=0.5),
                 linear_num_value_heads=2, linear_num_key_heads=2, linear_key_head_dim=8, linear_value_head_dim=8,
                 linear_conv_kernel_dim=4, layer_types=kinds[:num_layers], **extra)
@@ -234,10 +235,10 @@ def _remembering(model):
     return model
 
 
-def qwen3_5(attn="sdpa", num_layers=4):
+def qwen3_5(attn="sdpa", num_layers=4, linear_per_full=1):
     from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration
 
-    cfg = Qwen3_5Config(text_config=_qwen3_5_text(num_layers),
+    cfg = Qwen3_5Config(text_config=_qwen3_5_text(num_layers, linear_per_full),
                         vision_config=dict(QWEN_VISION, num_position_embeddings=64), **QWEN_TOKENS)
     return _remembering(_built(Qwen3_5ForConditionalGeneration, cfg, attn))
 
