@@ -74,27 +74,29 @@ def test_chunked_generate_equals_unchunked(family_name, strategy, attn):
     torch.testing.assert_close(logits, ref_logits, **TOLERANCE)
 
 
+def _expected_chunks(lengths, chunk):
+    """Every layer before the first shortened one, recurrent or not, in chunks of ``chunk`` slots."""
+    first = min(i for i, n in lengths.items() if n < lengths[0])
+    return {i: math.ceil(lengths[0] / chunk) for i in range(first)}
+
+
 @pytest.mark.parametrize("family_name", sorted(FAMILY_TABLE))
 def test_every_family_chunks_its_batches(family_name):
     """Every row of the family table (families.py), on its left-padded two-sample batches (videos and
     images, in either order where the family mixes them): FastV before layer 2 gives the same kept
-    sets, generated tokens and logits with chunks of 3 slots as unchunked. A hybrid decoder (Qwen3.5)
-    prefills unchunked, exactly as with ``prefill_chunk=None``."""
+    sets, generated tokens and logits with chunks of 3 slots as unchunked. A hybrid decoder's
+    recurrent layers (Qwen3.5) run their chunks too, carrying their states through the cache."""
     family = FAMILY_TABLE[family_name]
     model = family.build("sdpa")  # the row's own depth: 3 layers, 4 or 8 for Qwen3.5's layouts
-    hybrid = family.adapter == "qwen3_5"  # Gated-DeltaNet layers among layers 0-1
     for samples in family.batches().values():
         inputs, _ = family.inputs(model, samples)
         ref_seq, ref_logits, (ref_kept, ref_lengths, _) = _reduced_generate(
             model, tr.build("fastv", ratio=0.3, layer=2), inputs, None)
         seq, logits, (kept, lengths, chunks) = _reduced_generate(
             model, tr.build("fastv", ratio=0.3, layer=2), inputs, CHUNK)
-        assert chunks == ({} if hybrid else {0: math.ceil(lengths[0] / CHUNK), 1: math.ceil(lengths[0] / CHUNK)})
-        assert lengths == ref_lengths and lengths[max(lengths)] < lengths[0]  # the last layers see fewer
+        assert lengths == ref_lengths and chunks == _expected_chunks(lengths, CHUNK)
         assert len(kept) == len(ref_kept) > 0 and all(torch.equal(a, b) for a, b in zip(kept, ref_kept))
         assert torch.equal(seq, ref_seq)
-        if hybrid:
-            assert torch.equal(logits, ref_logits)
         torch.testing.assert_close(logits, ref_logits, **TOLERANCE)
 
 
@@ -261,14 +263,27 @@ def test_default_chunk_leaves_short_prompts_whole():
         assert session.chunked_layers == {}
 
 
-def test_a_hybrid_decoder_prefills_unchunked():
-    """Qwen3.5's linear-attention layers carry recurrent states from token to token: its prefill runs
-    unchunked, exactly as with prefill_chunk=None."""
+def test_a_hybrid_decoder_chunks_its_recurrent_layers():
+    """Qwen3.5's linear-attention layer 0 runs its chunks through the cache, each starting from the
+    convolution and recurrent states the earlier ones left: with chunks of one slot (the layer's decode
+    path), two, and sizes that leave a short last chunk, a left-padded batch generates what the
+    unchunked prefill does — the decode steps read those states — and a forward without a cache (a
+    scratch cache carries them) gives the same logits."""
     model = tm.qwen3_5()  # layers: linear, full, linear, full
     inputs, _ = tm.grid_thw_prompt("qwen3", [[("video", (2, 4, 6))], [("video", (2, 4, 4))]])
+    length = inputs["input_ids"].shape[1]
     reducer = tr.build("fastv", ratio=0.3, layer=2)
-    tokens, logits, (kept, lengths, chunked) = _reduced_generate(model, reducer, inputs, CHUNK)
     whole_tokens, whole_logits, (whole_kept, whole_lengths, _) = _reduced_generate(model, reducer, inputs, None)
-    assert chunked == {} and lengths == whole_lengths and lengths[2] < lengths[0]
-    assert all(torch.equal(a, b) for a, b in zip(kept, whole_kept))
-    assert torch.equal(tokens, whole_tokens) and torch.equal(logits, whole_logits)
+    with torch.no_grad(), tr.apply(model, reducer, prefill_chunk=None):
+        whole_forward = model(**inputs, use_cache=False).logits
+    for chunk in (1, 2, length - 2, length - 1):
+        tokens, logits, (kept, lengths, chunked) = _reduced_generate(model, reducer, inputs, chunk)
+        assert chunked == {0: math.ceil(length / chunk), 1: math.ceil(length / chunk)}
+        assert lengths == whole_lengths and lengths[2] < lengths[0]
+        assert all(torch.equal(a, b) for a, b in zip(kept, whole_kept))
+        assert torch.equal(tokens, whole_tokens)
+        torch.testing.assert_close(logits, whole_logits, **TOLERANCE)
+        with torch.no_grad(), tr.apply(model, reducer, prefill_chunk=chunk) as session:
+            forward = model(**inputs, use_cache=False).logits
+            assert set(session.chunked_layers) == {0, 1}
+        torch.testing.assert_close(forward, whole_forward, **TOLERANCE)

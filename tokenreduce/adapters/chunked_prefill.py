@@ -15,11 +15,15 @@ Layer by layer rather than chunk by chunk through all K layers: the steps at K r
 hidden states, so each layer's whole output exists anyway, and the model's own code between layers
 (Qwen3-VL's deepstack) sees whole layers.
 
+A recurrent layer (Qwen3.5's Gated-DeltaNet linear attention) runs its chunks through the same cache:
+the layer itself starts each chunk from the convolution and recurrent states the earlier chunks left
+there, as it continues from them when decoding, with its chunk of the 2-D padding mask.
+
 A prefill runs unchunked where chunking would change what the model returns or cannot be done
 exactly: no in-LLM step, or one at layer 0 (nothing runs before it); a sequence of at most
-``prefill_chunk`` slots; a recurrent layer (linear attention, Qwen3.5) among the layers before the
-reduction; ``output_attentions`` (transformers records one attention map per call);
-an attention mask that is not the 4-D ``[B, 1, queries, keys]`` of the sdpa and eager backends.
+``prefill_chunk`` slots; ``output_attentions`` (transformers records one attention map per call);
+an attention mask that is not the 4-D ``[B, 1, queries, keys]`` of the sdpa and eager backends (for a
+recurrent layer: not its 2-D ``[B, slots]`` padding mask).
 ``ReductionSession.chunked_layers`` reports, per prefill, which layers ran in how many chunks.
 """
 
@@ -73,11 +77,8 @@ class ChunkedPrefill:
         self.adapter = adapter
         self.chunk = chunk
         self.probe_queries = probe_queries
-        first = first_reduced_layer(schedule) if chunk is not None else 0
-        # a recurrent layer (Qwen3.5's linear attention) would need its convolution and recurrent states
-        # carried from chunk to chunk: a hybrid decoder's prefill runs unchunked
-        hybrid = any(i not in schedule.softmax for i in range(first))
-        self.num_layers = 0 if hybrid else first
+        self.num_layers = first_reduced_layer(schedule) if chunk is not None else 0
+        self.recurrent = frozenset(i for i in range(self.num_layers) if i not in schedule.softmax)
 
     def install(self, prefill_state: Callable[[], ForwardState | None]) -> list[Callable[[], None]]:
         """Wrap the ``forward`` of the layers to chunk (on the instances); ``prefill_state()`` gives the
@@ -89,17 +90,18 @@ class ChunkedPrefill:
         def wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
             def forward(*args: Any, **kwargs: Any) -> Any:
                 state = prefill_state()
-                if state is None or not self._chunkable(args, kwargs):
+                if state is None or not self._chunkable(index, args, kwargs):
                     return original(*args, **kwargs)
                 return self._run(state, index, original, args[0] if args else kwargs.pop(hf.HIDDEN_STATES), kwargs)
             return forward
         return wrapper
 
-    def _chunkable(self, args: tuple, kwargs: dict[str, Any]) -> bool:
+    def _chunkable(self, index: int, args: tuple, kwargs: dict[str, Any]) -> bool:
         hidden = args[0] if args else kwargs.get(hf.HIDDEN_STATES)
         mask = kwargs.get(hf.ATTENTION_MASK)
+        mask_dims = 2 if index in self.recurrent else 4
         return (len(args) <= 1 and isinstance(hidden, torch.Tensor) and hidden.shape[1] > self.chunk
-                and (mask is None or (isinstance(mask, torch.Tensor) and mask.ndim == 4))
+                and (mask is None or (isinstance(mask, torch.Tensor) and mask.ndim == mask_dims))
                 and not hf.records_attention_weights(self.adapter.text_config, kwargs))
 
     def _run(self, state: ForwardState, index: int, forward: Callable[..., Any], hidden: torch.Tensor,
@@ -116,14 +118,18 @@ class ChunkedPrefill:
         output: torch.Tensor | None = None
         keys: torch.Tensor | None = None  # what the probe reads, when a later step probes this layer
         queries: torch.Tensor | None = None  # the attention's (normed) inputs of the last probe_queries slots
-        attention = self.adapter.attention_of(self.adapter.layers[index])
+        recurrent = index in self.recurrent
+        attention = None if recurrent else self.adapter.attention_of(self.adapter.layers[index])
         starts = range(0, length, self.chunk)
         for start in starts:
             end = min(start + self.chunk, length)
             rows = slice(start, end)
             call = dict(kwargs)
             call[cache_name] = cache
-            call[hf.ATTENTION_MASK] = self._chunk_mask(mask, hidden, rows, length)
+            if recurrent:  # its 2-D padding mask: the chunk's columns
+                call[hf.ATTENTION_MASK] = None if mask is None else mask[:, rows]
+            else:
+                call[hf.ATTENTION_MASK] = self._chunk_mask(mask, hidden, rows, length)
             call[hf.POSITION_EMBEDDINGS] = (cos.narrow(seq_dim, start, end - start),
                                             sin.narrow(seq_dim, start, end - start))
             positions = kwargs.get(hf.POSITION_IDS)
@@ -140,7 +146,7 @@ class ChunkedPrefill:
             if output is None:
                 output = result.new_empty(hidden.shape[:2] + result.shape[2:])
             output[:, rows] = result
-            recorded = state.probe_inputs.pop(index, None)
+            recorded = state.probe_inputs.pop(index, None)  # only softmax layers are probed
             if recorded is not None:
                 chunk_keys = rotated_keys(attention, recorded)
                 if keys is None:

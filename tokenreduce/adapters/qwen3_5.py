@@ -11,7 +11,9 @@ are laid out as in Qwen3-VL (per-frame timestamps; no deepstack). What the engin
   to it, linear-attention layers with its 2-D padding mask; their convolution and recurrent states
   (the cache they decode from) therefore summarise the reduced sequence, exactly what an uncached
   run of the reduced sequence computes;
-* the attention probe drops the output gate the full-attention layers project with their queries.
+* the attention probe drops the output gate the full-attention layers project with their queries;
+* a chunked prefill runs the linear-attention layers before the reduction chunk by chunk too, each
+  chunk starting from the states the earlier ones left in the cache (``chunked_prefill.py``).
 """
 
 from __future__ import annotations
