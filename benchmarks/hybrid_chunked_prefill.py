@@ -26,11 +26,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests" / "adapters"), str(ROOT / "tests")]
 
-import tiny_vlms as tm  # noqa: E402  (the tests' tiny-model and prompt builders)
-import transformers  # noqa: E402
+import tiny_vlms as tm  # the tests' tiny-model and prompt builders
+import transformers
 
-import tokenreduce as tr  # noqa: E402
-from tokenreduce.bench.end_to_end import _PeakMemory  # noqa: E402
+import tokenreduce as tr
+from tokenreduce.bench.end_to_end import _PeakMemory
 
 WIDTH = dict(hidden_size=512, intermediate_size=1408, num_attention_heads=8, num_key_value_heads=2, head_dim=64,
              linear_num_value_heads=4, linear_num_key_heads=2, linear_key_head_dim=64, linear_value_head_dim=64)
