@@ -33,6 +33,8 @@ FAMILIES = {
     "qwen3_vl": (tm.qwen3_vl, lambda: tm.qwen_inputs([(2, 4, 6), (2, 4, 4)], per_frame=True)),
     "llava_onevision": (tm.llava_onevision, lambda: tm.llava_inputs([3, 3], 2, 1)),
     "llava_next_video": (tm.llava_next_video, lambda: tm.llava_inputs([3, 3], 2, 0)),
+    # a hybrid decoder (linear, full, linear, full): its recurrent layer 0 runs in chunks too
+    "qwen3_5": (tm.qwen3_5, lambda: tm.qwen_inputs([(2, 4, 6), (2, 4, 4)], per_frame=True)),
 }
 STRATEGIES = {
     "fastv": ("fastv", {"ratio": 0.3, "layer": 2}),
